@@ -1,0 +1,66 @@
+"""The ``qgn`` command: one entry point, one sub-command per job.
+
+Each sub-command lives beside the code it drives and exposes ``register(subparsers)``, which adds
+its parser and sets ``func``; modules are imported here so ``qgn --help`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from qgn.errors import QGNError
+
+# (module, description) -- import is deferred until the table is built so a broken optional
+# module cannot hide the others.
+SUBCOMMAND_MODULES = (
+    "qgn.demo",
+    "qgn.data.cli",
+    "qgn.engine.train",
+    "qgn.engine.evaluate",
+    "qgn.engine.predict",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qgn",
+        description="Grounded Multimodal Named Entity Recognition with the Query-Guided Network.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (QGNError, FileNotFoundError) as err:
+        # Bad user input: one readable line, no traceback (use -v for the traceback).
+        if args.verbose:
+            raise
+        print(f"qgn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

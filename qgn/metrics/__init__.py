@@ -1,0 +1,1 @@
+"""GMNER / MNER / EEG scoring."""

@@ -1,0 +1,293 @@
+"""The one configuration object of a QGN model.
+
+Every hyperparameter of the model, the Hungarian matcher, the loss and the post-processor lives
+here with the paper's default, and the whole object is saved as ``config.json`` inside every
+checkpoint. Training-loop settings (batch size, learning rate, epochs...) are not model
+hyperparameters and live in :class:`qgn.engine.train.TrainConfig`.
+
+Layer indices follow the paper and are **1-based**: BERT layer ``j`` is the output of the j-th
+transformer block (``hidden_states[j]`` in transformers, where ``hidden_states[0]`` is the
+embedding output); ViT layer ``i`` is the output of the i-th CLIP encoder block. Text-guided
+cross-attention is injected *after* each ViT injection layer, and the extracted visual features
+of a layer are read after any injection at that layer.
+
+Values the paper leaves open (marked "not in the paper" below) are our choices; they are config
+fields so that they can be changed without touching code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+QUERY_INITS = ("random", "batch_shared", "mean_pooled_text", "attention_pooled_text")
+GMNER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
+
+
+def layer_schedule(start: int, stride: int, count: int = 4) -> list[int]:
+    """1-based layer indices ``start, start+stride, ...`` (Table VI's start layer and stride).
+
+    ``layer_schedule(1, 3)`` gives the paper's BERT extraction layers ``[1, 4, 7, 10]`` and
+    ``layer_schedule(2, 3)`` its ViT injection/extraction layers ``[2, 5, 8, 11]``.
+    """
+    if start < 1 or stride < 1 or count < 1:
+        raise ValueError(f"start, stride and count must be >= 1, got {start}, {stride}, {count}")
+    return [start + i * stride for i in range(count)]
+
+
+@dataclass
+class QGNConfig:
+    """Configuration of a QGN model (paper: arXiv 2603.17314, Section III).
+
+    Encoders (Sec. III-A):
+        text_encoder: hub name or local directory of a BERT-like encoder (``bert-base-cased``).
+        vision_encoder: hub name or local directory of a CLIP model or CLIP vision model
+            (``openai/clip-vit-base-patch32``).
+        text_config: a transformers ``BertConfig`` as a dict. When set, the text encoder is
+            built from it with random weights instead of being loaded from ``text_encoder``;
+            checkpoints always store it, so loading a checkpoint never downloads anything.
+        vision_config: the same for the ``CLIPVisionConfig``.
+        image_size: square side the image is resized to (no crop, so normalised boxes map back
+            to the whole original image). 224 for ViT-B/32.
+        max_text_length: sub-word limit of the text encoder input; longer posts are truncated
+            with a warning.
+
+    Width and queries:
+        hidden_size: model width d shared by every QGN module (768, the BERT-base width); encoder
+            features of another width are linearly projected to it.
+        num_queries: Nq, the number of entity queries (60; Figure 3).
+        num_attention_heads: heads of every QGN attention layer (8; not in the paper).
+        ffn_dim: feed-forward width of QGN transformer layers (2048; not in the paper).
+        dropout: dropout inside QGN modules (0.1; not in the paper).
+        entity_types: the label set; the type head has ``len(entity_types) + 1`` outputs, the
+            last one being the no-entity class.
+
+    Multi-View Query Attention (MQA, Sec. III-A, eqs. 1-2):
+        use_mqa: whole module on/off (Table III). Off: the initial queries and the raw text
+            features go on unchanged.
+        query_init: how the initial queries Q are made (Table V): ``random`` (Nq learnable
+            embeddings, the paper's choice), ``batch_shared`` (one learnable embedding shared
+            by all queries, plus a fixed sinusoidal index code so they can differ),
+            ``mean_pooled_text`` (the masked mean of the text features plus a learnable
+            per-query offset), ``attention_pooled_text`` (per-query learned attention pooling
+            over the text).
+        use_tqc: text-guided query cross-attention (eq. 1) on/off ("w/o TQC").
+        use_jca: joint [text; queries] self-attention (eq. 2) on/off ("w/o JCA").
+
+    Hierarchical Vision-Language Alignment (HVLA, Sec. III-A, eq. 3):
+        use_hvla: whole module on/off (Table III). Off: plain ViT, visual features are the last
+            layer's tokens projected to d.
+        text_extract_layers: BERT layers fused into F_fused ([1, 4, 7, 10]).
+        vision_inject_layers: ViT layers after which visual tokens cross-attend to F_fused
+            ([2, 5, 8, 11]).
+        vision_extract_layers: ViT layers concatenated into the visual features ([2, 5, 8, 11]).
+
+    Multimodal Query Decoding (MQD, Sec. III-B):
+        use_mqd: whole module on/off (Table III). Off: the queries reach the heads through one
+            plain decoder layer that cross-attends to [vision; text], the least the heads need
+            to see the image at all.
+        use_vtf: vision-text fusion encoder on/off ("w/o VTF"); off: the memory is the plain
+            concatenation [vision; text].
+        num_fusion_layers: depth of the vision-text fusion encoder (2; not in the paper).
+        use_fde: fusion decoder on/off ("w/o FDE").
+        num_decoder_layers: depth of the fusion decoder (3; not in the paper).
+        use_mre: multimodal refinement on/off ("w/o MRE").
+        num_refinement_layers: depth of the refinement stack and of the synchronized vision
+            layers (2; not in the paper).
+
+    Text-only mode:
+        text_only: no image branch at all (no vision encoder, no HVLA, MQD without vision); the
+            box and no-target heads are off and every entity is predicted without a box.
+
+    Hungarian matcher (Sec. III-C, eq. 4) -- cost weights, named apart from loss weights:
+        cost_class, cost_span, cost_l1, cost_giou: lambda_cls, lambda_span, lambda_l1,
+            lambda_IoU (1, 1, 5, 2; not in the paper, DETR's box costs).
+        cost_no_box: the constant that replaces the region costs of entities without a box.
+
+    Losses (Sec. III-D, eq. 5):
+        lambda_pred, lambda_nt, lambda_con: weights of the prediction, no-target and consistency
+            losses (1, 1, 1; not in the paper). A weight of 0 switches that loss off (Table IV):
+            it is then not computed at all.
+        weight_ce, weight_boundary, weight_l1, weight_giou: weights inside the prediction loss
+            (1, 1, 5, 2; not in the paper).
+        no_entity_weight: cross-entropy weight of the no-entity class for unmatched queries
+            (0.1, DETR's eos_coef; not in the paper).
+
+    Post-processing (inference):
+        no_target_threshold: a query's entity gets no box when P(no-target) >= this (0.5).
+        score_threshold: entities whose score (type probability x start probability x end
+            probability) is below this are dropped (0.3; tune on dev).
+        remove_overlaps: drop spans overlapping a higher-scoring span (False).
+    """
+
+    # encoders
+    text_encoder: str = "bert-base-cased"
+    vision_encoder: str = "openai/clip-vit-base-patch32"
+    text_config: dict[str, Any] | None = None
+    vision_config: dict[str, Any] | None = None
+    image_size: int = 224
+    max_text_length: int = 128
+    # width and queries
+    hidden_size: int = 768
+    num_queries: int = 60
+    num_attention_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    entity_types: list[str] = field(default_factory=lambda: list(GMNER_TYPES))
+    # MQA
+    use_mqa: bool = True
+    query_init: str = "random"
+    use_tqc: bool = True
+    use_jca: bool = True
+    # HVLA
+    use_hvla: bool = True
+    text_extract_layers: list[int] = field(default_factory=lambda: [1, 4, 7, 10])
+    vision_inject_layers: list[int] = field(default_factory=lambda: [2, 5, 8, 11])
+    vision_extract_layers: list[int] = field(default_factory=lambda: [2, 5, 8, 11])
+    # MQD
+    use_mqd: bool = True
+    use_vtf: bool = True
+    num_fusion_layers: int = 2
+    use_fde: bool = True
+    num_decoder_layers: int = 3
+    use_mre: bool = True
+    num_refinement_layers: int = 2
+    # text-only mode
+    text_only: bool = False
+    # matcher
+    cost_class: float = 1.0
+    cost_span: float = 1.0
+    cost_l1: float = 5.0
+    cost_giou: float = 2.0
+    cost_no_box: float = 100.0
+    # losses
+    lambda_pred: float = 1.0
+    lambda_nt: float = 1.0
+    lambda_con: float = 1.0
+    weight_ce: float = 1.0
+    weight_boundary: float = 1.0
+    weight_l1: float = 5.0
+    weight_giou: float = 2.0
+    no_entity_weight: float = 0.1
+    # post-processing
+    no_target_threshold: float = 0.5
+    score_threshold: float = 0.3
+    remove_overlaps: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a readable message on an inconsistent configuration."""
+        if self.query_init not in QUERY_INITS:
+            raise ValueError(f"query_init must be one of {QUERY_INITS}, got {self.query_init!r}")
+        if self.num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if not self.entity_types or len(set(self.entity_types)) != len(self.entity_types):
+            raise ValueError(f"entity_types must be non-empty and unique: {self.entity_types}")
+        for name in ("text_extract_layers", "vision_inject_layers", "vision_extract_layers"):
+            layers = getattr(self, name)
+            if not layers or any(int(i) < 1 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(f"{name} must be distinct 1-based layer indices, got {layers}")
+        for name in ("num_fusion_layers", "num_decoder_layers", "num_refinement_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def num_labels(self) -> int:
+        """Number of type-head outputs: the entity types plus the no-entity class (last)."""
+        return len(self.entity_types) + 1
+
+    @property
+    def no_entity_index(self) -> int:
+        return len(self.entity_types)
+
+    @property
+    def uses_image(self) -> bool:
+        return not self.text_only
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QGNConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QGNConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "QGNConfig":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def replace(self, **changes: Any) -> "QGNConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------- presets
+    @classmethod
+    def tiny(cls, vocab_size: int = 1000, **overrides: Any) -> "QGNConfig":
+        """A tiny model for tests and the CPU demo: 4-layer width-64 encoders, 64px images.
+
+        Both encoders are built from configs with random weights, so nothing is downloaded.
+        ``vocab_size`` must match the tokenizer used with it.
+        """
+        width = 64
+        text_config = dict(
+            model_type="bert",
+            vocab_size=vocab_size,
+            hidden_size=width,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=4 * width,
+            max_position_embeddings=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        vision_config = dict(
+            model_type="clip_vision_model",
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+            attention_dropout=0.0,
+        )
+        values: dict[str, Any] = dict(
+            text_encoder="tiny-random-bert",
+            vision_encoder="tiny-random-clip-vision",
+            text_config=text_config,
+            vision_config=vision_config,
+            image_size=64,
+            max_text_length=64,
+            hidden_size=width,
+            num_queries=16,
+            num_attention_heads=4,
+            ffn_dim=4 * width,
+            dropout=0.0,
+            text_extract_layers=[1, 2, 3, 4],
+            vision_inject_layers=[1, 2, 3],
+            vision_extract_layers=[2, 3, 4],
+            num_fusion_layers=1,
+            num_decoder_layers=2,
+            num_refinement_layers=1,
+        )
+        values.update(overrides)
+        return cls(**values)
