@@ -1,0 +1,129 @@
+"""The Python API: ``qgn.load(checkpoint_dir).predict(image, text)``.
+
+>>> predictor = qgn.load("runs/demo/best")                       # doctest: +SKIP
+>>> predictor.predict("photo.jpg", "Anna met the Blue Comets in Paris")  # doctest: +SKIP
+[{'start': 0, 'end': 1, 'char_start': 0, 'char_end': 4, 'text': 'Anna', 'type': 'PER',
+  'score': 0.97, 'box': [12.0, 30.5, 80.2, 141.0]}, ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from qgn.data.records import Post, Prediction
+from qgn.data.text import split_words
+from qgn.errors import QGNError
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | os.PathLike | Image.Image | None
+
+
+def _open_image(image: ImageLike) -> tuple[Image.Image | None, str | None]:
+    if image is None or isinstance(image, Image.Image):
+        return (image.convert("RGB") if image is not None else None), None
+    path = str(image)
+    if not os.path.isfile(path):
+        raise QGNError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB"), path
+    except (OSError, ValueError) as err:
+        raise QGNError(f"cannot read image {path}: {err}") from err
+
+
+def entity_dict(post: Post, pred: Prediction) -> dict[str, Any]:
+    """A prediction in the user's terms: word span, character offsets, surface text, type, score, box."""
+    out: dict[str, Any] = {"start": pred.start, "end": pred.end}
+    if post.char_offsets is not None and post.text is not None:
+        cs, ce = post.char_offsets[pred.start][0], post.char_offsets[pred.end - 1][1]
+        out.update(char_start=cs, char_end=ce, text=post.text[cs:ce])
+    else:
+        out["text"] = " ".join(post.tokens[pred.start : pred.end])
+    out.update(
+        type=pred.type,
+        score=None if pred.score is None else round(float(pred.score), 4),
+        box=None if pred.box is None else [round(float(v), 1) for v in pred.box],
+    )
+    return out
+
+
+class Predictor:
+    """A loaded QGN checkpoint ready for inference on (image, text) pairs."""
+
+    def __init__(self, model: Any, tokenizer: Any, image_transform: Any, postprocessor: Any, device: torch.device):
+        self.model, self.tokenizer, self.image_transform = model.eval(), tokenizer, image_transform
+        self.postprocessor, self.device = postprocessor, device
+        self.config = model.config
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> "Predictor":
+        """Load ``checkpoint_dir`` (a ``best/`` folder of a run); ``thresholds`` override the
+        post-processor's (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``)."""
+        from transformers import AutoTokenizer
+
+        from qgn.data.pipeline import ImageTransform
+        from qgn.modeling import QGNModel
+        from qgn.modeling.postprocess import PostProcessor
+
+        folder = Path(checkpoint_dir)
+        if not (folder / "config.json").is_file():
+            hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
+            raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = QGNModel.from_pretrained(folder).to(dev)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        transform = None if model.config.text_only else ImageTransform.load(folder)
+        return cls(model, tokenizer, transform, PostProcessor(model.config, **thresholds), dev)
+
+    # ------------------------------------------------------------------ inputs
+    def make_post(self, text: str, image: ImageLike = None, post_id: str = "0") -> tuple[Post, Image.Image | None]:
+        if not isinstance(text, str) or not text.strip():
+            raise QGNError("empty text: give the post's text")
+        tokens, offsets = split_words(text)
+        img, path = _open_image(image)
+        if img is None and not self.config.text_only:
+            logger.warning("no image given: predicting from the text alone with a blank image")
+        size = img.size if img is not None else None
+        return Post(post_id, tokens, [], path, size, text, offsets), img
+
+    # ----------------------------------------------------------------- predict
+    @torch.inference_mode()
+    def predict_posts(self, posts: Sequence[Post], images: Sequence[Image.Image | None], batch_size: int = 16) -> list[list[Prediction]]:
+        from qgn.data.pipeline import Collator, GMNERDataset, model_inputs, move_to_device
+
+        dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
+                               text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
+        collate = Collator(self.tokenizer.pad_token_id)
+        results: list[list[Prediction]] = []
+        for i in range(0, len(dataset), batch_size):
+            batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+            batch = move_to_device(batch, self.device)
+            outputs = self.model(**model_inputs(batch))
+            outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+            results.extend(self.postprocessor(outputs, batch["posts"]))
+        return results
+
+    def predict(self, image: ImageLike, text: str) -> list[dict[str, Any]]:
+        """Entities of one post: word span, character offsets, surface text, type, score, pixel box or None."""
+        return self.predict_many([(image, text)])[0]
+
+    def predict_many(self, pairs: Iterable[tuple[ImageLike, str]], batch_size: int = 16) -> list[list[dict[str, Any]]]:
+        posts, images = [], []
+        for i, (image, text) in enumerate(pairs):
+            post, img = self.make_post(text, image, post_id=str(i))
+            posts.append(post)
+            images.append(img)
+        predictions = self.predict_posts(posts, images, batch_size=batch_size)
+        return [[entity_dict(p, e) for e in preds] for p, preds in zip(posts, predictions)]
+
+
+def load(checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> Predictor:
+    """Load a trained QGN checkpoint for inference (see :class:`Predictor`)."""
+    return Predictor.from_pretrained(checkpoint_dir, device=device, **thresholds)

@@ -1,0 +1,1 @@
+"""Run files shipped with qgn (`qgn train --config NAME`)."""

@@ -1,0 +1,184 @@
+"""Run settings: the YAML file format of ``qgn train`` and ``--set key=value`` overrides.
+
+A run file has three sections::
+
+    model:            # QGNConfig fields; `preset: tiny` starts from QGNConfig.tiny()
+      preset: default
+      num_queries: 60
+    data:             # DataSettings fields
+      path: ../shared/datasets/twitter-gmner/Twitter10000_v2.0
+      image_dir: /data/twitter-images
+    train:            # TrainSettings fields
+      epochs: 50
+
+``--set train.lr=1e-4 --set model.text_extract_layers=[1,4,7,10]`` overrides any field; values
+are parsed as YAML, so numbers, booleans, lists and null work as expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qgn.errors import QGNError
+from qgn.modeling.configuration_qgn import QGNConfig
+
+
+@dataclass
+class DataSettings:
+    """Where the data is and how to treat missing images.
+
+    Attributes:
+        path: a Twitter-GMNER / FMNERG folder (``txt/`` + ``xml/``), a folder of
+            ``{split}.jsonl`` files, or ``synthetic`` for the embedded demo benchmark.
+        image_dir: image folder (flat, or with ``twitter2015_images/`` and
+            ``twitter2017_images/``); ``null`` means the layout's own ``images/`` folder if any.
+        missing_images: ``fail`` (default), ``skip`` the post, or ``text_only`` (keep the post
+            and feed a blank image).
+        fmnerg_xml_dir: the GMNER v2.0 ``xml/`` folder that Twitter-FMNERG boxes come from.
+        train_split, dev_split, test_split: split names.
+        tokenizer: ``null`` loads the tokenizer of ``model.text_encoder``; ``words`` builds a
+            small WordPiece vocabulary from the training words (tiny models trained from scratch).
+    """
+
+    path: str = ""
+    image_dir: str | None = None
+    missing_images: str = "fail"
+    fmnerg_xml_dir: str | None = None
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+    tokenizer: str | None = None
+
+
+@dataclass
+class TrainSettings:
+    """The training recipe; defaults are the paper's (Sec. IV-A) where it gives one.
+
+    Attributes:
+        epochs: 50 (paper). batch_size: global batch size over all processes, 16 (paper).
+        lr: 2e-5 (paper), for the pretrained encoders. head_lr: learning rate of the randomly
+            initialised QGN modules; ``null`` means ``lr``.
+        weight_decay: AdamW weight decay (0.01; not in the paper).
+        warmup_ratio: linear warm-up over this fraction of the steps, then linear decay (0.05).
+        max_grad_norm: gradient clipping (1.0; not in the paper; 0 disables).
+        grad_accum_steps: gradient accumulation for small GPUs (1).
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` autocast on GPU; matcher and losses stay fp32.
+        seed: base seed; each process uses ``seed + rank``. deterministic: deterministic kernels.
+        eval_batch_size: batch size for dev / test prediction.
+        num_workers: DataLoader workers.
+        checkpoint_every_steps: also checkpoint inside an epoch every N optimizer steps (0: only
+            at epoch ends).
+        max_steps: stop after this many optimizer steps (0: no limit; for smoke tests).
+        eval_every_epochs: evaluate on dev every N epochs (1, as the paper); the last epoch is
+            always evaluated.
+    """
+
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 2e-5
+    head_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    grad_accum_steps: int = 1
+    mixed_precision: str = "no"
+    seed: int = 42
+    deterministic: bool = False
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    checkpoint_every_steps: int = 0
+    max_steps: int = 0
+    eval_every_epochs: int = 1
+
+
+@dataclass
+class RunSettings:
+    model: QGNConfig = field(default_factory=QGNConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    model_preset: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        model = self.model.to_dict()
+        return {
+            "model": {"preset": self.model_preset, **model},
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _check_fields(cls: type, values: dict[str, Any], section: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise QGNError(f"unknown {section} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise QGNError(f"unknown section(s) {unknown}; a run file has model, data and train")
+    model = dict(raw.get("model") or {})
+    preset = model.pop("preset", "default")
+    if preset not in ("default", "tiny"):
+        raise QGNError(f"model.preset must be 'default' or 'tiny', got {preset!r}")
+    _check_fields(QGNConfig, model, "model")
+    try:
+        config = QGNConfig.tiny(**model) if preset == "tiny" else QGNConfig(**model)
+    except (TypeError, ValueError) as err:
+        raise QGNError(f"invalid model settings: {err}") from err
+    data, train = dict(raw.get("data") or {}), dict(raw.get("train") or {})
+    _check_fields(DataSettings, data, "data")
+    _check_fields(TrainSettings, train, "train")
+    settings = RunSettings(config, DataSettings(**data), TrainSettings(**train), preset)
+    if settings.data.missing_images not in ("fail", "skip", "text_only"):
+        raise QGNError(f"data.missing_images must be fail, skip or text_only, got {settings.data.missing_images!r}")
+    if settings.train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise QGNError(f"train.mixed_precision must be no, bf16 or fp16, got {settings.train.mixed_precision!r}")
+    return settings
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw run dict."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise QGNError(f"--set expects section.key=value (e.g. train.lr=1e-4), got {item!r}")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value) if value.strip() else None
+    return raw
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("qgn.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_run_file(name_or_path: str) -> dict[str, Any]:
+    """Read a run YAML by path, or by the name of a config shipped in ``qgn/configs``."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = resources.files("qgn.configs") / f"{name_or_path}.yaml"
+        if not shipped.is_file():
+            raise QGNError(
+                f"config {name_or_path!r} is neither a file nor a shipped config "
+                f"({', '.join(shipped_config_names())})"
+            )
+        return yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def resolve_settings(config: str | None, overrides: list[str] | None = None) -> RunSettings:
+    raw = load_run_file(config) if config else {}
+    return settings_from_dict(apply_overrides(raw, overrides or []))

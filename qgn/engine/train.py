@@ -1,0 +1,450 @@
+"""``qgn train``: the paper's recipe on HuggingFace accelerate (one GPU, several GPUs, several nodes, CPU).
+
+Run directory layout::
+
+    DIR/config.yaml          resolved run settings (model + data + train)
+    DIR/run_info.json        git revision, qgn/torch versions, world size, start time
+    DIR/metrics.jsonl        one line per epoch: train losses, dev GMNER/MNER/EEG, lr, time
+    DIR/checkpoint/          last training state (model, optimizer, scheduler, scaler, RNG of every
+                             process) + trainer_state.json (epoch, step, best so far): --resume
+    DIR/best/                the model with the best dev GMNER micro F1 (a `qgn.load`-able folder)
+    DIR/final_metrics.json   dev and test metrics of that best checkpoint only
+
+Selection is on dev only; the test split is scored once, with the selected checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qgn.engine.settings import RunSettings, resolve_settings, settings_from_dict
+from qgn.errors import QGNError
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(QGNError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def metrics_summary(report: Any) -> dict[str, Any]:
+    """GMNER / MNER / EEG precision, recall, F1 and counts from a ScoreReport."""
+    full = report.to_dict()
+    return {name: full[name] for name in ("GMNER", "MNER", "EEG")}
+
+
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    """Swap a freshly written folder in, so a crash mid-save never leaves a half checkpoint."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def build_tokenizer(settings: RunSettings, train_posts: list) -> Any:
+    config = settings.model
+    if settings.data.tokenizer == "words":
+        from qgn.modeling.tokenizer import build_word_tokenizer
+
+        words = sorted({token for post in train_posts for token in post.tokens})
+        tokenizer = build_word_tokenizer(words)
+        if config.text_config is None:
+            raise QGNError("data.tokenizer=words needs a text encoder built from config (model.preset: tiny)")
+        config.text_config["vocab_size"] = len(tokenizer)
+        return tokenizer
+    if settings.data.tokenizer not in (None, "encoder"):
+        raise QGNError(f"data.tokenizer must be null or 'words', got {settings.data.tokenizer!r}")
+    from qgn.modeling.encoders import load_tokenizer
+
+    return load_tokenizer(config.text_encoder)
+
+
+def read_split(settings: RunSettings, split: str, missing_images: str | None = None) -> list:
+    from qgn.data import read_dataset
+
+    data = settings.data
+    if not data.path:
+        raise QGNError("no data: set data.path in the config or with --set data.path=DIR")
+    policy = missing_images or data.missing_images
+    if settings.model.text_only:
+        policy = "text_only"
+    return read_dataset(
+        data.path,
+        split=split,
+        image_dir=data.image_dir,
+        missing_images=policy,
+        fmnerg_xml_dir=data.fmnerg_xml_dir,
+        entity_types=settings.model.entity_types,
+    )
+
+
+def make_loader(posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool):
+    from torch.utils.data import DataLoader
+
+    from qgn.data.pipeline import Collator, GMNERDataset
+
+    dataset = GMNERDataset(
+        posts,
+        tokenizer,
+        settings.model,
+        image_transform=image_transform,
+        text_only=settings.model.text_only,
+        placeholder_on_error=settings.data.missing_images == "text_only",
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=Collator(tokenizer.pad_token_id),
+        num_workers=settings.train.num_workers,
+    )
+
+
+def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict[str, Any]]:
+    """Pretrained encoders at ``lr``, QGN's own (randomly initialised) modules at ``head_lr``."""
+    from transformers import PreTrainedModel
+
+    encoder_ids = {
+        id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()
+    }
+    train = settings.train
+    encoder, head = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (encoder if id(p) in encoder_ids else head).append(p)
+    groups = [{"params": encoder, "lr": train.lr}, {"params": head, "lr": train.head_lr or train.lr}]
+    return [g for g in groups if g["params"]]
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Owns one run: data, model, optimisation loop, evaluation, checkpoints and logs."""
+
+    def __init__(self, settings: RunSettings, output_dir: str | Path, resume: bool = False, progress: bool = True):
+        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate.utils import set_seed
+
+        self.settings, self.output_dir, self.progress = settings, Path(output_dir), progress
+        train = settings.train
+        mixed = train.mixed_precision
+        if mixed != "no" and not torch.cuda.is_available():
+            logger.warning("mixed_precision=%s needs a GPU; training in fp32 on CPU", mixed)
+            mixed = "no"
+        self.accelerator = Accelerator(
+            mixed_precision=mixed,
+            gradient_accumulation_steps=train.grad_accum_steps,
+            # batch_size is the global batch: split over processes, so results do not depend on world size.
+            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+        )
+        acc = self.accelerator
+        if train.batch_size % acc.num_processes:
+            raise QGNError(f"train.batch_size {train.batch_size} must be divisible by {acc.num_processes} processes")
+        set_seed(train.seed, device_specific=True)  # seed + process rank
+        if train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+        self.checkpoint_dir = self.output_dir / "checkpoint"
+        if not resume and self.checkpoint_dir.exists():
+            raise QGNError(f"{self.output_dir} already holds a run; use --resume {self.output_dir} or another --output-dir")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        self._build(resume)
+
+    # -------------------------------------------------------------- construction
+    def _build(self, resume: bool) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        from qgn.data.pipeline import ImageTransform
+        from qgn.modeling import build
+
+        s, acc = self.settings, self.accelerator
+        self.train_posts = read_split(s, s.data.train_split)
+        self.dev_posts = read_split(s, s.data.dev_split)
+        self.tokenizer = build_tokenizer(s, self.train_posts)
+        self.model, self.criterion, self.postprocessor = build(s.model)
+        # The encoders' configs are now filled in (loaded from a hub name or a local directory),
+        # so the saved settings rebuild the same model without a download.
+        self.image_transform = None if s.model.text_only else ImageTransform(s.model.image_size)
+
+        train_loader = make_loader(self.train_posts, self.tokenizer, s, self.image_transform, s.train.batch_size, True)
+        dev_loader = make_loader(self.dev_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
+        steps_per_epoch = math.ceil(len(train_loader) / s.train.grad_accum_steps)
+        self.total_steps = steps_per_epoch * s.train.epochs
+        if s.train.max_steps:
+            self.total_steps = min(self.total_steps, s.train.max_steps)
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, s), weight_decay=s.train.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(s.train.warmup_ratio * self.total_steps), max(self.total_steps, 1)
+        )
+        self.model, self.optimizer, self.train_loader, self.dev_loader, self.scheduler = acc.prepare(
+            self.model, optimizer, train_loader, dev_loader, scheduler
+        )
+        self.state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None}
+        if resume:
+            self._load_checkpoint()
+        elif acc.is_main_process:
+            s.save(self.output_dir / "config.yaml")
+            info = {
+                "git_revision": git_revision(),
+                "torch": torch.__version__,
+                "num_processes": acc.num_processes,
+                "mixed_precision": acc.mixed_precision,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            (self.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        self.tb = self._tensorboard()
+
+    def _tensorboard(self) -> Any:
+        if not self.accelerator.is_main_process:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: the JSON-lines log is enough
+            return None
+        return SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    # -------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> None:
+        acc = self.accelerator
+        tmp = self.output_dir / "checkpoint.tmp"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state, indent=2) + "\n")
+            _atomic_replace(tmp, self.checkpoint_dir)
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self) -> None:
+        if not (self.checkpoint_dir / "trainer_state.json").is_file():
+            raise QGNError(f"nothing to resume in {self.output_dir}: no checkpoint/trainer_state.json")
+        self.accelerator.load_state(str(self.checkpoint_dir))
+        self.state = json.loads((self.checkpoint_dir / "trainer_state.json").read_text())
+        logger.info("resuming at epoch %d, batch %d (step %d)", self.state["epoch"] + 1,
+                    self.state["batches_done"], self.state["global_step"])
+
+    def _save_model(self, folder: Path) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp = folder.with_name(folder.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            model = acc.unwrap_model(self.model)
+            model.save_pretrained(tmp, tokenizer=self.tokenizer, image_processor=self.image_transform)
+            _atomic_replace(tmp, folder)
+        acc.wait_for_everyone()
+
+    # -------------------------------------------------------------- loop
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from qgn.data.pipeline import model_inputs
+
+        outputs = self.model(**model_inputs(batch))
+        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+        # Matching costs and losses in fp32 even under bf16/fp16 autocast.
+        with torch.autocast(device_type=self.accelerator.device.type, enabled=False):
+            return self.criterion(outputs, batch["targets"])
+
+    def evaluate(self, posts: list, loader: Any, split: str) -> dict[str, Any]:
+        from qgn.engine.inference import predict_loader
+        from qgn.metrics import score
+
+        predictions = predict_loader(
+            self.model, self.postprocessor, loader, self.accelerator, description=split, progress=self.progress
+        )
+        return metrics_summary(score(posts, predictions))
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.get("train", {}).items():
+                self.tb.add_scalar(f"train/{key}", value, record["step"])
+            for metric, row in record.get("dev", {}).items():
+                self.tb.add_scalar(f"dev/{metric}_f1", row["f1"], record["step"])
+
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        s, acc, state = self.settings, self.accelerator, self.state
+        show = self.progress and acc.is_local_main_process
+        bar = tqdm(total=self.total_steps, initial=state["global_step"], desc="train", disable=not show,
+                   dynamic_ncols=True)
+        stop = False
+        try:
+            for epoch in range(state["epoch"], s.train.epochs):
+                stop = self._train_epoch(epoch, bar)
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            logger.warning("interrupted: saving the training state to %s", self.checkpoint_dir)
+            self._save_checkpoint()
+            raise
+        bar.close()
+        return self.finish()
+
+    def _train_epoch(self, epoch: int, bar: Any) -> bool:
+        s, acc, state = self.settings, self.accelerator, self.state
+        started = time.time()
+        self.train_loader.set_epoch(epoch)
+        loader = self.train_loader
+        if state["batches_done"]:
+            loader = acc.skip_first_batches(self.train_loader, state["batches_done"])
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        for batch in loader:
+            with acc.accumulate(self.model):
+                loss, parts = self._loss(batch)
+                if not torch.isfinite(loss):
+                    shown = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+                    raise TrainingDiverged(
+                        f"non-finite loss at epoch {epoch + 1}, step {state['global_step'] + 1}: {shown}"
+                    )
+                acc.backward(loss)
+                if acc.sync_gradients and s.train.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), s.train.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            count += 1
+            state["batches_done"] += 1
+            if acc.sync_gradients:
+                state["global_step"] += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
+                every = s.train.checkpoint_every_steps
+                if every and state["global_step"] % every == 0:
+                    self._save_checkpoint()
+                if s.train.max_steps and state["global_step"] >= s.train.max_steps:
+                    break
+        stop = bool(s.train.max_steps and state["global_step"] >= s.train.max_steps)
+        last = stop or epoch + 1 == s.train.epochs
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": state["global_step"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "train": {k: v / max(count, 1) for k, v in sorted(sums.items())},
+        }
+        if last or (epoch + 1) % s.train.eval_every_epochs == 0:
+            dev = self.evaluate(self.dev_posts, self.dev_loader, "dev")
+            record["dev"] = dev
+            if dev["GMNER"]["f1"] > state["best_f1"]:
+                state["best_f1"], state["best_epoch"] = dev["GMNER"]["f1"], epoch + 1
+                self._save_model(self.output_dir / "best")
+        record["seconds"] = round(time.time() - started, 2)
+        self._log_epoch(record)
+        state["epoch"], state["batches_done"] = epoch + 1, 0
+        self._save_checkpoint()
+        return stop
+
+    def finish(self) -> dict[str, Any]:
+        """Score the best-on-dev model on dev and test, write final_metrics.json."""
+        from qgn.modeling import QGNModel
+
+        s, acc = self.settings, self.accelerator
+        best_dir = self.output_dir / "best"
+        acc.wait_for_everyone()
+        best = QGNModel.from_pretrained(best_dir).to(acc.device)
+        test_posts = read_split(s, s.data.test_split)
+        test_loader = acc.prepare(
+            make_loader(test_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
+        )
+        dev = self.evaluate_model(best, self.dev_posts, self.dev_loader, "dev")
+        test = self.evaluate_model(best, test_posts, test_loader, "test")
+        final = {"best_epoch": self.state["best_epoch"], "selected_on": "dev GMNER micro F1", "dev": dev, "test": test}
+        if acc.is_main_process:
+            (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        acc.wait_for_everyone()
+        return final
+
+    def evaluate_model(self, model: torch.nn.Module, posts: list, loader: Any, split: str) -> dict[str, Any]:
+        from qgn.engine.inference import predict_loader
+        from qgn.metrics import score
+
+        predictions = predict_loader(model, self.postprocessor, loader, self.accelerator, description=split,
+                                     progress=self.progress)
+        return metrics_summary(score(posts, predictions))
+
+
+def run_training(settings: RunSettings, output_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    return Trainer(settings, output_dir, resume=resume, progress=progress).train()
+
+
+# ----------------------------------------------------------------------------- CLI
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train QGN (the paper's recipe, on accelerate)",
+        description="Train QGN; evaluate on dev after every epoch, keep the best dev GMNER F1 checkpoint, "
+        "then score it on test. Launch on several GPUs/nodes with `accelerate launch -m qgn.cli train ...`.",
+    )
+    p.add_argument("--config", help="run YAML file, or a shipped name (twitter_gmner, twitter_fmnerg, demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--output-dir", help="run directory (required unless --resume)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args: Any) -> int:
+    import yaml
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.output_dir and Path(args.output_dir) != run_dir:
+            raise QGNError("--resume DIR continues DIR; do not give another --output-dir")
+        if not (run_dir / "config.yaml").is_file():
+            raise QGNError(f"{run_dir} holds no config.yaml: not a qgn run directory")
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if args.config or args.overrides:
+            raise QGNError("--resume uses the run's own config.yaml; drop --config/--set")
+        settings = settings_from_dict(raw)
+    else:
+        if not args.output_dir:
+            raise QGNError("--output-dir is required")
+        run_dir = Path(args.output_dir)
+        settings = resolve_settings(args.config, args.overrides)
+    final = run_training(settings, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    from qgn.engine.inference import format_summary
+
+    print(f"best epoch {final['best_epoch']} (selected on dev GMNER micro F1)")
+    print(format_summary({"dev": final["dev"], "test": final["test"]}))
+    return 0
