@@ -77,6 +77,8 @@ class TrainSettings:
         max_steps: stop after this many optimizer steps (0: no limit; for smoke tests).
         eval_every_epochs: evaluate on dev every N epochs (1, as the paper); the last epoch is
             always evaluated.
+        select_metric: the dev micro F1 that picks the best checkpoint: ``GMNER`` (the paper's
+            main metric), or ``MNER`` for text-only models, which cannot ground.
     """
 
     epochs: int = 50
@@ -95,6 +97,7 @@ class TrainSettings:
     checkpoint_every_steps: int = 0
     max_steps: int = 0
     eval_every_epochs: int = 1
+    select_metric: str = "GMNER"
 
 
 @dataclass
@@ -143,6 +146,8 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
     settings = RunSettings(config, DataSettings(**data), TrainSettings(**train), preset)
     if settings.data.missing_images not in ("fail", "skip", "text_only"):
         raise QGNError(f"data.missing_images must be fail, skip or text_only, got {settings.data.missing_images!r}")
+    if settings.train.select_metric not in ("GMNER", "MNER", "EEG"):
+        raise QGNError(f"train.select_metric must be GMNER, MNER or EEG, got {settings.train.select_metric!r}")
     if settings.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise QGNError(f"train.mixed_precision must be no, bf16 or fp16, got {settings.train.mixed_precision!r}")
     return settings

@@ -95,7 +95,7 @@ def read_split(settings: RunSettings, split: str, missing_images: str | None = N
     policy = missing_images or data.missing_images
     if settings.model.text_only:
         policy = "text_only"
-    return read_dataset(
+    posts = read_dataset(
         data.path,
         split=split,
         image_dir=data.image_dir,
@@ -103,6 +103,17 @@ def read_split(settings: RunSettings, split: str, missing_images: str | None = N
         fmnerg_xml_dir=data.fmnerg_xml_dir,
         entity_types=settings.model.entity_types,
     )
+    without = [p for p in posts if p.image_path is None]
+    if without and policy != "text_only":
+        if policy == "skip":
+            logger.warning("%s: skipping %d of %d posts that have no image", split, len(without), len(posts))
+            return [p for p in posts if p.image_path is not None]
+        hint = "set data.image_dir" if data.image_dir is None else f"looked in {data.image_dir}"
+        raise QGNError(
+            f"{split}: {len(without)} of {len(posts)} posts have no image ({hint}); or choose "
+            "data.missing_images=skip / text_only, or model.text_only=true"
+        )
+    return posts
 
 
 def make_loader(posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool):
@@ -365,8 +376,9 @@ class Trainer:
         if last or (epoch + 1) % s.train.eval_every_epochs == 0:
             dev = self.evaluate(self.dev_posts, self.dev_loader, "dev")
             record["dev"] = dev
-            if dev["GMNER"]["f1"] > state["best_f1"]:
-                state["best_f1"], state["best_epoch"] = dev["GMNER"]["f1"], epoch + 1
+            selected = dev[s.train.select_metric]["f1"]
+            if selected > state["best_f1"]:
+                state["best_f1"], state["best_epoch"] = selected, epoch + 1
                 self._save_model(self.output_dir / "best")
         record["seconds"] = round(time.time() - started, 2)
         self._log_epoch(record)
@@ -388,7 +400,8 @@ class Trainer:
         )
         dev = self.evaluate_model(best, self.dev_posts, self.dev_loader, "dev")
         test = self.evaluate_model(best, test_posts, test_loader, "test")
-        final = {"best_epoch": self.state["best_epoch"], "selected_on": "dev GMNER micro F1", "dev": dev, "test": test}
+        final = {"best_epoch": self.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
+                 "dev": dev, "test": test}
         if acc.is_main_process:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         acc.wait_for_everyone()
@@ -445,6 +458,6 @@ def _main(args: Any) -> int:
     final = run_training(settings, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     from qgn.engine.inference import format_summary
 
-    print(f"best epoch {final['best_epoch']} (selected on dev GMNER micro F1)")
+    print(f"best epoch {final['best_epoch']} (selected on {final['selected_on']})")
     print(format_summary({"dev": final["dev"], "test": final["test"]}))
     return 0

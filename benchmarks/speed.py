@@ -1,0 +1,260 @@
+"""CPU speed of QGN: throughput, memory and FLOPs of the full-size and tiny models vs the bare encoders.
+
+The full-size architecture (bert-base-cased shapes + CLIP ViT-B/32 at 224 px) is built from configs
+with random weights -- nothing is downloaded. Batches are synthetic Twitter-GMNER shapes (32
+sub-words, 20 words, 1-3 entities per post, half with a box).
+
+    python benchmarks/speed.py --quick                 # essential rows, < 2 min on 2 cores
+    python benchmarks/speed.py --json speed.json       # everything, ~10 min on 2 cores
+
+Rows: inference (model.eval(), torch.inference_mode()) and training (forward + criterion +
+backward + AdamW step) at batch 1 and 16: median seconds per batch, posts/s and the peak resident
+memory above the level before the row. "encoders" is BertModel + CLIPVisionModel built from the
+same configs; the ratio QGN / encoders (inference, same batch) is what QGN's own modules add,
+and the issue's goal is <= 1.25. When it is above, a per-module profile (inclusive wall time and
+FLOPs of each sub-module of one forward pass) follows the table. FLOPs are counted by
+torch.utils.flop_counter (2 per multiply-add) and compared with the measured peak of a 2048^3
+fp32 matmul at the same thread count.
+
+The last line of the output is ``qgn/encoders inference ratio: X`` (batch 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+RATIO_GOAL = 1.25
+
+
+# ----------------------------------------------------------------------------- measurements
+def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int, warmup: int, repeats: int) -> list[dict[str, Any]]:
+    """Median seconds per forward pass of ``batch`` posts in eval mode, one row per model.
+
+    The models' timed calls are interleaved (A B A B ...) so that the drift of a shared machine
+    hits them alike and their ratio stays meaningful; the memory peak of each model is taken
+    during its own warm-up calls.
+    """
+    inputs, _ = C.synthetic_batch(config, batch)
+    peaks = {}
+    with torch.inference_mode():
+        for label, model in models.items():
+            model.eval()
+            with C.PeakRSS() as mem:
+                C.time_calls(lambda: model(**inputs), max(warmup, 1), 0)
+            peaks[label] = mem.peak_delta
+        times: dict[str, list[float]] = {label: [] for label in models}
+        for _ in range(repeats):
+            for label, model in models.items():
+                times[label] += C.time_calls(lambda: model(**inputs), 0, 1)
+    return [_row(label, "inference", batch, times[label], peaks[label]) for label in models]
+
+
+def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median seconds per optimisation step of ``batch`` posts (forward, loss, backward, AdamW)."""
+    inputs, targets = C.synthetic_batch(config, batch)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    step = C.train_step_fn(model, loss_fn, optimizer, inputs, targets)
+    gc.collect()
+    with C.PeakRSS() as mem:  # includes AdamW's two moment buffers, created on the first step
+        times = C.time_calls(step, warmup, repeats)
+    del optimizer
+    model.zero_grad(set_to_none=True)
+    return _row(label, "train", batch, times, mem.peak_delta)
+
+
+def _row(label: str, mode: str, batch: int, times: list[float], peak_bytes: int) -> dict[str, Any]:
+    med = C.median(times)
+    row = dict(model=label, mode=mode, batch=batch, median_s=med, posts_per_s=batch / med,
+               peak_rss_mb=peak_bytes / 2**20, times_s=times)
+    print(f"  {label:<14} {mode:<9} batch {batch:>2}: {med * 1000:9.1f} ms  {batch / med:8.2f} posts/s  "
+          f"peak +{C.fmt_mb(peak_bytes)} MB", flush=True)
+    return row
+
+
+def encoder_loss(outputs: tuple[torch.Tensor, torch.Tensor | None], _targets: Any) -> tuple[torch.Tensor, dict]:
+    """A stand-in loss so the bare encoders can be trained for the baseline training rows."""
+    text, vision = outputs
+    loss = text.float().pow(2).mean() + (vision.float().pow(2).mean() if vision is not None else 0.0)
+    return loss, {}
+
+
+def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int, max_depth: int = 3) -> list[dict[str, Any]]:
+    """Inclusive wall time (median over ``repeats`` forward passes) and FLOPs of every sub-module
+    down to ``max_depth`` dotted levels. A module called several times in one pass is summed."""
+    inputs, _ = C.synthetic_batch(config, batch)
+    model.eval()
+    names = {m: n for n, m in model.named_modules() if n and n.count(".") < max_depth}
+    started: dict[str, list[float]] = {}
+    spent: dict[str, float] = {}
+
+    def pre(module, _args):
+        started.setdefault(names[module], []).append(time.perf_counter())
+
+    def post(module, _args, _out):
+        name = names[module]
+        spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name].pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    runs: list[dict[str, float]] = []
+    totals = []
+    try:
+        with torch.inference_mode():
+            model(**inputs)  # warm-up
+            for _ in range(repeats):
+                spent.clear()
+                start = time.perf_counter()
+                model(**inputs)
+                totals.append(time.perf_counter() - start)
+                runs.append(dict(spent))
+    finally:
+        for h in handles:
+            h.remove()
+    _, flops = C.count_flops(lambda: model(**inputs))
+    root = type(model).__name__
+    total_s, total_flops = C.median(totals), max(flops.get(root, 0), 1)
+    order = [n for n in names.values() if any(n in r for r in runs)]
+    rows = [dict(module="(whole forward)", seconds=total_s, time_share=1.0, gflops=total_flops / 1e9, flop_share=1.0)]
+    for name in order:
+        seconds = C.median([r.get(name, 0.0) for r in runs])
+        module_flops = flops.get(f"{root}.{name}", 0)
+        rows.append(dict(module=name, seconds=seconds, time_share=seconds / total_s,
+                         gflops=module_flops / 1e9, flop_share=module_flops / total_flops))
+    return rows
+
+
+def print_profile(rows: list[dict[str, Any]], min_share: float = 0.01) -> None:
+    print(f"\nPer-module profile of one full-size QGN forward pass (inference, inclusive, modules >= {min_share:.0%}):")
+    print(f"  {'module':<48} {'ms':>9} {'time':>6} {'GFLOP':>8} {'FLOPs':>6}")
+    for r in rows:
+        if r["time_share"] < min_share and r["flop_share"] < min_share:
+            continue
+        indent = "  " * r["module"].count(".")
+        print(f"  {indent + r['module']:<48} {r['seconds'] * 1000:9.1f} {r['time_share']:6.1%} "
+              f"{r['gflops']:8.2f} {r['flop_share']:6.1%}")
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="essential rows only (< 2 min on 2 cores)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="per-module profile even if the ratio meets the goal")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    big = dict(warmup=1, repeats=4) if quick else dict(warmup=2, repeats=5)  # batch 16, full size
+    small = dict(warmup=2, repeats=10) if quick else dict(warmup=3, repeats=20)  # batch 1 or tiny model
+    results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": C.machine_info(), "rows": []}
+    info = results["machine"]
+    print(f"torch {info['torch']}, transformers {info['transformers']}, {info['torch_threads']} threads, "
+          f"{info['cpu_count']} CPUs: {info['cpu_model']}")
+    peak = C.matmul_peak()
+    results["matmul_peak_gflops"] = peak / 1e9
+    print(f"measured fp32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s\n")
+    rows = results["rows"]
+
+    # -- full-size: QGN vs the encoders alone
+    full = C.full_size_config()
+    print("building the full-size models (random weights) ...", flush=True)
+    qgn, criterion = C.build_qgn(full)
+    encoders = C.Encoders(full)
+    results["parameters"] = {"qgn_full": C.count_parameters(qgn), "encoders_full": C.count_parameters(encoders)}
+    print(f"  QGN {C.count_parameters(qgn) / 1e6:.1f} M parameters, encoders {C.count_parameters(encoders) / 1e6:.1f} M")
+    time_of: dict[tuple[str, str, int], float] = {}
+    for batch in (1, 16):
+        setting = small if batch == 1 else big
+        for row in bench_inference({"qgn-full": qgn, "encoders-full": encoders}, full, batch, **setting):
+            rows.append(row)
+            time_of[(row["model"], "inference", batch)] = row["median_s"]
+    ratios = {f"batch_{b}": time_of[("qgn-full", "inference", b)] / time_of[("encoders-full", "inference", b)] for b in (1, 16)}
+    results["inference_ratio"] = ratios
+
+    # -- FLOPs per post (batch 16 / 16: the padded shape of every post is the same)
+    inputs16, targets16 = C.synthetic_batch(full, 16)
+    qgn.eval(), encoders.eval()
+    qgn_flops, _ = C.count_flops(lambda: qgn(**inputs16))
+    enc_flops, _ = C.count_flops(lambda: encoders(**inputs16))
+    flops = {"qgn_forward_per_post": qgn_flops / 16, "encoders_forward_per_post": enc_flops / 16}
+    achieved = qgn_flops / time_of[("qgn-full", "inference", 16)]
+    flops["qgn_inference_achieved_gflops"] = achieved / 1e9
+    flops["qgn_inference_peak_fraction"] = achieved / peak
+    enc_achieved = enc_flops / time_of[("encoders-full", "inference", 16)]
+    flops["encoders_inference_peak_fraction"] = enc_achieved / peak
+    if not quick:  # forward + backward of one training step (the optimizer step is not counted)
+        qgn.train()
+
+        def fwd_bwd():
+            loss, _ = criterion(qgn(**inputs16), targets16)
+            loss.backward()
+
+        train_flops, _ = C.count_flops(fwd_bwd)
+        qgn.zero_grad(set_to_none=True)
+        flops["qgn_train_per_post"] = train_flops / 16
+    results["flops"] = flops
+
+    # -- training rows
+    if not quick:
+        for batch in (1, 16):
+            setting = small if batch == 1 else big
+            rows.append(bench_training("qgn-full", qgn, criterion, full, batch, **setting))
+            rows.append(bench_training("encoders-full", encoders, encoder_loss, full, batch, **setting))
+    profile_needed = args.profile or ratios["batch_16"] > RATIO_GOAL
+    if profile_needed:
+        results["profile"] = module_profile(qgn, full, 16, repeats=3 if quick else 5)
+    del qgn, criterion, encoders
+    gc.collect()
+
+    # -- tiny model (tests / demo)
+    tiny = C.tiny_config()
+    tiny_qgn, tiny_criterion = C.build_qgn(tiny)
+    results["parameters"]["qgn_tiny"] = C.count_parameters(tiny_qgn)
+    for batch in (1, 16):
+        if not quick:
+            rows.extend(bench_inference({"qgn-tiny": tiny_qgn}, tiny, batch, **small))
+        rows.append(bench_training("qgn-tiny", tiny_qgn, tiny_criterion, tiny, batch, **small))
+
+    print_report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    print(f"qgn/encoders inference ratio: {ratios['batch_16']:.2f}")
+    return 0
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print(f"\n{'model':<14} {'mode':<9} {'batch':>5} {'ms/batch':>10} {'posts/s':>9} {'peak RSS +MB':>13}")
+    for r in results["rows"]:
+        print(f"{r['model']:<14} {r['mode']:<9} {r['batch']:>5} {r['median_s'] * 1000:10.1f} "
+              f"{r['posts_per_s']:9.2f} {r['peak_rss_mb']:13,.0f}")
+    ratios, flops, peak = results["inference_ratio"], results["flops"], results["matmul_peak_gflops"]
+    print(f"\nQGN / encoders inference time: batch 1 {ratios['batch_1']:.2f}, batch 16 {ratios['batch_16']:.2f} "
+          f"(goal <= {RATIO_GOAL})")
+    print(f"forward FLOPs per post: QGN {flops['qgn_forward_per_post'] / 1e9:.2f} GFLOP, encoders "
+          f"{flops['encoders_forward_per_post'] / 1e9:.2f} GFLOP "
+          f"(QGN / encoders {flops['qgn_forward_per_post'] / flops['encoders_forward_per_post']:.2f})")
+    if "qgn_train_per_post" in flops:
+        print(f"training FLOPs per post (forward + backward): {flops['qgn_train_per_post'] / 1e9:.2f} GFLOP "
+              f"({flops['qgn_train_per_post'] / flops['qgn_forward_per_post']:.2f} x forward)")
+    print(f"QGN inference at batch 16: {flops['qgn_inference_achieved_gflops']:.1f} GFLOP/s = "
+          f"{flops['qgn_inference_peak_fraction']:.0%} of the measured matmul peak ({peak:.0f} GFLOP/s); "
+          f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}")
+    if "profile" in results:
+        print_profile(results["profile"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

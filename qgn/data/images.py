@@ -1,0 +1,214 @@
+"""Finding, checking and opening the post images.
+
+Accepted folder layouts (data notes, section 5): one flat folder of ``<id>.jpg`` files (as MQSPN
+expects), or the official archive's ``twitter2015_images/`` and ``twitter2017_images/`` sub-folders.
+``.jpeg`` and ``.png`` are accepted too. Missing or unreadable images are handled by a policy:
+
+- ``fail``: raise, naming the count, the first ids and the folders searched (default for training);
+- ``skip``: drop those posts, with a warning giving the count;
+- ``text_only``: keep the posts with ``image_path = None`` (the model sees a blank placeholder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from qgn.data.records import Post
+from qgn.errors import DataError, QGNError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SOURCE_FOLDERS = ("twitter2015_images", "twitter2017_images")
+MISSING_IMAGE_POLICIES = ("fail", "skip", "text_only")
+# A PIL decode failure can surface as any of these (truncated files, bad headers, huge images).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class ImageResolver:
+    """Maps a post id to ``<id>.jpg|.jpeg|.png`` under ``image_dir``.
+
+    The flat folder is searched first, then the source sub-folder the id suggests (numeric ids are
+    Twitter-2015, others Twitter-2017), then the other one.
+    """
+
+    def __init__(self, image_dir: str | Path):
+        self.root = Path(os.path.normpath(Path(image_dir).absolute()))
+        if not self.root.is_dir():
+            raise QGNError(f"image folder not found: {self.root}")
+        self.subfolders = {name: self.root / name for name in SOURCE_FOLDERS if (self.root / name).is_dir()}
+        self._index: dict[Path, dict[str, str]] = {}
+
+    @property
+    def searched_folders(self) -> list[str]:
+        return [str(self.root), *(str(p) for p in self.subfolders.values())]
+
+    def candidate_folders(self, post_id: str) -> list[Path]:
+        likely = list(SOURCE_FOLDERS) if post_id.isdigit() else list(reversed(SOURCE_FOLDERS))
+        return [self.root, *(self.subfolders[name] for name in likely if name in self.subfolders)]
+
+    def _files(self, folder: Path) -> dict[str, str]:
+        # One listing per folder (thousands of images) instead of one stat call per id and extension.
+        if folder not in self._index:
+            by_stem: dict[str, str] = {}
+            entries = sorted(os.listdir(folder), key=lambda n: _extension_rank(n))
+            for name in entries:
+                stem, ext = os.path.splitext(name)
+                if ext.lower() in IMAGE_EXTENSIONS:
+                    by_stem.setdefault(stem, name)
+            self._index[folder] = by_stem
+        return self._index[folder]
+
+    def find(self, post_id: str) -> str | None:
+        """The image path of ``post_id``, or ``None`` when no folder holds it."""
+        for folder in self.candidate_folders(post_id):
+            name = self._files(folder).get(post_id)
+            if name is not None:
+                return str(folder / name)
+        return None
+
+
+def _extension_rank(name: str) -> int:
+    ext = os.path.splitext(name)[1].lower()
+    return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
+
+
+def probe_image(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """``((W, H), None)`` for a readable image, ``(None, reason)`` otherwise (PIL ``verify``)."""
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            image.verify()
+        return size, None
+    except FileNotFoundError:
+        return None, "file not found"
+    except _DECODE_ERRORS as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class ImageCheck:
+    """Outcome of looking up the images of a list of posts.
+
+    Attributes:
+        paths: per post, the readable image path or ``None``.
+        sizes: per post, the image ``(W, H)`` or ``None``.
+        missing: indices of posts with no image file.
+        unreadable: ``(index, path, reason)`` of posts whose file PIL cannot read.
+        folders: the folders searched (for messages).
+        size_mismatches: posts whose file size differs from their xml ``<size>``.
+    """
+
+    paths: list[str | None]
+    sizes: list[tuple[int, int] | None]
+    missing: list[int] = field(default_factory=list)
+    unreadable: list[tuple[int, str, str]] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    size_mismatches: list[int] = field(default_factory=list)
+
+    @property
+    def bad(self) -> set[int]:
+        return set(self.missing) | {i for i, _, _ in self.unreadable}
+
+
+def check_images(posts: Sequence[Post], image_dir: str | Path | None = None) -> ImageCheck:
+    """Find and verify each post's image without changing the posts.
+
+    A post's own ``image_path`` (from JSONL) is checked as given; otherwise the id is looked up
+    in ``image_dir``. With neither, the image counts as missing.
+    """
+    resolver = ImageResolver(image_dir) if image_dir is not None else None
+    check = ImageCheck([None] * len(posts), [None] * len(posts),
+                       folders=resolver.searched_folders if resolver else [])
+    for i, post in enumerate(posts):
+        path = post.image_path or (resolver.find(post.id) if resolver else None)
+        if path is None or not os.path.isfile(path):
+            check.missing.append(i)
+            if post.image_path and os.path.dirname(post.image_path) not in check.folders:
+                check.folders.append(os.path.dirname(post.image_path))
+            continue
+        size, reason = probe_image(path)
+        if size is None:
+            check.unreadable.append((i, path, reason or "unreadable"))
+            continue
+        check.paths[i], check.sizes[i] = path, size
+        if post.image_size is not None and tuple(post.image_size) != size:
+            check.size_mismatches.append(i)
+    return check
+
+
+def describe_image_problems(posts: Sequence[Post], check: ImageCheck) -> str:
+    """One line: counts, the first ids and the folders searched."""
+    first = ", ".join(posts[i].id for i in sorted(check.bad)[:5])
+    unreadable = "; ".join(f"{path} ({reason})" for _, path, reason in check.unreadable[:2])
+    return (f"{len(check.missing)} of {len(posts)} posts have no image file and {len(check.unreadable)} "
+            f"have an unreadable one (first ids: {first})"
+            + (f"; unreadable e.g. {unreadable}" if unreadable else "")
+            + f"; looked in: {', '.join(check.folders) or '(no image folder given)'}")
+
+
+def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str = "fail") -> list[Post]:
+    """Set ``image_path`` (and a missing ``image_size``) on each post; apply ``policy`` to the rest.
+
+    Args:
+        posts: posts, changed in place.
+        image_dir: image folder; ``None`` uses only the posts' own ``image_path``.
+        policy: ``fail`` (raise :class:`QGNError`), ``skip`` (drop those posts, with a warning) or
+            ``text_only`` (keep them with ``image_path = None``, with a warning).
+
+    Returns:
+        The kept posts, in their order.
+    """
+    if policy not in MISSING_IMAGE_POLICIES:
+        raise QGNError(f"missing-image policy must be one of {', '.join(MISSING_IMAGE_POLICIES)}, got {policy!r}")
+    check = check_images(posts, image_dir)
+    bad = check.bad
+    message = describe_image_problems(posts, check) if bad else ""
+    if bad and policy == "fail":
+        raise QGNError(f"{message}. Use the 'skip' or 'text_only' missing-image policy to go on without them")
+    for post, path, size in zip(posts, check.paths, check.sizes):
+        post.image_path = path
+        if path is not None and post.image_size is None:
+            post.image_size = size
+    if check.size_mismatches:
+        # Boxes are in the xml's pixel space, so the xml size is kept; a different file size usually
+        # means a re-encoded or thumbnail image, and boxes drawn on it would be off.
+        example = posts[check.size_mismatches[0]]
+        logger.warning("%d images differ in size from their annotation's <size> (e.g. %s); keeping the "
+                       "annotation size", len(check.size_mismatches), example.id)
+    if not bad:
+        return posts
+    if policy == "skip":
+        logger.warning("skipping %d posts without a usable image: %s", len(bad), message)
+        return [post for i, post in enumerate(posts) if i not in bad]
+    logger.warning("%d posts have no usable image and are kept text-only: %s", len(bad), message)
+    return posts
+
+
+def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str | None) -> list[Post]:
+    """Resolve images only when the data has some: an ``image_dir``, or JSONL ``image`` fields.
+
+    With JSONL image paths and no ``image_dir``, ``policy=None`` keeps the paths unchecked (scoring
+    needs no images); an explicit policy checks them.
+    """
+    if image_dir is None and (policy is None or not any(post.image_path for post in posts)):
+        return posts
+    return resolve_images(posts, image_dir, policy or "fail")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grayscale and palette images are converted); :class:`DataError` if unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here rather than in a worker
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError("image file not found", path=str(path)) from None
+    except _DECODE_ERRORS as err:
+        raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=str(path)) from err

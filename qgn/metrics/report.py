@@ -1,0 +1,45 @@
+"""Plain-text tables for a :class:`~qgn.metrics.scorer.ScoreReport`: every percentage sits beside
+the raw counts it came from (TP, #pred, #gold), so a reader can recompute or sum any row."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from qgn.metrics.scorer import MetricRow, ScoreReport
+
+HEADER = ("P", "R", "F1", "TP", "#pred", "#gold")
+
+
+def format_rows(rows: Mapping[str, "MetricRow"], title: str = "metric", indent: str = "") -> list[str]:
+    """One aligned line per row: ``name  P  R  F1  TP  #pred  #gold`` (percentages with 2 decimals)."""
+    width = max([len(title), *(len(name) for name in rows)])
+    lines = [f"{indent}{title:<{width}}  {'P':>6}  {'R':>6}  {'F1':>6}  {'TP':>6}  {'#pred':>6}  {'#gold':>6}"]
+    for name, row in rows.items():
+        lines.append(
+            f"{indent}{name:<{width}}  {row.precision:6.2f}  {row.recall:6.2f}  {row.f1:6.2f}  "
+            f"{row.tp:6d}  {row.n_pred:6d}  {row.n_gold:6d}"
+        )
+    return lines
+
+
+def format_report(report: "ScoreReport", per_type: bool = True) -> str:
+    """The three headline metrics; then per-type GMNER / MNER rows (``per_type``); then FMNERG rows.
+
+    FMNERG per-coarse-category rows (QGN Table II) are always shown when present; per-fine-type
+    rows only with ``per_type`` (there are up to 51).
+    """
+    lines = [
+        f"{report.n_posts} posts ({report.n_posts_without_predictions} without predictions), "
+        f"IoU >= {report.iou_threshold:g}, matched by {report.match_by}, micro-averaged",
+        *format_rows(report.overall),
+    ]
+    if per_type:
+        for metric, rows in report.per_type.items():
+            lines += ["", *format_rows(rows, title=f"{metric} per type")]
+            lines.append(f"(macro F1 over these types: {report.macro_f1(metric):.2f}; not the headline)")
+    if report.fmnerg_coarse is not None:
+        lines += ["", *format_rows({**report.fmnerg_coarse, "All": report.gmner}, title="FMNERG GMNER per category")]
+        if per_type and report.fmnerg_fine:
+            lines += ["", *format_rows(report.fmnerg_fine, title="FMNERG GMNER per fine type")]
+    return "\n".join(lines)

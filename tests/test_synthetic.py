@@ -1,0 +1,215 @@
+"""The synthetic demo benchmark: deterministic, valid Twitter-GMNER layout, needs the image."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from qgn.data.synthetic import (
+    MANIFEST_NAME,
+    NAME_LOOKS,
+    SYNTHETIC_VOCABULARY,
+    generate_synthetic_benchmark,
+    make_post,
+)
+from qgn.errors import QGNError
+
+COUNTS = {"train": 120, "dev": 30, "test": 150}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "bench"
+    return generate_synthetic_benchmark(out, num_train=COUNTS["train"], num_dev=COUNTS["dev"],
+                                        num_test=COUNTS["test"], seed=3)
+
+
+def parse_txt(path: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(id, tokens, tags) per block; asserts the exact line format on the way."""
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n\n") and not text.endswith("\n\n\n")  # blocks, then one empty line at the end
+    blocks = []
+    for chunk in text.rstrip("\n").split("\n\n"):
+        lines = chunk.split("\n")
+        assert lines[0].startswith("IMGID:")
+        fields = [line.split("\t") for line in lines[1:]]
+        assert all(len(f) == 2 and f[0] and " " not in f[0] for f in fields)
+        blocks.append((lines[0][len("IMGID:"):], [f[0] for f in fields], [f[1] for f in fields]))
+    return blocks
+
+
+def entity_strings(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
+    """(surface string, type) per BIO entity; asserts well-formed IOB2."""
+    spans: list[tuple[list[str], str]] = []
+    for token, tag in zip(tokens, tags):
+        if tag.startswith("B-"):
+            spans.append(([token], tag[2:]))
+        elif tag.startswith("I-"):
+            assert spans and spans[-1][1] == tag[2:]
+            spans[-1][0].append(token)
+        else:
+            assert tag == "O"
+    return [(" ".join(words), kind) for words, kind in spans]
+
+
+def boxes_by_name(xml_path: Path) -> tuple[tuple[int, int], dict[str, list[tuple[int, ...]]]]:
+    root = ET.parse(xml_path).getroot()
+    size = root.find("size")
+    wh = (int(size.findtext("width")), int(size.findtext("height")))
+    assert size.findtext("depth") == "3"
+    boxes: dict[str, list[tuple[int, ...]]] = {}
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        boxes.setdefault(obj.findtext("name"), []).append(
+            tuple(int(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return wh, boxes
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    first = files(generate_synthetic_benchmark(tmp_path / "a", 20, 5, 5, seed=1))
+    second = files(generate_synthetic_benchmark(tmp_path / "b", 20, 5, 5, seed=1))
+    other = files(generate_synthetic_benchmark(tmp_path / "c", 20, 5, 5, seed=2))
+    assert first == second
+    assert any(name.endswith(".jpg") for name in first) and any(name.endswith(".xml") for name in first)
+    assert first["txt/train.txt"] != other["txt/train.txt"]
+    # A post depends on (seed, split, index) only: growing train leaves dev and test untouched.
+    bigger = files(generate_synthetic_benchmark(tmp_path / "d", 25, 5, 5, seed=1))
+    assert bigger["txt/test.txt"] == first["txt/test.txt"]
+
+
+def test_layout_is_valid_twitter_gmner(bench: Path) -> None:
+    manifest = json.loads((bench / MANIFEST_NAME).read_text())
+    assert manifest["seed"] == 3 and manifest["counts"] == COUNTS
+    all_ids: list[str] = []
+    stats = Counter()
+    for split, count in COUNTS.items():
+        blocks = parse_txt(bench / "txt" / f"{split}.txt")
+        assert len(blocks) == count
+        for post_id, tokens, tags in blocks:
+            all_ids.append(post_id)
+            entities = entity_strings(tokens, tags)
+            assert 5 <= len(tokens) <= 20 and len(entities) <= 4
+            assert len({name for name, _ in entities}) == len(entities)  # no name twice in a post
+            with Image.open(bench / "images" / f"{post_id}.jpg") as image:
+                image_size = image.size
+                assert image.mode == "RGB"
+            xml_path = bench / "xml" / f"{post_id}.xml"
+            named: dict[str, list[tuple[int, ...]]] = {}
+            if xml_path.exists():
+                wh, named = boxes_by_name(xml_path)
+                assert wh == image_size and named
+            # Every object name is exactly an entity string of the post (exact-string linking).
+            assert set(named) <= {name for name, _ in entities}
+            for name, kind in entities:
+                assert NAME_LOOKS[name][0] == kind
+                boxes = named.get(name, [])
+                stats["entities"] += 1
+                stats["ungroundable"] += not boxes
+                stats["multi_box"] += len(boxes) > 1
+                for x1, y1, x2, y2 in boxes:
+                    assert 0 <= x1 < x2 <= image_size[0] and 0 <= y1 < y2 <= image_size[1]
+                    # Big enough to survive a 64x64 resize.
+                    assert (x2 - x1) >= 0.15 * image_size[0] and (y2 - y1) >= 0.15 * image_size[1]
+            stats["no_entity_posts"] += not entities
+    assert len(set(all_ids)) == len(all_ids) == sum(COUNTS.values())
+    assert len(list((bench / "images").iterdir())) == sum(COUNTS.values())
+    assert 0.35 <= stats["ungroundable"] / stats["entities"] <= 0.55
+    assert stats["multi_box"] >= 3 and 1 <= stats["no_entity_posts"] <= 0.12 * sum(COUNTS.values())
+
+
+def test_groundability_is_decided_by_the_image() -> None:
+    """An object of an entity's colour is drawn iff the entity has a box; distractors exist."""
+    distractors = 0
+    for index in range(200):
+        post = make_post(0, "train", index, (128, 96), 0.25)
+        names = [name for name, _ in entity_strings(post.tokens, post.tags)]
+        colours = {NAME_LOOKS[n][1].colour: n for n in names}
+        boxed = {o.name for o in post.objects if o.name is not None}
+        for obj in post.objects:
+            if obj.name is None:
+                distractors += 1
+                assert obj.look.colour not in colours  # a distractor never looks like a mentioned entity
+            else:
+                assert obj.look == NAME_LOOKS[obj.name][1]
+        assert {colours[c] for c in colours if any(o.look.colour == c for o in post.objects)} == boxed
+        # Boxes do not overlap, so each is the whole visible shape.
+        boxes = [o.box for o in post.objects]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    assert distractors >= 100
+
+
+def test_text_only_baseline_is_far_below_90(bench: Path) -> None:
+    """Gold spans and types with no box are right exactly for the ungroundable entities (P = R)."""
+    gold = correct = 0
+    for post_id, tokens, tags in parse_txt(bench / "txt" / "test.txt"):
+        xml_path = bench / "xml" / f"{post_id}.xml"
+        named = boxes_by_name(xml_path)[1] if xml_path.exists() else {}
+        for name, _ in entity_strings(tokens, tags):
+            gold += 1
+            correct += name not in named
+    f1 = 100 * correct / gold
+    assert 30 < f1 < 70
+
+
+def test_vocabulary_covers_every_emitted_word(bench: Path) -> None:
+    vocabulary = set(SYNTHETIC_VOCABULARY)
+    assert len(vocabulary) == len(SYNTHETIC_VOCABULARY)
+    for split in COUNTS:
+        for _, tokens, _ in parse_txt(bench / "txt" / f"{split}.txt"):
+            assert set(tokens) <= vocabulary
+    assert any(" " in name for name in NAME_LOOKS)  # multi-word entities exist
+
+
+def test_reuse_overwrite_and_refusal(tmp_path: Path) -> None:
+    out = generate_synthetic_benchmark(tmp_path / "x", 8, 2, 2)
+    stamp = (out / "txt" / "train.txt").stat().st_mtime_ns
+    assert generate_synthetic_benchmark(tmp_path / "x", 8, 2, 2) == out
+    assert (out / "txt" / "train.txt").stat().st_mtime_ns == stamp  # complete and same manifest: reused
+    with pytest.raises(QGNError, match="overwrite"):
+        generate_synthetic_benchmark(tmp_path / "x", 9, 2, 2)
+    generate_synthetic_benchmark(tmp_path / "x", 9, 2, 2, overwrite=True)
+    assert len(list((out / "images").iterdir())) == 13
+    assert json.loads((out / MANIFEST_NAME).read_text())["counts"]["train"] == 9
+    assert not (tmp_path / ".x.partial").exists()
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "notes.txt").write_text("mine")
+    with pytest.raises(QGNError):
+        generate_synthetic_benchmark(tmp_path / "y", 4, 1, 1)
+    with pytest.raises(QGNError):
+        generate_synthetic_benchmark(tmp_path / "z", 4, 1, 1, image_size=(8, 8))
+
+
+def test_generation_is_fast(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    generate_synthetic_benchmark(tmp_path / "fast", 30, 10, 10)
+    assert time.perf_counter() - started < 5.0
+
+
+def test_read_dataset_agrees_with_the_files(bench: Path) -> None:
+    data = pytest.importorskip("qgn.data")
+    if not hasattr(data, "read_dataset"):
+        pytest.skip("qgn.data.read_dataset is not available yet")
+    posts = data.read_dataset(str(bench), split="test", image_dir=str(bench / "images"))
+    blocks = parse_txt(bench / "txt" / "test.txt")
+    assert [p.id for p in posts] == [b[0] for b in blocks]
+    for post, (post_id, tokens, tags) in zip(posts, blocks):
+        assert post.tokens == tokens
+        assert [e.type for e in post.entities] == [k for _, k in entity_strings(tokens, tags)]
+        xml_path = bench / "xml" / f"{post_id}.xml"
+        named = boxes_by_name(xml_path)[1] if xml_path.exists() else {}
+        for entity in post.entities:
+            name = " ".join(tokens[entity.start:entity.end])
+            assert sorted(tuple(int(v) for v in b) for b in entity.boxes) == sorted(named.get(name, []))
+        with Image.open(post.image_path) as image:
+            assert tuple(post.image_size) == image.size
