@@ -91,11 +91,17 @@ def encoder_loss(outputs: tuple[torch.Tensor, torch.Tensor | None], _targets: An
 
 
 def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int, max_depth: int = 3) -> list[dict[str, Any]]:
-    """Inclusive wall time (median over ``repeats`` forward passes) and FLOPs of every sub-module
-    down to ``max_depth`` dotted levels. A module called several times in one pass is summed."""
+    """Inclusive wall time (median over ``repeats`` forward passes) and FLOPs of the sub-modules
+    down to ``max_depth`` dotted levels. A module called several times in one pass is summed; a
+    module whose own forward is never called (e.g. a vision tower driven layer by layer) gets the
+    sum of its called descendants."""
     inputs, _ = C.synthetic_batch(config, batch)
     model.eval()
-    names = {m: n for n, m in model.named_modules() if n and n.count(".") < max_depth}
+    names = {m: n for n, m in model.named_modules() if n}
+    children: dict[str, list[str]] = {"": []}
+    for name in names.values():
+        children.setdefault(name, [])
+        children[name.rsplit(".", 1)[0] if "." in name else ""].append(name)
     started: dict[str, list[float]] = {}
     spent: dict[str, float] = {}
 
@@ -121,21 +127,33 @@ def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int
     finally:
         for h in handles:
             h.remove()
-    _, flops = C.count_flops(lambda: model(**inputs))
+    _, flops_by_path = C.count_flops(lambda: model(**inputs))
     root = type(model).__name__
-    total_s, total_flops = C.median(totals), max(flops.get(root, 0), 1)
-    order = [n for n in names.values() if any(n in r for r in runs)]
+    flops = {k[len(root) + 1:]: v for k, v in flops_by_path.items() if k.startswith(root + ".")}
+
+    def effective(values: dict[str, float], name: str) -> float:
+        return values[name] if name in values else sum(effective(values, c) for c in children[name])
+
+    total_s, total_flops = C.median(totals), max(flops_by_path.get(root, 0), 1)
     rows = [dict(module="(whole forward)", seconds=total_s, time_share=1.0, gflops=total_flops / 1e9, flop_share=1.0)]
-    for name in order:
-        seconds = C.median([r.get(name, 0.0) for r in runs])
-        module_flops = flops.get(f"{root}.{name}", 0)
-        rows.append(dict(module=name, seconds=seconds, time_share=seconds / total_s,
-                         gflops=module_flops / 1e9, flop_share=module_flops / total_flops))
+    glue_s, glue_flops = total_s, total_flops
+    for name in names.values():
+        if name.count(".") >= max_depth:
+            continue
+        seconds = C.median([effective(r, name) for r in runs])
+        module_flops = effective(flops, name)
+        if "." not in name:
+            glue_s, glue_flops = glue_s - seconds, glue_flops - module_flops
+        if seconds > 0 or module_flops > 0:
+            rows.append(dict(module=name, seconds=seconds, time_share=seconds / total_s,
+                             gflops=module_flops / 1e9, flop_share=module_flops / total_flops))
+    rows.append(dict(module="(outside sub-modules: functional code, hooks)", seconds=glue_s,
+                     time_share=glue_s / total_s, gflops=glue_flops / 1e9, flop_share=glue_flops / total_flops))
     return rows
 
 
-def print_profile(rows: list[dict[str, Any]], min_share: float = 0.01) -> None:
-    print(f"\nPer-module profile of one full-size QGN forward pass (inference, inclusive, modules >= {min_share:.0%}):")
+def print_profile(rows: list[dict[str, Any]], min_share: float = 0.01, what: str = "full-size QGN, batch 16") -> None:
+    print(f"\nPer-module profile of one forward pass ({what}; inference; inclusive; modules >= {min_share:.0%}):")
     print(f"  {'module':<48} {'ms':>9} {'time':>6} {'GFLOP':>8} {'FLOPs':>6}")
     for r in rows:
         if r["time_share"] < min_share and r["flop_share"] < min_share:

@@ -353,13 +353,13 @@ class Trainer:
                 self.optimizer.zero_grad()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
             count += 1
             state["batches_done"] += 1
             if acc.sync_gradients:
                 state["global_step"] += 1
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
                 every = s.train.checkpoint_every_steps
                 if every and state["global_step"] % every == 0:
                     self._save_checkpoint()

@@ -1,0 +1,151 @@
+"""Small building blocks shared by the QGN modules (post-LN attention, FFN, MLP, masks, pooling).
+
+Every block is *post*-LayerNorm, like the paper's eq. 1 (``LN(x + Drop(Attn(...)))``), and every
+padding mask follows ``nn.MultiheadAttention``'s convention: ``True`` = padding, ignored as a key.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Filled into span logits outside the words (model contract): finite so fp16/bf16 and BCE stay finite.
+MASKED_LOGIT = -1e4
+
+
+def safe_padding_mask(padding: torch.Tensor) -> torch.Tensor:
+    """``padding`` (B, L) bool with every all-padding row's first position un-masked.
+
+    A query whose keys are all masked gets a softmax over nothing, i.e. NaN, which then spreads
+    through every later layer and the loss; attending to one (meaningless) key is harmless
+    because such a row carries no real token anyway.
+    """
+    all_masked = padding.all(dim=1, keepdim=True)
+    first = torch.zeros_like(padding)
+    first[:, 0] = True
+    return padding & ~(all_masked & first)
+
+
+class AttentionBlock(nn.Module):
+    """``x = LN(x + Drop(MHA(x, kv, kv)))`` -- self-attention when ``kv`` is ``None`` (eq. 1's form).
+
+    forward(x (B, Lq, D), kv (B, Lk, D) | None, kv_padding (B, Lk) bool | None) -> (B, Lq, D)
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
+                kv_padding: torch.Tensor | None = None) -> torch.Tensor:
+        kv = x if kv is None else kv
+        if kv_padding is not None:
+            kv_padding = safe_padding_mask(kv_padding)
+        out, _ = self.attn(x, kv, kv, key_padding_mask=kv_padding, need_weights=False)
+        return self.norm(x + self.dropout(out))
+
+
+class FeedForwardBlock(nn.Module):
+    """``x = LN(x + Drop(W2 Drop(GELU(W1 x))))``. forward(x (..., D)) -> (..., D)"""
+
+    def __init__(self, dim: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim), nn.Dropout(dropout)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.net(x))
+
+
+class EncoderLayer(nn.Module):
+    """Transformer encoder layer: self-attention then FFN (both post-LN).
+
+    forward(x (B, L, D), padding (B, L) bool | None) -> (B, L, D)
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.self_attn = AttentionBlock(dim, heads, dropout)
+        self.ffn = FeedForwardBlock(dim, ffn_dim, dropout)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.ffn(self.self_attn(x, kv_padding=padding))
+
+
+class DecoderLayer(nn.Module):
+    """Transformer decoder layer: self-attention, cross-attention to ``memory``, FFN (post-LN).
+
+    Target positions are never masked (queries, visual tokens), so self-attention has no mask.
+    forward(x (B, Lq, D), memory (B, Lm, D), memory_padding (B, Lm) bool | None) -> (B, Lq, D)
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.self_attn = AttentionBlock(dim, heads, dropout)
+        self.cross_attn = AttentionBlock(dim, heads, dropout)
+        self.ffn = FeedForwardBlock(dim, ffn_dim, dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor,
+                memory_padding: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.self_attn(x)
+        x = self.cross_attn(x, memory, memory_padding)
+        return self.ffn(x)
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them. forward(x (..., in)) -> (..., out)"""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def pool_words(subwords: torch.Tensor, word_index: torch.Tensor, num_words: int) -> torch.Tensor:
+    """Max-pool sub-word features into word features (paper Sec. III-B, MRE's F_tok).
+
+    Args:
+        subwords: (B, S, D) sub-word features.
+        word_index: (B, S) long, the word owning each sub-word, -1 for specials and padding.
+        num_words: W, the word axis length (``word_mask.shape[1]``).
+    Returns:
+        (B, W, D): the element-wise max over each word's sub-words; 0 for words without any
+        sub-word (padding words), so they stay finite.
+    """
+    batch, _, dim = subwords.shape
+    # Specials and padding (-1) and any index past W go to a dump slot W that is cut off after.
+    index = torch.where((word_index >= 0) & (word_index < num_words), word_index, num_words)
+    lowest = torch.finfo(subwords.dtype).min
+    pooled = subwords.new_full((batch, num_words + 1, dim), lowest)
+    pooled = pooled.scatter_reduce(1, index.unsqueeze(-1).expand(-1, -1, dim), subwords,
+                                   reduce="amax", include_self=True)[:, :num_words]
+    counts = torch.zeros(batch, num_words + 1, device=subwords.device, dtype=torch.long)
+    counts.scatter_add_(1, index, torch.ones_like(index))
+    has_subword = counts[:, :num_words, None] > 0
+    return torch.where(has_subword, pooled, torch.zeros_like(pooled))
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` / attention projection in
+    ``module`` (QGN's own layers; never called on the pretrained encoders)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.xavier_uniform_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.MultiheadAttention):
+            if sub.in_proj_weight is not None:
+                nn.init.xavier_uniform_(sub.in_proj_weight)
+            if sub.in_proj_bias is not None:
+                nn.init.zeros_(sub.in_proj_bias)

@@ -1,0 +1,208 @@
+"""QGN: the Query-Guided Network (paper arXiv 2603.17314, Sec. III, Fig. 2).
+
+Data flow (d = ``config.hidden_size``; see docs/architecture.md for shapes of the default model)::
+
+    input_ids ─ text_encoder (BERT) ─ text_projection ─ F_t ─ queries (Q) ─ mqa (TQC, JCA) ─ Q~, F~_t
+                  └ hidden states of text_extract_layers ─ hvla.fuse_text (eq. 3) ─ F_fused
+    pixel_values ─ vision_encoder (CLIP ViT, run layer by layer; hvla injects F_fused after
+                   vision_inject_layers) ─ tokens of vision_extract_layers ─ vision_projection ─ F~_v
+    (Q~, F~_v, F~_t) ─ mqd (VTF, FDE, MRE) or plain_decoder ─ H~_q, word features ─ heads
+
+Every ablation switch of :class:`QGNConfig` removes its module: the attribute is ``None`` and
+its parameters are not in the model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qgn.errors import QGNError
+from qgn.modeling.configuration_qgn import QGNConfig
+from qgn.modeling.encoders import (
+    build_text_encoder,
+    build_vision_encoder,
+    check_layers,
+    prune_vision_tower,
+    run_vision_tower,
+)
+from qgn.modeling.heads import PredictionHeads
+from qgn.modeling.hvla import HierarchicalAlignment, VisualProjection
+from qgn.modeling.layers import xavier_init_
+from qgn.modeling.mqa import MultiViewQueryAttention, QueryInitializer
+from qgn.modeling.mqd import MultimodalQueryDecoding, PlainQueryDecoder
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENCODER_NAMES = ("text_encoder", "vision_encoder")
+
+
+class QGNModel(nn.Module):
+    """The QGN network.
+
+    Args:
+        config: the :class:`QGNConfig`. Its ``text_config`` / ``vision_config`` are filled in with
+            the encoders' configs (in place), so saving it rebuilds the model offline.
+        load_pretrained_encoders: load the encoders' weights with ``from_pretrained`` from
+            ``config.text_encoder`` / ``vision_encoder`` (hub name or local directory). They are
+            also loaded when the corresponding ``*_config`` is ``None``; otherwise the encoders
+            are built from the config dicts with random weights.
+    Raises:
+        QGNError: an encoder cannot be loaded, or a configured layer index does not exist.
+    """
+
+    def __init__(self, config: QGNConfig, load_pretrained_encoders: bool = False):
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.hidden_size
+        self.text_encoder = build_text_encoder(config, load_pretrained_encoders)
+        text_width = self.text_encoder.config.hidden_size
+        text_depth = self.text_encoder.config.num_hidden_layers
+        self.text_projection = nn.Linear(text_width, d) if text_width != d else nn.Identity()
+
+        # ---- vision side (Sec. III-A, HVLA); absent in text-only mode
+        self.vision_encoder = self.hvla = self.vision_projection = None
+        self.vision_extract_layers: list[int] = []
+        num_vision_tokens = None
+        if not config.text_only:
+            self.vision_encoder = build_vision_encoder(config, load_pretrained_encoders)
+            vcfg = self.vision_encoder.config
+            if vcfg.image_size != config.image_size:
+                raise QGNError(f"image_size={config.image_size} but the vision encoder expects "
+                               f"{vcfg.image_size}px images; set image_size={vcfg.image_size}")
+            num_vision_tokens = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+            if config.use_hvla:
+                check_layers("text_extract_layers", config.text_extract_layers, text_depth, "the text encoder")
+                check_layers("vision_inject_layers", config.vision_inject_layers, vcfg.num_hidden_layers,
+                             "the vision encoder")
+                check_layers("vision_extract_layers", config.vision_extract_layers, vcfg.num_hidden_layers,
+                             "the vision encoder")
+                self.hvla = HierarchicalAlignment(config, text_width, vcfg.hidden_size, vcfg.num_attention_heads)
+                self.vision_extract_layers = [int(i) for i in config.vision_extract_layers]
+                deepest = max(self.vision_extract_layers + [int(i) for i in config.vision_inject_layers])
+            else:
+                self.vision_extract_layers = [vcfg.num_hidden_layers]
+                deepest = vcfg.num_hidden_layers
+            prune_vision_tower(self.vision_encoder, deepest)
+            self.vision_projection = VisualProjection(vcfg.hidden_size, len(self.vision_extract_layers), d)
+            if config.use_mqd and not (config.use_fde or config.use_mre):
+                raise QGNError("use_fde and use_mre are both off: the queries would never see the image "
+                               "(set use_mqd=false for the plain decoder, or text_only=true)")
+
+        # ---- queries and MQA (Sec. III-A, eqs. 1-2)
+        self.queries = QueryInitializer(config)
+        use_mqa = config.use_mqa and (config.use_tqc or config.use_jca)
+        self.mqa = MultiViewQueryAttention(config) if use_mqa else None
+
+        # ---- MQD (Sec. III-B) and heads (Sec. III-C)
+        self.mqd = MultimodalQueryDecoding(config, num_vision_tokens) if config.use_mqd else None
+        self.plain_decoder = None if config.use_mqd else PlainQueryDecoder(config)
+        self.heads = PredictionHeads(config)
+
+        for name, module in self.named_children():
+            if name not in ENCODER_NAMES:
+                xavier_init_(module)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_index: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Predict entities for a batch (see /work/notes/model-contract.md).
+
+        Args:
+            input_ids: (B, S) sub-word ids, ``[CLS] ... [SEP]`` then padding.
+            attention_mask: (B, S) 1 for real sub-words, 0 for padding.
+            word_index: (B, S) the word owning each sub-word, -1 for specials and padding.
+            word_mask: (B, W) True for real words.
+            pixel_values: (B, 3, H, H) CLIP-normalised images, H = ``config.image_size``;
+                required unless text-only (ignored in text-only mode).
+        Returns:
+            ``type_logits`` (B, Nq, C+1); ``start_logits`` and ``end_logits`` (B, Nq, W), -1e4
+            where ``word_mask`` is False; ``word_mask`` (B, W) bool (echoed); unless text-only
+            ``pred_boxes`` (B, Nq, 4) normalised cxcywh in [0, 1] and ``notarget_logits`` (B, Nq, 2).
+        """
+        word_mask = word_mask.bool()
+        text_padding = attention_mask == 0
+        text_out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                     output_hidden_states=self.hvla is not None)
+        text = self.text_projection(text_out.last_hidden_state)  # F_t (B, S, d)
+
+        vision = None
+        if self.vision_encoder is not None:
+            if pixel_values is None:
+                raise QGNError("this QGN model needs pixel_values (it is not text-only)")
+            injector = None
+            if self.hvla is not None:
+                fused = self.hvla.fuse_text(text_out.hidden_states)  # F_fused (B, S, Dv), eq. 3
+                injector = self.hvla.injector(fused, text_padding)
+            layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector)
+            vision = self.vision_projection(layers)  # F~_v (B, Nv, d)
+
+        queries = self.queries(text, text_padding)  # Q (B, Nq, d)
+        if self.mqa is not None:
+            queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
+        decoder = self.mqd if self.mqd is not None else self.plain_decoder
+        queries, words = decoder(queries, vision, text, text_padding, word_index, word_mask)
+        outputs = self.heads(queries, words, word_mask)
+        outputs["word_mask"] = word_mask
+        return outputs
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, image_processor: Any = None) -> None:
+        """Write ``config.json`` (the QGNConfig, encoder configs included) and ``model.safetensors``
+        into ``directory`` (created), plus the tokenizer / image processor through their own
+        ``save_pretrained`` when given."""
+        from safetensors.torch import save_model
+
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder / CONFIG_FILE)
+        save_model(self, str(folder / WEIGHTS_FILE))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+        if image_processor is not None:
+            image_processor.save_pretrained(str(folder))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "QGNModel":
+        """Rebuild a model saved by :meth:`save_pretrained` (never downloads: the encoders are
+        built from the stored configs, then every weight is loaded strictly). Returned in eval mode."""
+        from safetensors.torch import load_model
+
+        folder = Path(directory)
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise QGNError(f"{folder} is not a QGN checkpoint: {path.name} is missing")
+        try:
+            config = QGNConfig.load(config_path)
+        except (ValueError, TypeError) as exc:
+            raise QGNError(f"{config_path}: {exc}") from exc
+        if config.text_config is None or (not config.text_only and config.vision_config is None):
+            raise QGNError(f"{config_path}: text_config/vision_config missing, cannot rebuild the encoders offline")
+        model = cls(config, load_pretrained_encoders=False)
+        try:
+            load_model(model, str(weights_path), strict=True)
+        except RuntimeError as exc:
+            raise QGNError(f"{weights_path} does not match {config_path}: {str(exc)[:500]}") from exc
+        return model.eval()
+
+
+def count_parameters(model: nn.Module) -> dict[str, Any]:
+    """``{"total": n, "trainable": n, "per_module": {top-level child name: n}}`` (numbers of scalars)."""
+    per_module = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "per_module": per_module,
+    }

@@ -1,0 +1,164 @@
+"""Multimodal Query Decoding (MQD, paper Sec. III-B): VTF -> FDE -> MRE.
+
+* VTF (Vision Text Fusion): ``num_fusion_layers`` transformer encoder layers over
+  ``[F~_v; F~_t] + position + modality embeddings`` (text padding masked) -> memory M_vt.
+  Off: M_vt is the plain concatenation ``[F~_v; F~_t]``.
+* FDE (Fusion Decoder): ``num_decoder_layers`` decoder layers (query self-attention,
+  cross-attention to M_vt, FFN) -> H_q. Off: H_q = Q~.
+* MRE (Multimodal Refinement): the *text part of M_vt* is max-pooled into word features F_tok
+  (B, W, d); ``num_refinement_layers`` joint encoder layers over ``[F_tok; H_q]`` (word padding
+  masked); after each, one synchronized vision layer updates the *vision part of M_vt*
+  (self-attention, cross-attention to the current ``[words; queries]``, FFN); finally the queries
+  cross-attend to the updated vision and add it residually: ``H~_q = LN(H_q + Drop(Attn(H_q, V, V)))``.
+  Off: H~_q = H_q and the word features are the pooled text part of M_vt.
+
+We read the text and vision that MRE refines from M_vt (not from F~_t / F~_v) so that VTF feeds
+the predictions even when FDE is off; with VTF off the two are the same tensors.
+The word features MRE returns are also what the span heads score against.
+
+Text-only mode: VTF runs over the text alone (no modality embedding) and MRE has no vision
+branch. ``use_mqd=False`` replaces the whole module with :class:`PlainQueryDecoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from qgn.errors import QGNError
+from qgn.modeling.layers import AttentionBlock, DecoderLayer, EncoderLayer, pool_words
+
+VISION, TEXT = 0, 1  # modality embedding rows
+
+
+def _memory(vision: torch.Tensor | None, text: torch.Tensor,
+            text_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[vision; text]`` (B, Nv + S, d) and its padding mask (vision tokens are never padding)."""
+    if vision is None:
+        return text, text_padding
+    vision_padding = text_padding.new_zeros(vision.shape[:2])
+    return torch.cat([vision, text], dim=1), torch.cat([vision_padding, text_padding], dim=1)
+
+
+class VisionTextFusion(nn.Module):
+    """VTF. forward(vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S)) -> M_vt (B, Nv + S, d)"""
+
+    def __init__(self, config: Any, num_vision_tokens: int | None):
+        super().__init__()
+        d = config.hidden_size
+        self.text_position = nn.Parameter(torch.randn(config.max_text_length, d) * 0.02)
+        if num_vision_tokens is not None:
+            self.vision_position = nn.Parameter(torch.randn(num_vision_tokens, d) * 0.02)
+            self.modality = nn.Parameter(torch.randn(2, d) * 0.02)
+        else:  # text only: one modality, a type embedding would be a constant bias
+            self.vision_position = self.modality = None
+        self.layers = nn.ModuleList(
+            EncoderLayer(d, config.num_attention_heads, config.ffn_dim, config.dropout)
+            for _ in range(config.num_fusion_layers)
+        )
+
+    def forward(self, vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
+        length = text.shape[1]
+        if length > self.text_position.shape[0]:
+            raise QGNError(f"{length} sub-words exceed max_text_length={self.text_position.shape[0]}")
+        text = text + self.text_position[:length]
+        if vision is not None:
+            if self.vision_position is None or vision.shape[1] != self.vision_position.shape[0]:
+                raise QGNError(f"got {vision.shape[1]} visual tokens, the fusion encoder was built for "
+                               f"{None if self.vision_position is None else self.vision_position.shape[0]}")
+            vision = vision + self.vision_position + self.modality[VISION]
+            text = text + self.modality[TEXT]
+        memory, padding = _memory(vision, text, text_padding)
+        for layer in self.layers:
+            memory = layer(memory, padding)
+        return memory
+
+
+class MultimodalRefinement(nn.Module):
+    """MRE.
+
+    forward(queries (B, Nq, d), words (B, W, d), word_mask (B, W) bool, vision (B, Nv, d) | None)
+        -> (H~_q (B, Nq, d), refined words (B, W, d))
+    """
+
+    def __init__(self, config: Any, with_vision: bool):
+        super().__init__()
+        d, heads, ffn, drop = config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout
+        depth = config.num_refinement_layers
+        self.joint_layers = nn.ModuleList(EncoderLayer(d, heads, ffn, drop) for _ in range(depth))
+        if with_vision:
+            self.vision_layers = nn.ModuleList(DecoderLayer(d, heads, ffn, drop) for _ in range(depth))
+            self.vision_merge = AttentionBlock(d, heads, drop)
+        else:
+            self.vision_layers = self.vision_merge = None
+
+    def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                vision: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        num_words = words.shape[1]
+        # queries are never padding, so no row of the joint attention is fully masked
+        padding = torch.cat([~word_mask, word_mask.new_zeros(queries.shape[:2])], dim=1)
+        for k, joint_layer in enumerate(self.joint_layers):
+            joint = joint_layer(torch.cat([words, queries], dim=1), padding)
+            words, queries = joint[:, :num_words], joint[:, num_words:]
+            if vision is not None and self.vision_layers is not None:
+                vision = self.vision_layers[k](vision, joint, padding)
+        if vision is not None and self.vision_merge is not None:
+            queries = self.vision_merge(queries, vision)  # residual fusion of the updated vision
+        return queries, words
+
+
+class MultimodalQueryDecoding(nn.Module):
+    """VTF, FDE and MRE, each removable (``use_vtf`` / ``use_fde`` / ``use_mre``; the attribute
+    is then ``None`` and holds no parameters).
+
+    forward(queries (B, Nq, d), vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S) bool,
+            word_index (B, S) long, word_mask (B, W) bool) -> (queries (B, Nq, d), words (B, W, d))
+    """
+
+    def __init__(self, config: Any, num_vision_tokens: int | None):
+        super().__init__()
+        d, heads, ffn, drop = config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout
+        with_vision = num_vision_tokens is not None
+        self.vtf = VisionTextFusion(config, num_vision_tokens) if config.use_vtf else None
+        self.fde = nn.ModuleList(
+            DecoderLayer(d, heads, ffn, drop) for _ in range(config.num_decoder_layers)
+        ) if config.use_fde else None
+        self.mre = MultimodalRefinement(config, with_vision) if config.use_mre else None
+
+    def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
+                text_padding: torch.Tensor, word_index: torch.Tensor,
+                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vtf is not None:
+            memory = self.vtf(vision, text, text_padding)
+            padding = _memory(vision, text, text_padding)[1]
+        else:
+            memory, padding = _memory(vision, text, text_padding)
+        num_vision = 0 if vision is None else vision.shape[1]
+        if self.fde is not None:
+            for layer in self.fde:
+                queries = layer(queries, memory, padding)
+        words = pool_words(memory[:, num_vision:], word_index, word_mask.shape[1])
+        if self.mre is not None:
+            queries, words = self.mre(queries, words, word_mask, memory[:, :num_vision] if num_vision else None)
+        return queries, words
+
+
+class PlainQueryDecoder(nn.Module):
+    """``use_mqd=False``: one plain decoder layer whose queries cross-attend to ``[vision; text]``
+    (text alone in text-only mode); word features are the max-pooled text features.
+
+    Same forward as :class:`MultimodalQueryDecoding`.
+    """
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.layer = DecoderLayer(config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout)
+
+    def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
+                text_padding: torch.Tensor, word_index: torch.Tensor,
+                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, padding = _memory(vision, text, text_padding)
+        queries = self.layer(queries, memory, padding)
+        return queries, pool_words(text, word_index, word_mask.shape[1])

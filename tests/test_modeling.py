@@ -1,0 +1,437 @@
+"""QGNModel on tiny random encoders (CPU): shapes, masks, gradients, ablations, checkpoints, loading."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from qgn.errors import QGNError
+from qgn.modeling.configuration_qgn import QGNConfig, layer_schedule
+from qgn.modeling.encoders import load_tokenizer, run_vision_tower
+from qgn.modeling.layers import MASKED_LOGIT, pool_words, safe_padding_mask
+from qgn.modeling.modeling_qgn import QGNModel, count_parameters
+
+VOCAB = 120
+C = 4  # entity types of QGNConfig.tiny()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: thread hand-offs cost more than they save, and much more on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> QGNConfig:
+    return QGNConfig.tiny(vocab_size=VOCAB, **overrides)
+
+
+def make_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three posts: 6 words in 10 sub-words (full row), 5 words in 6 sub-words, 3 words."""
+    g = torch.Generator().manual_seed(seed)
+    owners = [[0, 0, 1, 2, 3, 3, 4, 5, 5, 5], [0, 1, 2, 3, 3, 4], [0, 1, 2]]
+    seq, words = 12, 6
+    input_ids = torch.zeros(3, seq, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    word_index = torch.full_like(input_ids, -1)
+    word_mask = torch.zeros(3, words, dtype=torch.bool)
+    for b, own in enumerate(owners):
+        n = len(own) + 2
+        input_ids[b, :n] = torch.randint(5, VOCAB, (n,), generator=g)
+        attention_mask[b, :n] = 1
+        word_index[b, 1 : n - 1] = torch.tensor(own)
+        word_mask[b, : max(own) + 1] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index,
+             "word_mask": word_mask}
+    if not config.text_only:
+        batch["pixel_values"] = torch.randn(3, 3, config.image_size, config.image_size, generator=g)
+    return batch
+
+
+def make_targets() -> list[dict[str, torch.Tensor]]:
+    def t(labels, starts, ends, boxes, has_box, entity):
+        long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        return {"labels": long(labels), "start": long(starts), "end": long(ends),
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "has_box": torch.tensor(has_box, dtype=torch.bool), "entity_index": long(entity)}
+
+    return [t([0, 0, 2], [0, 0, 3], [1, 1, 4], [[.3, .3, .2, .2], [.6, .6, .2, .3], [0, 0, 0, 0]],
+              [True, True, False], [0, 0, 1]),
+            t([1], [2], [2], [[.5, .5, .4, .4]], [True], [0]),
+            t([], [], [], [], [], [])]
+
+
+def build(config: QGNConfig, seed: int = 0) -> QGNModel:
+    torch.manual_seed(seed)
+    return QGNModel(config)
+
+
+def param_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, _ in model.named_parameters()]
+
+
+def loss_of(model: QGNModel, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The real criterion; plus a small sum of every output so each head is surely in the graph."""
+    from qgn.modeling.criterion import SetCriterion
+
+    total, _ = SetCriterion(model.config)(outputs, make_targets())
+    return total + sum(v.float().mean() for v in outputs.values() if v.is_floating_point()) * 1e-3
+
+
+# ----------------------------------------------------------------------------- shapes and masks
+def test_output_shapes_with_image():
+    config = tiny()
+    model = build(config).eval()
+    out = model(**make_batch(config))
+    nq = config.num_queries
+    assert set(out) == {"type_logits", "start_logits", "end_logits", "word_mask", "pred_boxes", "notarget_logits"}
+    assert out["type_logits"].shape == (3, nq, C + 1)
+    assert out["start_logits"].shape == out["end_logits"].shape == (3, nq, 6)
+    assert out["pred_boxes"].shape == (3, nq, 4) and out["notarget_logits"].shape == (3, nq, 2)
+    assert out["word_mask"].dtype == torch.bool and out["word_mask"].shape == (3, 6)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    assert all(torch.isfinite(v.float()).all() for v in out.values())
+
+
+def test_text_only_has_no_vision_and_no_box_heads():
+    config = tiny(text_only=True)
+    model = build(config)
+    batch = make_batch(config)
+    out = model(**batch)
+    assert "pred_boxes" not in out and "notarget_logits" not in out
+    assert out["type_logits"].shape == (3, config.num_queries, C + 1)
+    names = param_names(model)
+    for prefix in ("vision_encoder.", "hvla.", "vision_projection.", "heads.box_head.", "heads.notarget_head.",
+                   "mqd.mre.vision_layers.", "mqd.mre.vision_merge.", "mqd.vtf.vision_position", "mqd.vtf.modality"):
+        assert not any(n.startswith(prefix) for n in names), prefix
+    # pixel values given to a text-only model are ignored
+    pixels = torch.randn(3, 3, 64, 64)
+    model.eval()
+    torch.testing.assert_close(model(**batch)["type_logits"], model(**batch, pixel_values=pixels)["type_logits"])
+
+
+def test_image_model_requires_pixels():
+    config = tiny()
+    batch = make_batch(config)
+    del batch["pixel_values"]
+    with pytest.raises(QGNError, match="pixel_values"):
+        build(config)(**batch)
+
+
+def test_span_logits_masked_outside_words():
+    config = tiny()
+    batch = make_batch(config)
+    out = build(config)(**batch)
+    for key in ("start_logits", "end_logits"):
+        logits = out[key]
+        masked = ~batch["word_mask"].unsqueeze(1).expand_as(logits)
+        assert (logits[masked] == MASKED_LOGIT).all()
+        assert (logits[~masked] > MASKED_LOGIT / 2).all()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"text_only": True}, {"use_mqd": False}])
+def test_padding_does_not_change_a_post(overrides):
+    """A post alone and the same post padded inside a batch give the same outputs (eval mode)."""
+    config = tiny(**overrides)
+    model = build(config).eval()
+    batch = make_batch(config)
+    with torch.no_grad():
+        full = model(**batch)
+        n, w = int(batch["attention_mask"][2].sum()), int(batch["word_mask"][2].sum())
+        alone = {k: v[2:3, :n] if k in ("input_ids", "attention_mask", "word_index") else v[2:3]
+                 for k, v in batch.items()}
+        alone["word_mask"] = batch["word_mask"][2:3, :w]
+        single = model(**alone)
+    for key in ("type_logits", "pred_boxes", "notarget_logits"):
+        if key in single:
+            torch.testing.assert_close(full[key][2:3], single[key], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full["start_logits"][2:3, :, :w], single["start_logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_pool_words_takes_max_over_subwords():
+    sub = torch.tensor([[[9.0], [1.0], [3.0], [2.0], [7.0], [5.0]]])  # (1, 6, 1)
+    word_index = torch.tensor([[-1, 0, 0, 1, -1, -1]])
+    pooled = pool_words(sub, word_index, num_words=3)
+    assert pooled.squeeze(-1).tolist() == [[3.0, 2.0, 0.0]]  # word 2 has no sub-word -> 0
+
+
+def test_safe_padding_mask_never_masks_a_whole_row():
+    padding = torch.tensor([[True, True], [False, True]])
+    safe = safe_padding_mask(padding)
+    assert safe.tolist() == [[False, True], [False, True]]
+
+
+def test_post_without_words_stays_finite():
+    config = tiny()
+    batch = make_batch(config)
+    batch["word_mask"][2] = False
+    batch["word_index"][2] = -1
+    out = build(config)(**batch)
+    assert all(torch.isfinite(v.float()).all() for v in out.values())
+
+
+# ----------------------------------------------------------------------------- gradients and ablations
+ABLATIONS = {
+    "default": ({}, []),
+    "no_mqa": ({"use_mqa": False}, ["mqa."]),
+    "no_tqc": ({"use_tqc": False}, ["mqa.tqc."]),
+    "no_jca": ({"use_jca": False}, ["mqa.jca."]),
+    "no_hvla": ({"use_hvla": False}, ["hvla."]),
+    "no_mqd": ({"use_mqd": False}, ["mqd."]),
+    "no_vtf": ({"use_vtf": False}, ["mqd.vtf."]),
+    "no_fde": ({"use_fde": False}, ["mqd.fde."]),
+    "no_mre": ({"use_mre": False}, ["mqd.mre."]),
+    "mqa_only": ({"use_hvla": False, "use_mqd": False}, ["hvla.", "mqd."]),
+    "hvla_only": ({"use_mqa": False, "use_mqd": False}, ["mqa.", "mqd."]),
+    "mqd_only": ({"use_mqa": False, "use_hvla": False}, ["mqa.", "hvla."]),
+    "batch_shared": ({"query_init": "batch_shared"}, ["queries.embeddings"]),
+    "mean_pooled": ({"query_init": "mean_pooled_text"}, ["queries.embeddings"]),
+    "attention_pooled": ({"query_init": "attention_pooled_text"}, ["queries.embeddings"]),
+    "queries_7": ({"num_queries": 7}, []),
+    "text_only": ({"text_only": True}, ["vision_encoder.", "heads.box_head."]),
+    "text_only_no_mqd": ({"text_only": True, "use_mqd": False}, ["mqd.", "vision_encoder."]),
+    "text_only_no_mre_fde": ({"text_only": True, "use_mre": False, "use_fde": False}, ["mqd.mre.", "mqd.fde."]),
+}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_removes_module_and_trains(name):
+    overrides, absent = ABLATIONS[name]
+    config = tiny(**overrides)
+    model = build(config)
+    names = param_names(model)
+    for prefix in absent:
+        assert not any(n.startswith(prefix) for n in names), f"{prefix} parameters still present"
+    if not config.use_mqd:
+        assert any(n.startswith("plain_decoder.") for n in names)
+    out = model(**make_batch(config))
+    assert out["type_logits"].shape == (3, config.num_queries, C + 1)
+    loss_of(model, out).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_switches_that_leave_nothing_to_see_the_image_are_refused():
+    with pytest.raises(QGNError, match="never see the image"):
+        QGNModel(tiny(use_fde=False, use_mre=False))
+
+
+def test_query_inits_have_their_own_parameters():
+    expected = {"random": "queries.embeddings", "batch_shared": "queries.shared",
+                "mean_pooled_text": "queries.offsets", "attention_pooled_text": "queries.probes"}
+    for mode, name in expected.items():
+        names = param_names(build(tiny(query_init=mode)))
+        assert [n for n in names if n.startswith("queries.")][0] == name
+
+
+def test_batch_shared_queries_differ_from_each_other():
+    model = build(tiny(query_init="batch_shared"))
+    queries = model.queries(torch.zeros(1, 4, 64), torch.zeros(1, 4, dtype=torch.bool))[0]
+    assert torch.cdist(queries, queries).fill_diagonal_(1.0).min() > 1e-3
+
+
+# Table VI rows: (extraction stride, extraction start, injection stride, injection start)
+TABLE_VI = [(3, 1, 3, 2), (1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2),
+            (3, 1, 3, 1), (3, 1, 3, 3)]
+
+
+def test_table_vi_layer_schedules_build_on_12_layer_encoders():
+    base = tiny()
+    text_config = dict(base.text_config, num_hidden_layers=12)
+    vision_config = dict(base.vision_config, num_hidden_layers=12)
+    for ext_stride, ext_start, inj_stride, inj_start in TABLE_VI:
+        extract = layer_schedule(ext_start, ext_stride)
+        inject = layer_schedule(inj_start, inj_stride)
+        # The paper extracts BERT and ViT features with the same schedule (J and V of Sec. III-A).
+        config = tiny(text_config=text_config, vision_config=vision_config, text_extract_layers=extract,
+                      vision_extract_layers=extract, vision_inject_layers=inject)
+        model = build(config)
+        assert sorted(int(k) for k in model.hvla.injections) == inject
+        assert len(model.hvla.layer_adapters) == len(extract)
+        assert model.vision_projection.proj.in_features == 64 * len(extract)
+        # layers past the deepest one used are pruned
+        assert len(model.vision_encoder.encoder.layers) == max(extract + inject)
+    out = model(**make_batch(config))
+    assert out["pred_boxes"].shape == (3, config.num_queries, 4)
+
+
+@pytest.mark.parametrize("field,value", [("text_extract_layers", [1, 5]), ("vision_inject_layers", [9]),
+                                         ("vision_extract_layers", [2, 7])])
+def test_layer_indices_past_the_encoder_are_refused(field, value):
+    with pytest.raises(QGNError, match=field):
+        QGNModel(tiny(**{field: value}))
+
+
+def test_image_size_must_match_vision_encoder():
+    with pytest.raises(QGNError, match="image_size"):
+        QGNModel(tiny(image_size=96))
+
+
+# ----------------------------------------------------------------------------- HVLA inside CLIP
+def test_vision_tower_driven_layer_by_layer_matches_transformers():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    data = dict(tiny().vision_config)
+    data.pop("model_type")
+    clip = CLIPVisionModel(CLIPVisionConfig(**data)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = clip(pixel_values=pixels, output_hidden_states=True).hidden_states
+        ours = run_vision_tower(clip, pixels, [1, 3, 4])
+    for layer, tokens in zip([1, 3, 4], ours):
+        torch.testing.assert_close(tokens, reference[layer])
+    assert ours[0].shape == (2, 65, 64)  # (64 / 8)^2 patches + class token
+
+
+def test_text_injection_starts_closed_and_then_guides_vision():
+    config = tiny()
+    model = build(config).eval()
+    batch = make_batch(config)
+    other = dict(batch, input_ids=torch.randint(5, VOCAB, batch["input_ids"].shape))
+
+    def vision(b):
+        text = model.text_encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                  output_hidden_states=True).hidden_states
+        inject = model.hvla.injector(model.hvla.fuse_text(text), b["attention_mask"] == 0)
+        return run_vision_tower(model.vision_encoder, b["pixel_values"], [4], inject)[0]
+
+    with torch.no_grad():
+        torch.testing.assert_close(vision(batch), vision(other))  # gates at 0: pure CLIP
+        for block in model.hvla.injections.values():
+            block.gate.fill_(0.5)
+        assert not torch.allclose(vision(batch), vision(other))  # now the text steers the ViT
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_save_and_load_round_trip(tmp_path):
+    from transformers import AutoTokenizer
+
+    from qgn.data.pipeline import ImageTransform
+    from qgn.modeling.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["Kevin", "Durant", "Paris"])
+    # layer 4 of the ViT is unused here, so the rebuilt model must prune it the same way
+    config = tiny(text_config=dict(tiny().text_config, vocab_size=len(tokenizer)), query_init="batch_shared",
+                  vision_inject_layers=[1, 2], vision_extract_layers=[2, 3])
+    model = build(config).eval()
+    with torch.no_grad():
+        for block in model.hvla.injections.values():
+            block.gate.fill_(0.3)  # make sure HVLA weights matter for the comparison
+    batch = make_batch(config)
+    batch["input_ids"] = batch["input_ids"].clamp(max=len(tokenizer) - 1)
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=ImageTransform(64))
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json"):
+        assert (tmp_path / "ckpt" / name).is_file(), name
+    loaded = QGNModel.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training and len(loaded.vision_encoder.encoder.layers) == 3
+    assert loaded.config == model.config
+    with torch.no_grad():
+        expected, got = model(**batch), loaded(**batch)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert len(AutoTokenizer.from_pretrained(str(tmp_path / "ckpt"))) == len(tokenizer)
+    assert ImageTransform.load(tmp_path / "ckpt").image_size == 64
+
+
+def test_from_pretrained_on_a_non_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(QGNError, match="config.json"):
+        QGNModel.from_pretrained(tmp_path)
+
+
+def test_count_parameters():
+    model = build(tiny())
+    counts = count_parameters(model)
+    assert counts["total"] == sum(counts["per_module"].values()) == sum(p.numel() for p in model.parameters())
+    assert counts["trainable"] == counts["total"]
+    model.text_encoder.requires_grad_(False)
+    frozen = count_parameters(model)
+    assert frozen["trainable"] == counts["total"] - counts["per_module"]["text_encoder"]
+
+
+# ----------------------------------------------------------------------------- encoder loading
+def test_encoders_load_from_local_directories_and_fill_the_config(tmp_path):
+    from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel
+
+    base = tiny()
+    bert = BertModel(BertConfig(**base.text_config))
+    bert.save_pretrained(tmp_path / "bert")
+    vision = dict(base.vision_config)
+    vision.pop("model_type")
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision))  # a *full* CLIP folder
+    clip.save_pretrained(tmp_path / "clip")
+    config = tiny(text_config=None, vision_config=None, text_encoder=str(tmp_path / "bert"),
+                  vision_encoder=str(tmp_path / "clip"))
+    model = QGNModel(config)
+    assert config.text_config["hidden_size"] == 64 and config.vision_config["model_type"] == "clip_vision_model"
+    assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    assert torch.equal(model.vision_encoder.embeddings.patch_embedding.weight,
+                       clip.vision_model.embeddings.patch_embedding.weight)
+    assert model(**make_batch(config))["pred_boxes"].shape == (3, config.num_queries, 4)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"text_config": None, "text_encoder": "qgn-tests/not-a-cached-bert"}, "text_encoder"),
+    ({"vision_config": None, "vision_encoder": "qgn-tests/not-a-cached-clip"}, "vision_encoder"),
+])
+def test_hub_names_fail_fast_offline(monkeypatch, overrides, field):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(QGNError, match=rf"could not load .*HF_HUB_OFFLINE.*pass {field}=/path/to/dir"):
+        QGNModel(tiny(**overrides))
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_hub_fails_fast(monkeypatch):
+    import qgn.modeling.encoders as encoders
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(encoders, "hub_offline", lambda: False)
+    monkeypatch.setattr(encoders, "_hub_reachable", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(QGNError, match="unreachable.*text_encoder=/path/to/dir"):
+        QGNModel(tiny(text_config=None, text_encoder="qgn-tests/not-a-cached-bert"))
+    with pytest.raises(QGNError, match="unreachable"):
+        load_tokenizer("qgn-tests/not-a-cached-bert")
+    assert time.monotonic() - started < 10
+
+
+def test_missing_local_directory_is_named():
+    with pytest.raises(QGNError, match="does not exist"):
+        QGNModel(tiny(text_config=None, text_encoder="./no/such/bert"))
+
+
+# ----------------------------------------------------------------------------- with the real pipeline
+@pytest.mark.parametrize("text_only", [False, True])
+def test_pipeline_batch_through_model_and_criterion(tmp_path, text_only):
+    from PIL import Image
+
+    from qgn.data.pipeline import GMNERDataset, make_collate, model_inputs
+    from qgn.data.records import Entity, Post
+    from qgn.modeling.criterion import SetCriterion
+    from qgn.modeling.tokenizer import build_word_tokenizer
+
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (120, 80), (200, 30, 30)).save(image)
+    posts = [Post("a", ["Kevin", "Durant", "visits", "Paris", "today"],
+                  [Entity(0, 2, "PER", [(10, 10, 60, 70)]), Entity(3, 4, "LOC")], str(image), (120, 80)),
+             Post("b", ["RT", "@NBA"], [Entity(1, 2, "ORG", [(0, 0, 30, 30), (40, 40, 80, 80)])],
+                  str(image), (120, 80))]
+    tokenizer = build_word_tokenizer(["Kevin", "Paris"])
+    config = tiny(text_config=dict(tiny().text_config, vocab_size=len(tokenizer)), text_only=text_only)
+    model = build(config)
+    batch = make_collate(tokenizer.pad_token_id)([item for item in GMNERDataset(posts, tokenizer, config)])
+    out = model(**model_inputs(batch))
+    assert out["start_logits"].shape == (2, config.num_queries, 5)
+    assert ("pred_boxes" in out) != text_only
+    total, parts = SetCriterion(config)(out, batch["targets"])
+    total.backward()
+    assert torch.isfinite(total) and "loss_boundary" in parts
+    assert model.heads.start_head.query_proj.weight.grad.abs().sum() > 0
