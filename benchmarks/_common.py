@@ -311,6 +311,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m"] = os.getloadavg()[0]
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
@@ -319,3 +321,40 @@ def machine_info() -> dict[str, Any]:
 
 def fmt_mb(num_bytes: float) -> str:
     return f"{num_bytes / 2**20:,.0f}"
+
+
+
+class CpuContention:
+    """Share of the machine's CPU time used by *other* processes (and stolen by the hypervisor)
+    since construction: (busy time of all CPUs from /proc/stat - this process's CPU time) /
+    (wall time x CPUs). Linux only; ``share()`` is None elsewhere."""
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        own = os.times()
+        return (sum(fields[:8]) - idle) / hz, own.user + own.system, time.perf_counter()
+
+    def share(self) -> float | None:
+        end = self._snapshot()
+        if self._start is None or end is None:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self._start))
+        return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+def contention_warning(share: float | None, threshold: float = 0.15) -> str | None:
+    """A warning line when other processes used more than ``threshold`` of the CPUs meanwhile."""
+    if share is None or share <= threshold:
+        return None
+    return (f"WARNING: other processes used {share:.0%} of the CPUs during this run, so these timings "
+            "are pessimistic and noisy (the FLOP counts are exact); rerun on an idle machine")

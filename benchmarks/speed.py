@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
+    contention = C.CpuContention()
     big = dict(warmup=1, repeats=4) if quick else dict(warmup=2, repeats=5)  # batch 16, full size
     small = dict(warmup=2, repeats=10) if quick else dict(warmup=3, repeats=20)  # batch 1 or tiny model
     results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": C.machine_info(), "rows": []}
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(bench_inference({"qgn-tiny": tiny_qgn}, tiny, batch, **small))
         rows.append(bench_training("qgn-tiny", tiny_qgn, tiny_criterion, tiny, batch, **small))
 
+    results["other_processes_cpu_share"] = share = contention.share()
+    results["warnings"] = [w for w in [C.contention_warning(share)] if w]
     print_report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -272,6 +275,8 @@ def print_report(results: dict[str, Any]) -> None:
           f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}")
     if "profile" in results:
         print_profile(results["profile"])
+    for warning in results.get("warnings", []):
+        print(warning)
 
 
 if __name__ == "__main__":

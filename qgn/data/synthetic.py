@@ -73,7 +73,7 @@ ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS = (1, 2, 3, 4), (0.30, 0.35, 0.22, 0.13)
 NO_ENTITY_PROBABILITY = 0.05
 DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS = (0, 1, 2), (0.30, 0.45, 0.25)
 MAX_OBJECTS = 6
-OBJECT_SIDE_RANGE = (0.20, 0.32)  # fraction of the image width (height) per box side
+OBJECT_SIDE_RANGE = (0.24, 0.38)  # box width (height) as a fraction of the image width (height)
 
 # Context phrases; "{}" is the entity. None of them depends on whether the entity is drawn.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -379,7 +379,7 @@ def generate_synthetic_benchmark(
     if _is_complete(out, manifest):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise QGNError(f"{out} is not empty and is not this synthetic benchmark; pass overwrite=True "
+        raise QGNError(f"{out} holds other files or another synthetic benchmark; pass overwrite=True "
                        "or choose another folder")
     # Generate beside the target, then move in: an interrupted run never leaves a half benchmark
     # that looks complete.
@@ -390,13 +390,9 @@ def generate_synthetic_benchmark(
     if not out.exists():
         os.replace(staging, out)
         return out
-    for name in ("txt", "xml", "images", "README.md", MANIFEST_NAME):
+    for name in (MANIFEST_NAME, "README.md", "txt", "xml", "images"):  # manifest first: never stale
         old = out / name
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     for child in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):  # manifest last
         os.replace(child, out / child.name)
     staging.rmdir()

@@ -163,6 +163,8 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.settings, self.output_dir, self.progress = settings, Path(output_dir), progress
+        # accelerate logs every checkpoint file at INFO; our own log says what matters.
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
         train = settings.train
         mixed = train.mixed_precision
         if mixed != "no" and not torch.cuda.is_available():
