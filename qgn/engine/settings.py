@@ -161,8 +161,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise QGNError(f"--set expects section.key=value (e.g. train.lr=1e-4), got {item!r}")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value) if value.strip() else None
+        raw.setdefault(section, {})[name] = _parse_value(value)
     return raw
+
+
+def _parse_value(text: str) -> Any:
+    """YAML, plus plain-number forms YAML 1.1 reads as strings (``5e-4``)."""
+    if not text.strip():
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def shipped_config_names() -> list[str]:

@@ -171,10 +171,16 @@ class Trainer:
             logger.warning("mixed_precision=%s needs a GPU; training in fp32 on CPU", mixed)
             mixed = "no"
         self.accelerator = Accelerator(
+            # Without CUDA, accelerate only runs several processes (gloo) when told it is on CPU.
+            cpu=not torch.cuda.is_available(),
             mixed_precision=mixed,
             gradient_accumulation_steps=train.grad_accum_steps,
             # batch_size is the global batch: split over processes, so results do not depend on world size.
-            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
+            # One shuffling seed on every process (the model seeds are per process), set per epoch:
+            # each process takes its slice of the same global batch, and resuming replays the order.
+            dataloader_config=DataLoaderConfiguration(
+                split_batches=True, use_seedable_sampler=True, data_seed=train.seed
+            ),
         )
         acc = self.accelerator
         if train.batch_size % acc.num_processes:
@@ -369,11 +375,15 @@ class Trainer:
                     break
         stop = bool(s.train.max_steps and state["global_step"] >= s.train.max_steps)
         last = stop or epoch + 1 == s.train.epochs
+        names = sorted(sums)
+        # Each process saw its share of every batch: average the per-process means.
+        means = torch.tensor([sums[k] / max(count, 1) for k in names], device=acc.device)
+        means = acc.reduce(means, reduction="mean") if acc.num_processes > 1 else means
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state["global_step"],
             "lr": self.scheduler.get_last_lr()[0],
-            "train": {k: v / max(count, 1) for k, v in sorted(sums.items())},
+            "train": dict(zip(names, means.tolist())),
         }
         if last or (epoch + 1) % s.train.eval_every_epochs == 0:
             dev = self.evaluate(self.dev_posts, self.dev_loader, "dev")

@@ -28,13 +28,19 @@ Indices = Sequence[tuple[torch.Tensor, torch.Tensor]]
 HAS_TARGET, NO_TARGET = 0, 1  # classes of notarget_logits
 
 
-def _global_count(count: int, device: torch.device) -> torch.Tensor:
-    """``count`` summed over processes, averaged per process, at least 1 (DETR's ``num_boxes``)."""
-    total = torch.tensor(float(count), device=device)
+def _global_count(count: int | torch.Tensor, device: torch.device, minimum: float = 1.0) -> torch.Tensor:
+    """``count`` summed over processes, averaged per process, at least ``minimum`` (DETR's
+    ``num_boxes``). Dividing by it makes the data-parallel gradient equal the one-process one."""
+    total = torch.as_tensor(count, dtype=torch.float32, device=device).detach().clone()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
         total = total / dist.get_world_size()
-    return total.clamp(min=1.0)
+    return total.clamp(min=minimum)
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean whose denominator is global over processes (see :func:`_global_count`)."""
+    return (values * weight).sum() / _global_count(weight.sum(), values.device, minimum=1e-12)
 
 
 class SetCriterion(nn.Module):
@@ -91,7 +97,8 @@ class SetCriterion(nn.Module):
         b, q = self._matched(indices, logits.device)
         classes[b, q] = self._gather(targets, indices, "labels", logits.device)
         weight = self.class_weight.to(logits.device)
-        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), classes, weight=weight)}
+        ce = F.cross_entropy(logits.transpose(1, 2), classes, reduction="none")
+        return {"loss_ce": _weighted_mean(ce, weight[classes])}
 
     def loss_boundaries(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """BCE of start/end logits of matched queries against one-hot gold words, mean over real words."""
@@ -131,7 +138,7 @@ class SetCriterion(nn.Module):
         b, q = self._matched(indices, logits.device)
         weight[b, q] = 1.0
         ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-        return {"loss_nt": (ce * weight).sum() / weight.sum().clamp(min=1e-12)}
+        return {"loss_nt": _weighted_mean(ce, weight)}
 
     def loss_consistency(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """Matched queries grouped by (post, span), i.e. the targets of one entity, share one
