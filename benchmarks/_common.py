@@ -352,9 +352,13 @@ class CpuContention:
         return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
-def contention_warning(share: float | None, threshold: float = 0.15) -> str | None:
-    """A warning line when other processes used more than ``threshold`` of the CPUs meanwhile."""
-    if share is None or share <= threshold:
+def contention_warning(share: float | None, threads: int, threshold: float = 0.15) -> str | None:
+    """A warning line when other processes used more than ``threshold`` of the CPUs that this
+    process's ``threads`` needed (CPUs beyond our thread count are free for them to use)."""
+    cpus = os.cpu_count() or 1
+    spare = max(0.0, 1.0 - threads / cpus)
+    if share is None or share <= spare + threshold:
         return None
     return (f"WARNING: other processes used {share:.0%} of the CPUs during this run, so these timings "
-            "are pessimistic and noisy (the FLOP counts are exact); rerun on an idle machine")
+            "are pessimistic and noisy (the FLOP counts are exact); rerun on an idle machine, or with "
+            "--threads 1 on a shared one (torch's threads then do not wait on each other)")

@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {info.get('gpu', 'CPU (smoke run, tiny model: NOT GPU figures)')}; torch {info['torch']}"
           f" (CUDA {info.get('cuda')}), transformers {info['transformers']}, {info['cpu_count']} CPUs")
     if not smoke:
-        torch.backends.cuda.matmul.allow_tf32 = True  # what a bf16 run leaves in fp32 (the loss) may use TF32
         results["bf16_matmul_peak_tflops"] = C.matmul_peak(8192, device=device, dtype=torch.bfloat16) / 1e12
         print(f"measured bf16 matmul peak (8192^3): {results['bf16_matmul_peak_tflops']:.0f} TFLOP/s")
 

@@ -79,7 +79,7 @@ def loss_of(model: QGNModel, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     from qgn.modeling.criterion import SetCriterion
 
     total, _ = SetCriterion(model.config)(outputs, make_targets())
-    return total + sum(v.float().mean() for v in outputs.values() if v.is_floating_point()) * 1e-3
+    return total + sum(v.float().mean() for v in outputs.values() if torch.is_tensor(v) and v.is_floating_point()) * 1e-3
 
 
 # ----------------------------------------------------------------------------- shapes and masks
@@ -94,7 +94,7 @@ def test_output_shapes_with_image():
     assert out["pred_boxes"].shape == (3, nq, 4) and out["notarget_logits"].shape == (3, nq, 2)
     assert out["word_mask"].dtype == torch.bool and out["word_mask"].shape == (3, 6)
     assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
-    assert all(torch.isfinite(v.float()).all() for v in out.values())
+    assert all(torch.isfinite(v.float()).all() for v in out.values() if torch.is_tensor(v))
 
 
 def test_text_only_has_no_vision_and_no_box_heads():
@@ -165,13 +165,29 @@ def test_safe_padding_mask_never_masks_a_whole_row():
     assert safe.tolist() == [[False, True], [False, True]]
 
 
+def test_aux_outputs_only_in_training_and_only_when_asked():
+    config = tiny()  # aux_loss is on in the tiny preset
+    model = build(config).train()
+    batch = make_batch(config)
+    aux = model(**batch)["aux_outputs"]
+    assert len(aux) == config.num_decoder_layers  # every decoder layer (MRE makes the final output)
+    for layer in aux:
+        assert layer["type_logits"].shape == (3, config.num_queries, C + 1)
+        assert layer["pred_boxes"].shape == (3, config.num_queries, 4)
+    assert "aux_outputs" not in model.eval()(**batch)
+    assert "aux_outputs" not in build(tiny(aux_loss=False)).train()(**batch)
+    without_mre = build(tiny(use_mre=False)).train()
+    assert len(without_mre(**batch)["aux_outputs"]) == config.num_decoder_layers - 1
+
+
 def test_post_without_words_stays_finite():
     config = tiny()
     batch = make_batch(config)
     batch["word_mask"][2] = False
     batch["word_index"][2] = -1
     out = build(config)(**batch)
-    assert all(torch.isfinite(v.float()).all() for v in out.values())
+    assert all(torch.isfinite(v.float()).all() for v in out.values() if torch.is_tensor(v))
+    assert all(torch.isfinite(v.float()).all() for aux in out["aux_outputs"] for v in aux.values())
 
 
 # ----------------------------------------------------------------------------- gradients and ablations

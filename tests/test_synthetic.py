@@ -97,7 +97,7 @@ def test_layout_is_valid_twitter_gmner(bench: Path) -> None:
         for post_id, tokens, tags in blocks:
             all_ids.append(post_id)
             entities = entity_strings(tokens, tags)
-            assert 5 <= len(tokens) <= 20 and len(entities) <= 4
+            assert 5 <= len(tokens) <= 24 and len(entities) <= 4
             assert len({name for name, _ in entities}) == len(entities)  # no name twice in a post
             with Image.open(bench / "images" / f"{post_id}.jpg") as image:
                 image_size = image.size

@@ -15,7 +15,8 @@ Design (version ``GENERATOR_VERSION``):
 - Distractor objects (drawn, never mentioned) use colours of no entity in the post, so an
   object of an entity's colour is present iff that entity is groundable.
 - Some grounded ORG entities (teams) are drawn 2-3 times: one entity, several boxes.
-- About 5 % of posts have no entity; posts hold 1-4 entities and 5-20 words.
+- About 5 % of posts have no entity; posts hold 1-4 entities and 5-24 words; each entity is
+  preceded by its colour word ("with red Anna"), which tells which drawn object is its own.
 - Boxes are the drawn shapes' exact pixel extents, each at least ~20 % of the image side so
   they survive the 64x64 resize of the tiny model.
 
@@ -45,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from qgn.errors import QGNError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "synthetic.json"
 SPLITS = ("train", "dev", "test")
 JPEG_QUALITY = 92
@@ -113,7 +114,7 @@ def synthetic_vocabulary() -> list[str]:
     """Every word the generator can emit, deduplicated, in a fixed order (for word tokenizers)."""
     pieces = [n for names in NAMES_BY_TYPE.values() for n in names]
     pieces += [p.replace("{}", " ") for phrases in PHRASES.values() for p in phrases]
-    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS)
+    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS) + list(COLOURS)
     words: dict[str, None] = {}
     for piece in pieces:
         words.update(dict.fromkeys(piece.split()))
@@ -151,7 +152,7 @@ def _choice(rng: np.random.Generator, options: tuple, weights: tuple | None = No
 
 
 def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], list[str]]:
-    """Tokens and BIO tags of a 5-20 word post mentioning ``names`` in order."""
+    """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order."""
     tokens: list[str] = []
     tags: list[str] = []
     for k, name in enumerate(names):
@@ -161,7 +162,9 @@ def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], li
         entity_type = NAME_LOOKS[name][0]
         before, after = _choice(rng, PHRASES[entity_type]).split("{}")
         name_words = name.split()
-        for word in before.split():
+        # The colour word says WHICH drawn object is the entity's (if it is drawn at all): the
+        # text names the object, the image says whether and where it is.
+        for word in before.split() + [NAME_LOOKS[name][1].colour]:
             tokens.append(word)
             tags.append("O")
         tokens += name_words
@@ -172,7 +175,7 @@ def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], li
     if not names:
         tokens = _choice(rng, FILLERS).split()
         tags = ["O"] * len(tokens)
-    # Four entities take at most 19 words, so prefix / suffix are added only where they fit.
+    # Four entities take up to 23 words, so prefix / suffix are added only where they fit.
     prefix = _choice(rng, PREFIXES).split() if rng.random() < 0.6 or len(tokens) < 5 else []
     suffix = _choice(rng, SUFFIXES).split() if rng.random() < 0.6 or len(tokens) + len(prefix) < 5 else []
     if len(tokens) + len(prefix) <= 20:

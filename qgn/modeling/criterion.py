@@ -182,15 +182,26 @@ class SetCriterion(nn.Module):
         targets: Sequence[Mapping[str, torch.Tensor]],
         indices: Indices | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(total_loss, parts)``; never calls backward."""
-        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
-        if indices is None:
-            indices = self.matcher(outputs, targets)
+        """Return ``(total_loss, parts)``; never calls backward.
+
+        ``outputs["aux_outputs"]`` (earlier decoder layers), when present, are matched and scored
+        the same way and added to the total; ``parts`` log the final layer only.
+        """
         device = outputs["type_logits"].device
         counts = {
             "targets": _global_count(sum(len(t["labels"]) for t in targets), device),
             "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device),
         }
+        total, parts = self._single(outputs, targets, indices, counts)
+        for aux in outputs.get("aux_outputs", ()):
+            total = total + self._single(aux, targets, None, counts)[0]
+        return total, parts
+
+    def _single(self, outputs, targets, indices, counts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one set of predictions (the final layer or one auxiliary layer)."""
+        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+        if indices is None:
+            indices = self.matcher(outputs, targets)
         terms: dict[str, torch.Tensor] = {}
         for name in self.active_losses(outputs):
             terms.update(self.get_loss(name, outputs, targets, indices, counts))

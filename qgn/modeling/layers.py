@@ -6,6 +6,8 @@ padding mask follows ``nn.MultiheadAttention``'s convention: ``True`` = padding,
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -149,3 +151,24 @@ def xavier_init_(module: nn.Module) -> None:
                 nn.init.xavier_uniform_(sub.in_proj_weight)
             if sub.in_proj_bias is not None:
                 nn.init.zeros_(sub.in_proj_bias)
+
+
+def sine_position_2d(num_tokens: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sine/cosine positions (DETR's) for ``[CLS] + g x g`` ViT tokens -> (num_tokens, dim).
+
+    Row and column each get ``dim // 2`` channels; the class token gets zeros. Fixed positions
+    give the box head a coordinate frame from the first step, which learned position
+    embeddings of a from-scratch encoder only provide after long training.
+    """
+    grid = math.isqrt(num_tokens - 1)
+    if grid * grid != num_tokens - 1 or dim % 4:
+        raise ValueError(f"need [CLS] + a square grid of tokens and dim divisible by 4, got {num_tokens}, {dim}")
+    quarter = dim // 4
+    freq = temperature ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+    coords = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 * math.pi
+    angles = coords[:, None] * freq[None, :]  # (g, dim/4)
+    axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (g, dim/2)
+    rows = axis[:, None, :].expand(grid, grid, dim // 2)
+    cols = axis[None, :, :].expand(grid, grid, dim // 2)
+    table = torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
+    return torch.cat([torch.zeros(1, dim), table], dim=0)

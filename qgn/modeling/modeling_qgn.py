@@ -129,7 +129,9 @@ class QGNModel(nn.Module):
         Returns:
             ``type_logits`` (B, Nq, C+1); ``start_logits`` and ``end_logits`` (B, Nq, W), -1e4
             where ``word_mask`` is False; ``word_mask`` (B, W) bool (echoed); unless text-only
-            ``pred_boxes`` (B, Nq, 4) normalised cxcywh in [0, 1] and ``notarget_logits`` (B, Nq, 2).
+            ``pred_boxes`` (B, Nq, 4) normalised cxcywh in [0, 1] and ``notarget_logits`` (B, Nq, 2);
+            in training with ``config.aux_loss``, ``aux_outputs``: a list of such dicts, one per
+            earlier fusion-decoder layer.
         """
         word_mask = word_mask.bool()
         text_padding = attention_mask == 0
@@ -152,9 +154,14 @@ class QGNModel(nn.Module):
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
         decoder = self.mqd if self.mqd is not None else self.plain_decoder
-        queries, words = decoder(queries, vision, text, text_padding, word_index, word_mask)
+        queries, words, intermediate = decoder(queries, vision, text, text_padding, word_index, word_mask)
         outputs = self.heads(queries, words, word_mask)
         outputs["word_mask"] = word_mask
+        if self.config.aux_loss and self.training and intermediate:
+            # the same heads on every earlier decoder layer (DETR's auxiliary decoding losses)
+            outputs["aux_outputs"] = [
+                {**self.heads(q, w, word_mask), "word_mask": word_mask} for q, w in intermediate
+            ]
         return outputs
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,7 +1,8 @@
 """Multimodal Query Decoding (MQD, paper Sec. III-B): VTF -> FDE -> MRE.
 
 * VTF (Vision Text Fusion): ``num_fusion_layers`` transformer encoder layers over
-  ``[F~_v; F~_t] + position + modality embeddings`` (text padding masked) -> memory M_vt.
+  ``[F~_v; F~_t] + position + modality embeddings`` (text padding masked) -> memory M_vt. Vision
+  positions are learned plus fixed 2D sine positions of the patch grid (DETR's).
   Off: M_vt is the plain concatenation ``[F~_v; F~_t]``.
 * FDE (Fusion Decoder): ``num_decoder_layers`` decoder layers (query self-attention,
   cross-attention to M_vt, FFN) -> H_q. Off: H_q = Q~.
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from qgn.errors import QGNError
-from qgn.modeling.layers import AttentionBlock, DecoderLayer, EncoderLayer, pool_words
+from qgn.modeling.layers import AttentionBlock, DecoderLayer, EncoderLayer, pool_words, sine_position_2d
 
 VISION, TEXT = 0, 1  # modality embedding rows
 
@@ -51,6 +52,8 @@ class VisionTextFusion(nn.Module):
         self.text_position = nn.Parameter(torch.randn(config.max_text_length, d) * 0.02)
         if num_vision_tokens is not None:
             self.vision_position = nn.Parameter(torch.randn(num_vision_tokens, d) * 0.02)
+            # plus fixed 2D sine positions of the patch grid (DETR), so boxes have a frame early
+            self.register_buffer("vision_grid", sine_position_2d(num_vision_tokens, d), persistent=False)
             self.modality = nn.Parameter(torch.randn(2, d) * 0.02)
         else:  # text only: one modality, a type embedding would be a constant bias
             self.vision_position = self.modality = None
@@ -68,7 +71,7 @@ class VisionTextFusion(nn.Module):
             if self.vision_position is None or vision.shape[1] != self.vision_position.shape[0]:
                 raise QGNError(f"got {vision.shape[1]} visual tokens, the fusion encoder was built for "
                                f"{None if self.vision_position is None else self.vision_position.shape[0]}")
-            vision = vision + self.vision_position + self.modality[VISION]
+            vision = vision + self.vision_position + self.vision_grid + self.modality[VISION]
             text = text + self.modality[TEXT]
         memory, padding = _memory(vision, text, text_padding)
         for layer in self.layers:
@@ -114,7 +117,9 @@ class MultimodalQueryDecoding(nn.Module):
     is then ``None`` and holds no parameters).
 
     forward(queries (B, Nq, d), vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S) bool,
-            word_index (B, S) long, word_mask (B, W) bool) -> (queries (B, Nq, d), words (B, W, d))
+            word_index (B, S) long, word_mask (B, W) bool)
+        -> (queries (B, Nq, d), words (B, W, d), intermediate: list of (queries, words) after each
+            fusion-decoder layer, for the auxiliary losses)
     """
 
     def __init__(self, config: Any, num_vision_tokens: int | None):
@@ -136,13 +141,17 @@ class MultimodalQueryDecoding(nn.Module):
         else:
             memory, padding = _memory(vision, text, text_padding)
         num_vision = 0 if vision is None else vision.shape[1]
+        words = pool_words(memory[:, num_vision:], word_index, word_mask.shape[1])
+        intermediate = []
         if self.fde is not None:
             for layer in self.fde:
                 queries = layer(queries, memory, padding)
-        words = pool_words(memory[:, num_vision:], word_index, word_mask.shape[1])
+                intermediate.append((queries, words))
         if self.mre is not None:
             queries, words = self.mre(queries, words, word_mask, memory[:, :num_vision] if num_vision else None)
-        return queries, words
+        elif intermediate:
+            intermediate.pop()  # the last decoder layer's output is the final prediction
+        return queries, words, intermediate
 
 
 class PlainQueryDecoder(nn.Module):
@@ -161,4 +170,4 @@ class PlainQueryDecoder(nn.Module):
                 word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         memory, padding = _memory(vision, text, text_padding)
         queries = self.layer(queries, memory, padding)
-        return queries, pool_words(text, word_index, word_mask.shape[1])
+        return queries, pool_words(text, word_index, word_mask.shape[1]), []
