@@ -19,6 +19,8 @@ from qgn.data.records import Prediction
 
 logger = logging.getLogger(__name__)
 
+DEMO_TRAIN_POSTS = 4000
+
 
 def text_only_baseline(posts: list) -> dict[str, list[Prediction]]:
     """Every gold entity with its gold span and type and no box: perfect MNER, no grounding."""
@@ -69,7 +71,9 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
 
     started = time.time()
     out = Path(output_dir)
-    data_dir = generate_synthetic_benchmark(out / "data")
+    # Many distinct posts and few epochs: the tiny model memorises a small training set instead of
+    # learning which object a name refers to.
+    data_dir = generate_synthetic_benchmark(out / "data", num_train=DEMO_TRAIN_POSTS)
     raw = load_run_file("demo")
     raw.setdefault("data", {}).update(path=str(data_dir), image_dir=str(Path(data_dir) / "images"))
     settings = settings_from_dict(apply_overrides(raw, overrides or []))

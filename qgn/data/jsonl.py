@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from qgn.data.records import Box, Entity, Post
 from qgn.data.text import split_words
@@ -178,6 +178,21 @@ def parse_post(obj: Any, folder: str, entity_types: Sequence[str] | None, where:
                 text=text, char_offsets=offsets)
 
 
+def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` for each non-blank line; bad JSON -> DataError at file:line."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found", path=path)
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"not valid JSON: {err.msg} (column {err.colno})", path, number) from None
+
+
 def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_images: str | None = None,
                entity_types: Sequence[str] | None = None, report: ReadReport | None = None) -> list[Post]:
     """Read a JSONL file of posts, in file order.
@@ -193,25 +208,16 @@ def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_im
     from qgn.data.images import maybe_resolve_images
 
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError("JSONL file not found", path=path)
     folder = os.path.normpath(os.path.dirname(os.path.abspath(path)))
     posts: list[Post] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = _Where(path, number)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise where.error(f"not valid JSON: {err.msg} (column {err.colno})") from None
-            post = parse_post(obj, folder, entity_types, where)
-            if post.id in seen:
-                raise where.error(f"id {post.id!r} repeats the post of line {seen[post.id]}")
-            seen[post.id] = number
-            posts.append(post)
+    for number, obj in iter_json_lines(path):
+        where = _Where(path, number)
+        post = parse_post(obj, folder, entity_types, where)
+        if post.id in seen:
+            raise where.error(f"id {post.id!r} repeats the post of line {seen[post.id]}")
+        seen[post.id] = number
+        posts.append(post)
     if report is not None:
         report.layout, report.path = "jsonl", path
     return maybe_resolve_images(posts, image_dir, missing_images)

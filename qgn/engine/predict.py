@@ -12,21 +12,16 @@ from qgn.errors import DataError, QGNError
 
 def _read_batch(path: Path) -> list[tuple[str, str | None, str]]:
     """``{"id": ..., "text": ..., "image": path}`` lines; image paths relative to the file's folder."""
+    from qgn.data.jsonl import iter_json_lines
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON: {err.msg}", str(path), number) from err
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError('each line needs a "text" string (and optional "id", "image")', str(path), number)
-            image = obj.get("image")
-            if image is not None and not Path(image).is_absolute():
-                image = str(path.parent / image)
-            rows.append((str(obj.get("id", number)), image, obj["text"]))
+    for number, obj in iter_json_lines(path, what="input file"):
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise DataError('each line needs a "text" string (and optional "id", "image")', str(path), number)
+        image = obj.get("image")
+        if image is not None and not Path(image).is_absolute():
+            image = str(path.parent / image)
+        rows.append((str(obj.get("id", number)), image, obj["text"]))
     return rows
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from qgn.data.records import Prediction
+from qgn.data.jsonl import iter_json_lines
 from qgn.errors import DataError
 
 REQUIRED_ENTITY_KEYS = ("start", "end", "type", "box")
@@ -100,38 +101,29 @@ def read_predictions(path: str | Path) -> PredictionSet:
     missing key, a wrong type, a malformed span or box, or an id given twice.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError("prediction file not found", str(path))
     predictions = PredictionSet(str(path))
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON: {err.msg} (column {err.colno})", str(path), number) from err
-            if not isinstance(obj, dict):
-                raise DataError('each line must be an object {"id": ..., "entities": [...]}', str(path), number)
-            for key in ("id", "entities"):
-                if key not in obj:
-                    raise DataError(f"missing key {key!r}", str(path), number)
-            post_id = obj["id"]
-            # Twitter-2015 ids are numeric, so a writer may emit them as JSON numbers.
-            if isinstance(post_id, int) and not isinstance(post_id, bool):
-                post_id = str(post_id)
-            if not isinstance(post_id, str) or not post_id:
-                raise DataError(f"'id' must be a non-empty string, got {obj['id']!r}", str(path), number)
-            if post_id in predictions:
-                raise DataError(f"duplicate id {post_id!r} (first on line {predictions.lines[post_id]})",
-                                str(path), number)
-            if not isinstance(obj["entities"], list):
-                raise DataError(f"'entities' must be a list, got {obj['entities']!r}", str(path), number)
-            try:
-                predictions[post_id] = [_parse_entity(raw, i) for i, raw in enumerate(obj["entities"])]
-            except ValueError as err:
-                raise DataError(f"post {post_id!r}, {err}", str(path), number) from err
-            predictions.lines[post_id] = number
+    for number, obj in iter_json_lines(path, what="prediction file"):
+        if not isinstance(obj, dict):
+            raise DataError('each line must be an object {"id": ..., "entities": [...]}', str(path), number)
+        for key in ("id", "entities"):
+            if key not in obj:
+                raise DataError(f"missing key {key!r}", str(path), number)
+        post_id = obj["id"]
+        # Twitter-2015 ids are numeric, so a writer may emit them as JSON numbers.
+        if isinstance(post_id, int) and not isinstance(post_id, bool):
+            post_id = str(post_id)
+        if not isinstance(post_id, str) or not post_id:
+            raise DataError(f"'id' must be a non-empty string, got {obj['id']!r}", str(path), number)
+        if post_id in predictions:
+            raise DataError(f"duplicate id {post_id!r} (first on line {predictions.lines[post_id]})",
+                            str(path), number)
+        if not isinstance(obj["entities"], list):
+            raise DataError(f"'entities' must be a list, got {obj['entities']!r}", str(path), number)
+        try:
+            predictions[post_id] = [_parse_entity(raw, i) for i, raw in enumerate(obj["entities"])]
+        except ValueError as err:
+            raise DataError(f"post {post_id!r}, {err}", str(path), number) from err
+        predictions.lines[post_id] = number
     return predictions
 
 
