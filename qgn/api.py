@@ -94,21 +94,19 @@ class Predictor:
         return Post(post_id, tokens, [], path, size, text, offsets), img
 
     # ----------------------------------------------------------------- predict
-    @torch.inference_mode()
     def predict_posts(self, posts: Sequence[Post], images: Sequence[Image.Image | None], batch_size: int = 16) -> list[list[Prediction]]:
-        from qgn.data.pipeline import Collator, GMNERDataset, model_inputs, move_to_device
+        from torch.utils.data import DataLoader
 
+        from qgn.data.pipeline import Collator, GMNERDataset
+        from qgn.engine.inference import predict_loader
+
+        if len({post.id for post in posts}) != len(posts):
+            raise QGNError("predict_posts needs distinct post ids")
         dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
                                text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
-        collate = Collator(self.tokenizer.pad_token_id)
-        results: list[list[Prediction]] = []
-        for i in range(0, len(dataset), batch_size):
-            batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-            batch = move_to_device(batch, self.device)
-            outputs = self.model(**model_inputs(batch))
-            outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
-            results.extend(self.postprocessor(outputs, batch["posts"]))
-        return results
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
+        by_id = predict_loader(self.model, self.postprocessor, loader, device=self.device, progress=False)
+        return [by_id[post.id] for post in posts]
 
     def predict(self, image: ImageLike, text: str) -> list[dict[str, Any]]:
         """Entities of one post: word span, character offsets, surface text, type, score, pixel box or None."""

@@ -34,7 +34,6 @@ def predict_loader(
         if device is not None:
             batch = move_to_device(batch, device)
         outputs = model(**model_inputs(batch))
-        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
         predictions = postprocessor(outputs, batch["posts"])
         results.extend((post.id, preds) for post, preds in zip(batch["posts"], predictions))
     if accelerator is not None and accelerator.num_processes > 1:

@@ -289,18 +289,17 @@ class Trainer:
         from qgn.data.pipeline import model_inputs
 
         outputs = self.model(**model_inputs(batch))
-        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
-        # Matching costs and losses in fp32 even under bf16/fp16 autocast.
+        # Matching costs and losses in fp32 even under bf16/fp16 autocast (the criterion casts).
         with torch.autocast(device_type=self.accelerator.device.type, enabled=False):
             return self.criterion(outputs, batch["targets"])
 
-    def evaluate(self, posts: list, loader: Any, split: str) -> dict[str, Any]:
+    def evaluate(self, model: torch.nn.Module, posts: list, loader: Any, split: str) -> dict[str, Any]:
+        """GMNER / MNER / EEG of ``model`` on one split."""
         from qgn.engine.inference import predict_loader
         from qgn.metrics import score
 
-        predictions = predict_loader(
-            self.model, self.postprocessor, loader, self.accelerator, description=split, progress=self.progress
-        )
+        predictions = predict_loader(model, self.postprocessor, loader, self.accelerator, description=split,
+                                     progress=self.progress)
         return metrics_summary(score(posts, predictions))
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
@@ -386,7 +385,7 @@ class Trainer:
             "train": dict(zip(names, means.tolist())),
         }
         if last or (epoch + 1) % s.train.eval_every_epochs == 0:
-            dev = self.evaluate(self.dev_posts, self.dev_loader, "dev")
+            dev = self.evaluate(self.model, self.dev_posts, self.dev_loader, "dev")
             record["dev"] = dev
             selected = dev[s.train.select_metric]["f1"]
             if selected > state["best_f1"]:
@@ -410,22 +409,14 @@ class Trainer:
         test_loader = acc.prepare(
             make_loader(test_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
         )
-        dev = self.evaluate_model(best, self.dev_posts, self.dev_loader, "dev")
-        test = self.evaluate_model(best, test_posts, test_loader, "test")
+        dev = self.evaluate(best, self.dev_posts, self.dev_loader, "dev")
+        test = self.evaluate(best, test_posts, test_loader, "test")
         final = {"best_epoch": self.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
                  "dev": dev, "test": test}
         if acc.is_main_process:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         acc.wait_for_everyone()
         return final
-
-    def evaluate_model(self, model: torch.nn.Module, posts: list, loader: Any, split: str) -> dict[str, Any]:
-        from qgn.engine.inference import predict_loader
-        from qgn.metrics import score
-
-        predictions = predict_loader(model, self.postprocessor, loader, self.accelerator, description=split,
-                                     progress=self.progress)
-        return metrics_summary(score(posts, predictions))
 
 
 def run_training(settings: RunSettings, output_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
