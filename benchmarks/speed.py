@@ -6,6 +6,8 @@ sub-words, 20 words, 1-3 entities per post, half with a box).
 
     python benchmarks/speed.py --quick                 # essential rows, < 2 min on 2 cores
     python benchmarks/speed.py --json speed.json       # everything, ~10 min on 2 cores
+    python benchmarks/speed.py --quick --set num_decoder_layers=1 --set ffn_dim=1024   # a variant
+    python benchmarks/speed.py --variants              # FLOP ratio of MQD depth / width variants, < 1 min
 
 Rows: inference (model.eval(), torch.inference_mode()) and training (forward + criterion +
 backward + AdamW step) at batch 1 and 16: median seconds per batch, posts/s and the peak resident
@@ -35,6 +37,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 RATIO_GOAL = 1.25
+
+# Full-size variants for --variants: the paper fixes d = 768 and Nq = 60 but not the depths of
+# VTF / FDE / MRE nor the feed-forward width (our defaults: 2 / 3 / 2 layers, 2048).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default (MQD 2/3/2 layers, ffn 2048)": {},
+    "MQD 1/2/1": dict(num_fusion_layers=1, num_decoder_layers=2, num_refinement_layers=1),
+    "MQD 1/1/1": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1),
+    "MQD 1/1/1, ffn 1024": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1, ffn_dim=1024),
+    "MQD 1/1/1, ffn 512": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1, ffn_dim=512),
+    "MQD 1/1/1, ffn 1024, Nq 30": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1,
+                                       ffn_dim=1024, num_queries=30),
+    "use_mqd=false (Table III ablation)": dict(use_mqd=False),
+    "use_mqd=false, use_hvla=false": dict(use_mqd=False, use_hvla=False),
+}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["num_decoder_layers=1", "ffn_dim=1024"]`` -> QGNConfig keyword overrides."""
+    from qgn.engine.settings import _parse_value
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set expects KEY=VALUE (a QGNConfig field), got {pair!r}")
+        overrides[key.strip()] = _parse_value(value)
+    try:
+        C.full_size_config(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"bad --set: {exc}") from exc
+    return overrides
+
+
+def flop_variants() -> list[dict[str, Any]]:
+    """Forward FLOPs per post of each VARIANTS config over the encoders' (no timing)."""
+    rows = []
+    encoder_flops = None
+    for name, overrides in VARIANTS.items():
+        config = C.full_size_config(**overrides)
+        model, _ = C.build_qgn(config)
+        model.eval()
+        inputs, _ = C.synthetic_batch(config, 2)
+        if encoder_flops is None:
+            encoders = C.Encoders(config).eval()
+            encoder_flops = C.count_flops(lambda: encoders(**inputs))[0] / 2
+            del encoders
+        flops = C.count_flops(lambda: model(**inputs))[0] / 2
+        rows.append(dict(variant=name, overrides=overrides, parameters=C.count_parameters(model),
+                         gflops_per_post=flops / 1e9, flop_ratio=flops / encoder_flops))
+        print(f"{name:<40} {C.count_parameters(model) / 1e6:8.1f} M {flops / 1e9:8.2f} GFLOP/post "
+              f"{flops / encoder_flops:15.2f}", flush=True)
+        del model
+        gc.collect()
+    print(f"(encoders alone: {encoder_flops / 1e9:.2f} GFLOP/post; goal for the time ratio <= {RATIO_GOAL})")
+    return rows
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -170,14 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="per-module profile even if the ratio meets the goal")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a field of the full-size QGNConfig, e.g. --set num_decoder_layers=1 (repeatable)")
+    parser.add_argument("--variants", action="store_true",
+                        help="only print the forward-FLOP ratio QGN / encoders of a few depth / width variants")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.variants:
+        print(f"{'full-size variant':<40} {'params':>10} {'forward FLOPs':>19} {'QGN / encoders':>15}")
+        rows = flop_variants()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"variants": rows}, indent=2) + "\n")
+        return 0
+    overrides = parse_overrides(args.overrides)
     quick = args.quick
     contention = C.CpuContention()
     big = dict(warmup=1, repeats=4) if quick else dict(warmup=2, repeats=5)  # batch 16, full size
     small = dict(warmup=2, repeats=10) if quick else dict(warmup=3, repeats=20)  # batch 1 or tiny model
-    results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": C.machine_info(), "rows": []}
+    results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": C.machine_info(), "rows": [],
+                               "config_overrides": overrides}
     info = results["machine"]
     print(f"torch {info['torch']}, transformers {info['transformers']}, {info['torch_threads']} threads, "
           f"{info['cpu_count']} CPUs: {info['cpu_model']}")
@@ -186,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = results["rows"]
 
     # -- full-size: QGN vs the encoders alone
-    full = C.full_size_config()
+    full = C.full_size_config(**overrides)
+    if overrides:
+        print(f"full-size config with {overrides}")
     print("building the full-size models (random weights) ...", flush=True)
     qgn, criterion = C.build_qgn(full)
     encoders = C.Encoders(full)

@@ -169,3 +169,26 @@ def test_predict_rejects_bad_input(trained_run, tmp_path):
         predictor.predict(str(tmp_path / "missing.jpg"), "Paris")
     long_text = " ".join(["Paris"] * 500)
     assert isinstance(predictor.predict(None, long_text), list)  # truncated with a warning, not an error
+
+
+def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys):
+    """`qgn demo` at toy size: data, training, test table, text-only baseline, picture, result file."""
+    from PIL import Image
+
+    from qgn.data import read_dataset
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--train-posts", "48", "--set", "train.epochs=1",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Text-only baseline" in printed and "wall time" in printed
+    result = json.loads((out / "demo_result.json").read_text())
+    # The baseline is right exactly for the test entities without a box.
+    test = read_dataset(str(out / "data"), split="test", image_dir=str(out / "data" / "images"))
+    entities = [e for p in test for e in p.entities]
+    unboxed = sum(not e.boxes for e in entities)
+    assert result["text_only_baseline"]["GMNER"]["tp"] == unboxed
+    assert result["text_only_baseline"]["MNER"]["f1"] == 100.0
+    assert result["qgn"]["GMNER"]["n_gold"] == len(entities)
+    with Image.open(out / "predictions.png") as picture:
+        assert picture.width > 64 and picture.height > 64

@@ -9,16 +9,26 @@ Design (version ``GENERATOR_VERSION``):
 - Each name has a fixed look: one of 8 colours and one of 4 shapes. The 4 names that share a
   colour have 4 different types and 4 different shapes (a Latin square), so (colour, shape)
   identifies the name, and within one post all entities have different colours.
-- The text says WHICH object (the name fixes its colour), the image says WHERE it is, and
-  WHETHER it is there: an ungroundable entity's object is simply not drawn, and its sentence
-  is drawn from the same templates as a groundable one, so only the image can tell.
-- Distractor objects (drawn, never mentioned) use colours of no entity in the post, so an
-  object of an entity's colour is present iff that entity is groundable.
-- Some grounded ORG entities (teams) are drawn 2-3 times: one entity, several boxes.
-- About 5 % of posts have no entity; posts hold 1-4 entities and 5-24 words; each entity is
-  preceded by its colour word ("with red Anna"), which tells which drawn object is its own.
-- Boxes are the drawn shapes' exact pixel extents, each at least ~20 % of the image side so
-  they survive the 64x64 resize of the tiny model.
+- The image is split into four quadrants. Each entity is preceded by a position word
+  ("with top-left Anna") naming its own quadrant; entities of one post get different quadrants.
+  The text says WHERE to look, the image says WHETHER the entity is there and its exact box:
+  a groundable entity's object lies at a random place inside its quadrant, an ungroundable
+  entity's quadrant stays empty, and its sentence comes from the same templates, so only the
+  image can tell.
+- Distractor objects (drawn, never mentioned) sit only in quadrants no entity of the post names
+  and use colours of no entity in the post, so an object in an entity's quadrant is present iff
+  that entity is groundable.
+- Some grounded ORG entities (teams) are drawn twice in their quadrant: one entity, two boxes.
+- About 5 % of posts have no entity; posts hold 1-4 entities and 5-24 words.
+- Boxes are the drawn shapes' exact pixel extents, each at least ~15 % of the image side so
+  they survive the 64x64 resize of the tiny model, and at most 28 %, so a quadrant (50 %) leaves
+  the position inside it to the image.
+
+Why quadrant words rather than colour words (version 2): binding a colour word to a colour
+patch has to be discovered by both randomly initialised encoders at once, and the tiny model did
+not find it within the demo's time budget (test GMNER stayed at the text-only level); a position
+word maps onto the fixed 2D positions of the visual tokens, which a model from scratch learns in
+minutes.
 
 On-disk layout (``/work/shared/notes/twitter-gmner-format-and-scoring.md`` section 1)::
 
@@ -46,7 +56,7 @@ from PIL import Image, ImageDraw
 
 from qgn.errors import QGNError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST_NAME = "synthetic.json"
 SPLITS = ("train", "dev", "test")
 JPEG_QUALITY = 92
@@ -69,12 +79,17 @@ NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
 TYPE_WEIGHTS = (0.35, 0.20, 0.25, 0.20)
 # Chance that an entity of each type is drawn: LOC rarely, as in the real data (~57 % overall).
 GROUNDED_PROBABILITY = {"PER": 0.70, "LOC": 0.35, "ORG": 0.60, "OTHER": 0.55}
-ORG_BOX_COUNTS, ORG_BOX_WEIGHTS = (1, 2, 3), (0.65, 0.25, 0.10)
+ORG_BOX_COUNTS, ORG_BOX_WEIGHTS = (1, 2), (0.7, 0.3)
 ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS = (1, 2, 3, 4), (0.30, 0.35, 0.22, 0.13)
 NO_ENTITY_PROBABILITY = 0.05
 DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS = (0, 1, 2), (0.30, 0.45, 0.25)
-MAX_OBJECTS = 6
-OBJECT_SIDE_RANGE = (0.24, 0.38)  # box width (height) as a fraction of the image width (height)
+# Box width (height) as a fraction of the image width (height): one object, or each of two copies.
+OBJECT_SIDE_RANGE = (0.18, 0.28)
+COPY_SIDE_RANGE = (0.16, 0.22)
+# Position word -> quadrant (column, row) of the image.
+POSITIONS: dict[str, tuple[int, int]] = {
+    "top-left": (0, 0), "top-right": (1, 0), "bottom-left": (0, 1), "bottom-right": (1, 1),
+}
 
 # Context phrases; "{}" is the entity. None of them depends on whether the entity is drawn.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -114,7 +129,7 @@ def synthetic_vocabulary() -> list[str]:
     """Every word the generator can emit, deduplicated, in a fixed order (for word tokenizers)."""
     pieces = [n for names in NAMES_BY_TYPE.values() for n in names]
     pieces += [p.replace("{}", " ") for phrases in PHRASES.values() for p in phrases]
-    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS) + list(COLOURS)
+    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS) + list(POSITIONS)
     words: dict[str, None] = {}
     for piece in pieces:
         words.update(dict.fromkeys(piece.split()))
@@ -151,20 +166,21 @@ def _choice(rng: np.random.Generator, options: tuple, weights: tuple | None = No
     return options[int(rng.choice(len(options), p=probabilities))]
 
 
-def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], list[str]]:
-    """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order."""
+def _sentence(rng: np.random.Generator, names: list[str], positions: list[str]) -> tuple[list[str], list[str]]:
+    """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order, each preceded by its
+    position word."""
     tokens: list[str] = []
     tags: list[str] = []
-    for k, name in enumerate(names):
+    for k, (name, position) in enumerate(zip(names, positions)):
         if k:
             tokens.append(_choice(rng, CONNECTORS))
             tags.append("O")
         entity_type = NAME_LOOKS[name][0]
         before, after = _choice(rng, PHRASES[entity_type]).split("{}")
         name_words = name.split()
-        # The colour word says WHICH drawn object is the entity's (if it is drawn at all): the
-        # text names the object, the image says whether and where it is.
-        for word in before.split() + [NAME_LOOKS[name][1].colour]:
+        # The position word says which quadrant holds the entity's object (if it is drawn at
+        # all): the image says whether it is there and exactly where.
+        for word in before.split() + [position]:
             tokens.append(word)
             tags.append("O")
         tokens += name_words
@@ -188,18 +204,21 @@ def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], li
     return tokens, tags
 
 
-def _place(rng: np.random.Generator, count: int, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """``count`` non-overlapping boxes (1 px apart); shrinks them if random placement gets stuck."""
+def _place(rng: np.random.Generator, count: int, region: tuple[int, int, int, int],
+           size: tuple[int, int], side_range: tuple[float, float]) -> list[tuple[int, int, int, int]]:
+    """``count`` non-overlapping boxes (1 px apart) inside ``region`` ``(x1, y1, x2, y2)``, sides a
+    ``side_range`` fraction of the image ``size``; shrinks them if random placement gets stuck."""
     width, height = size
+    rx1, ry1, rx2, ry2 = region
     scale = 1.0
     while True:
         boxes: list[tuple[int, int, int, int]] = []
         for _ in range(count):
             for _attempt in range(100):
-                w = int(round(width * scale * rng.uniform(*OBJECT_SIDE_RANGE)))
-                h = int(round(height * scale * rng.uniform(*OBJECT_SIDE_RANGE)))
-                x1 = int(rng.integers(0, width - w + 1))
-                y1 = int(rng.integers(0, height - h + 1))
+                w = min(int(round(width * scale * rng.uniform(*side_range))), rx2 - rx1)
+                h = min(int(round(height * scale * rng.uniform(*side_range))), ry2 - ry1)
+                x1 = int(rng.integers(rx1, rx2 - w + 1))
+                y1 = int(rng.integers(ry1, ry2 - h + 1))
                 box = (x1, y1, x1 + w, y1 + h)
                 if all(box[0] > b[2] or box[2] < b[0] or box[1] > b[3] or box[3] < b[1] for b in boxes):
                     boxes.append(box)
@@ -209,6 +228,13 @@ def _place(rng: np.random.Generator, count: int, size: tuple[int, int]) -> list[
         if len(boxes) == count:
             return boxes
         scale *= 0.9
+
+
+def _quadrant(position: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel rectangle ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a position word's quadrant."""
+    column, row = POSITIONS[position]
+    width, height = size
+    return (column * width // 2, row * height // 2, (column + 1) * width // 2, (row + 1) * height // 2)
 
 
 def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], size_jitter: float) -> SyntheticPost:
@@ -226,21 +252,26 @@ def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], si
         name = _choice(rng, free)
         names.append(name)
         used_colours.add(NAME_LOOKS[name][1].colour)
-    looks: list[tuple[Look, str | None]] = []
-    for position, name in enumerate(names):
+    positions = [str(p) for p in rng.permutation(list(POSITIONS))[:len(names)]]
+    objects: list[_Object] = []
+    for name, position in zip(names, positions):
         entity_type, look = NAME_LOOKS[name]
         if rng.random() < GROUNDED_PROBABILITY[entity_type]:
             copies = _choice(rng, ORG_BOX_COUNTS, ORG_BOX_WEIGHTS) if entity_type == "ORG" else 1
-            # Leave room for one object per later entity so the image never gets crowded.
-            room = MAX_OBJECTS - len(looks) - (len(names) - position - 1)
-            looks += [(look, name)] * min(copies, room)
-    free_colours = tuple(c for c in COLOURS if c not in used_colours)
-    distractors = min(_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS), MAX_OBJECTS - len(looks))
-    for colour in rng.permutation(free_colours)[:max(distractors, 0)]:
-        looks.append((Look(str(colour), _choice(rng, SHAPES)), None))
-    boxes = _place(rng, len(looks), size)
-    objects = [_Object(look, box, name) for (look, name), box in zip(looks, boxes)]
-    tokens, tags = _sentence(rng, names)
+            sides = OBJECT_SIDE_RANGE if copies == 1 else COPY_SIDE_RANGE
+            for box in _place(rng, copies, _quadrant(position, size), size, sides):
+                objects.append(_Object(look, box, name))
+    # Distractors only where no entity points, in colours of no entity: the image alone decides.
+    free_quadrants = [p for p in POSITIONS if p not in positions]
+    free_colours = [c for c in COLOURS if c not in used_colours]
+    distractors = min(_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS), len(free_quadrants))
+    quadrants = rng.permutation(free_quadrants)[:distractors]
+    colours = rng.permutation(free_colours)[:distractors]
+    for position, colour in zip(quadrants, colours):
+        look = Look(str(colour), _choice(rng, SHAPES))
+        box = _place(rng, 1, _quadrant(str(position), size), size, OBJECT_SIDE_RANGE)[0]
+        objects.append(_Object(look, box, None))
+    tokens, tags = _sentence(rng, names, positions)
     return SyntheticPost(f"{split}_{index:05d}", split, index, tokens, tags, objects, size)
 
 
@@ -318,8 +349,10 @@ def _readme(manifest: dict) -> str:
         "# Synthetic grounded-NER benchmark (generated by qgn.data.synthetic)\n\n"
         f"Generator version {manifest['version']}, seed {manifest['seed']}, posts {manifest['counts']}.\n"
         "Twitter-GMNER layout: `txt/{split}.txt`, `xml/<id>.xml` (only posts with a boxed entity),\n"
-        "`images/<id>.jpg`. Each entity name is always drawn with the same colour and shape; an entity\n"
-        "whose object is not drawn has no box. Unmentioned objects are distractors.\n\n"
+        "`images/<id>.jpg`. Each entity is preceded by a position word (top-left, top-right, bottom-left,\n"
+        "bottom-right) naming the image quadrant of its object; an entity whose quadrant is empty has no\n"
+        "box. Each name is always drawn with the same colour and shape. Unmentioned objects\n"
+        "(distractors) only sit in quadrants no entity of the post names.\n\n"
         "| name | type | colour | shape |\n|---|---|---|---|\n" + rows + "\n"
     )
 
