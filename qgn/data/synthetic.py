@@ -230,7 +230,7 @@ def _place(rng: np.random.Generator, count: int, region: tuple[int, int, int, in
         scale *= 0.9
 
 
-def _quadrant(position: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+def quadrant(position: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """Pixel rectangle ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a position word's quadrant."""
     column, row = POSITIONS[position]
     width, height = size
@@ -259,7 +259,7 @@ def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], si
         if rng.random() < GROUNDED_PROBABILITY[entity_type]:
             copies = _choice(rng, ORG_BOX_COUNTS, ORG_BOX_WEIGHTS) if entity_type == "ORG" else 1
             sides = OBJECT_SIDE_RANGE if copies == 1 else COPY_SIDE_RANGE
-            for box in _place(rng, copies, _quadrant(position, size), size, sides):
+            for box in _place(rng, copies, quadrant(position, size), size, sides):
                 objects.append(_Object(look, box, name))
     # Distractors only where no entity points, in colours of no entity: the image alone decides.
     free_quadrants = [p for p in POSITIONS if p not in positions]
@@ -269,7 +269,7 @@ def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], si
     colours = rng.permutation(free_colours)[:distractors]
     for position, colour in zip(quadrants, colours):
         look = Look(str(colour), _choice(rng, SHAPES))
-        box = _place(rng, 1, _quadrant(str(position), size), size, OBJECT_SIDE_RANGE)[0]
+        box = _place(rng, 1, quadrant(str(position), size), size, OBJECT_SIDE_RANGE)[0]
         objects.append(_Object(look, box, None))
     tokens, tags = _sentence(rng, names, positions)
     return SyntheticPost(f"{split}_{index:05d}", split, index, tokens, tags, objects, size)

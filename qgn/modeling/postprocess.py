@@ -101,7 +101,7 @@ class PostProcessor:
                 best[span] = Prediction(span[0], span[1], self.entity_types[int(type_id[b, q])], box, value)
             predictions = list(best.values())
             if self.remove_overlaps:
-                predictions = _greedy_non_overlapping(predictions)
+                predictions = greedy_non_overlapping(predictions)
             results.append(sorted(predictions, key=lambda p: (p.start, p.end)))
         return results
 
@@ -116,7 +116,7 @@ class PostProcessor:
         return (x1, y1, x2, y2)
 
 
-def _greedy_non_overlapping(predictions: list[Prediction]) -> list[Prediction]:
+def greedy_non_overlapping(predictions: list[Prediction]) -> list[Prediction]:
     """Keep predictions by decreasing score, skipping any that overlaps a kept one."""
     kept: list[Prediction] = []
     for p in sorted(predictions, key=lambda p: -(p.score or 0.0)):
