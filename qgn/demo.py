@@ -76,8 +76,8 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
 
     started = time.time()
     out = Path(output_dir)
-    # Many distinct posts and few epochs: the tiny model memorises a small training set instead of
-    # learning which object a name refers to.
+    # Many distinct posts and few epochs rather than the reverse: with a small training set the tiny
+    # model memorises posts instead of learning where an entity's object is.
     data_dir = generate_synthetic_benchmark(out / "data", num_train=train_posts)
     raw = load_run_file("demo")
     raw.setdefault("data", {}).update(path=str(data_dir), image_dir=str(Path(data_dir) / "images"))
