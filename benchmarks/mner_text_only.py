@@ -201,7 +201,7 @@ def tune_postprocessing(checkpoint: Path, dev: list, test: list) -> dict:
     from qgn.metrics import score
     from qgn.modeling.postprocess import greedy_non_overlapping
 
-    predictor = load(checkpoint, device="cpu", score_threshold=0.0, remove_overlaps=False)
+    predictor = load(checkpoint, score_threshold=0.0, remove_overlaps=False)  # GPU when there is one
     raw = {name: dict(zip([p.id for p in posts], predictor.predict_posts(posts, [None] * len(posts), batch_size=64)))
            for name, posts in (("dev", dev), ("test", test))}
 

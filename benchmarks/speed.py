@@ -84,9 +84,10 @@ def flop_variants() -> list[dict[str, Any]]:
             encoder_flops = C.count_flops(lambda: encoders(**inputs))[0] / 2
             del encoders
         flops = C.count_flops(lambda: model(**inputs))[0] / 2
-        rows.append(dict(variant=name, overrides=overrides, parameters=C.count_parameters(model),
+        parameters = C.count_parameters(model)
+        rows.append(dict(variant=name, overrides=overrides, parameters=parameters,
                          gflops_per_post=flops / 1e9, flop_ratio=flops / encoder_flops))
-        print(f"{name:<40} {C.count_parameters(model) / 1e6:8.1f} M {flops / 1e9:8.2f} GFLOP/post "
+        print(f"{name:<40} {parameters / 1e6:8.1f} M {flops / 1e9:8.2f} GFLOP/post "
               f"{flops / encoder_flops:15.2f}", flush=True)
         del model
         gc.collect()

@@ -60,6 +60,19 @@ def entity_strings(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
     return [(" ".join(words), kind) for words, kind in spans]
 
 
+def position_words(post) -> dict[str, str]:
+    """Entity string -> the position word just before it (asserted to be one)."""
+    words = {}
+    for i, tag in enumerate(post.tags):
+        if tag.startswith("B-"):
+            end = i + 1
+            while end < len(post.tags) and post.tags[end].startswith("I-"):
+                end += 1
+            assert post.tokens[i - 1] in POSITIONS
+            words[" ".join(post.tokens[i:end])] = post.tokens[i - 1]
+    return words
+
+
 def boxes_by_name(xml_path: Path) -> tuple[tuple[int, int], dict[str, list[tuple[int, ...]]]]:
     root = ET.parse(xml_path).getroot()
     size = root.find("size")
@@ -133,14 +146,7 @@ def test_groundability_is_decided_by_the_image() -> None:
     distractors = 0
     for index in range(300):
         post = make_post(0, "train", index, (128, 96), 0.25)
-        quadrant_of = {}
-        for i, tag in enumerate(post.tags):  # the word before each entity names its quadrant
-            if tag.startswith("B-"):
-                end = i + 1
-                while end < len(post.tags) and post.tags[end].startswith("I-"):
-                    end += 1
-                assert post.tokens[i - 1] in POSITIONS
-                quadrant_of[" ".join(post.tokens[i:end])] = post.tokens[i - 1]
+        quadrant_of = position_words(post)
         assert len(set(quadrant_of.values())) == len(quadrant_of)  # one quadrant per entity
         named = set(quadrant_of.values())
         width, height = post.size
@@ -166,16 +172,15 @@ def test_groundability_is_decided_by_the_image() -> None:
 def test_knowing_the_quadrant_does_not_give_the_box() -> None:
     """The position word narrows the search, the image gives the box: a box of typical size centred
     in the named quadrant reaches IoU 0.5 for few grounded entities."""
-
     grounded = hits = 0
     for index in range(300):
         post = make_post(0, "dev", index, (128, 96), 0.25)
+        quadrant_of = position_words(post)
         width, height = post.size
         for obj in post.objects:
             if obj.name is None:
                 continue
-            word = post.tokens[post.tokens.index(obj.name.split()[0]) - 1]
-            x1, y1, x2, y2 = quadrant(word, post.size)
+            x1, y1, x2, y2 = quadrant(quadrant_of[obj.name], post.size)
             cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, 0.115 * width, 0.115 * height
             grounded += 1
             hits += box_iou_xyxy((cx - half_w, cy - half_h, cx + half_w, cy + half_h), obj.box) >= 0.5
