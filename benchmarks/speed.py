@@ -40,18 +40,17 @@ RATIO_GOAL = 1.25
 
 # Full-size variants for --variants: the paper fixes d = 768 and Nq = 60 but not the depths of
 # VTF / FDE / MRE nor the feed-forward width (our defaults: 2 / 3 / 2 layers, 2048).
+ONE_LAYER_EACH = dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1)  # MQD 1/1/1
 VARIANTS: dict[str, dict[str, Any]] = {
     "default (MQD 2/3/2 layers, ffn 2048)": {},
     "MQD 1/2/1": dict(num_fusion_layers=1, num_decoder_layers=2, num_refinement_layers=1),
-    "MQD 1/1/1": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1),
-    "MQD 1/1/1, ffn 1024": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1, ffn_dim=1024),
-    "MQD 1/1/1, ffn 512": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1, ffn_dim=512),
-    "MQD 1/1/1, ffn 1024, Nq 30": dict(num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=1,
-                                       ffn_dim=1024, num_queries=30),
+    "MQD 1/1/1": ONE_LAYER_EACH,
+    "MQD 1/1/1, ffn 1024": {**ONE_LAYER_EACH, "ffn_dim": 1024},
+    "MQD 1/1/1, ffn 512": {**ONE_LAYER_EACH, "ffn_dim": 512},
+    "MQD 1/1/1, ffn 1024, Nq 30": {**ONE_LAYER_EACH, "ffn_dim": 1024, "num_queries": 30},
     # ffn 8 makes every feed-forward block nearly free: what is left is the attention the paper
     # describes (one layer per stage), i.e. the floor of its modules at d = 768 and Nq = 60.
-    "MQD 1/1/1, ffn 8 (about attention only)": dict(num_fusion_layers=1, num_decoder_layers=1,
-                                                     num_refinement_layers=1, ffn_dim=8),
+    "MQD 1/1/1, ffn 8 (about attention only)": {**ONE_LAYER_EACH, "ffn_dim": 8},
     "use_mqd=false (Table III ablation)": dict(use_mqd=False),
     "use_mqd=false, use_hvla=false": dict(use_mqd=False, use_hvla=False),
 }

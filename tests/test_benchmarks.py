@@ -1,5 +1,6 @@
 """The parts of the benchmark scripts that decide a reported figure: the BIO tagger's labels and
-decoding (its MNER F1 is the bar QGN is compared with) and speed.py's ``--set`` parsing."""
+decoding (its MNER F1 is the bar QGN is compared with), speed.py's ``--set`` parsing, and a CPU
+smoke run of gpu.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
 import mner_text_only  # noqa: E402
 import speed  # noqa: E402
@@ -59,9 +61,8 @@ def test_gpu_script_runs_its_cpu_smoke_version(tmp_path):
     import json
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(script), "--allow-cpu", "--json", str(out)],
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu.py"), "--allow-cpu", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text())

@@ -46,30 +46,31 @@ def parse_txt(path: Path) -> list[tuple[str, list[str], list[str]]]:
     return blocks
 
 
-def entity_strings(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
-    """(surface string, type) per BIO entity; asserts well-formed IOB2."""
-    spans: list[tuple[list[str], str]] = []
-    for token, tag in zip(tokens, tags):
+def entity_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, type)`` per BIO entity (end exclusive); asserts well-formed IOB2."""
+    spans: list[tuple[int, int, str]] = []
+    for i, tag in enumerate(tags):
         if tag.startswith("B-"):
-            spans.append(([token], tag[2:]))
+            spans.append((i, i + 1, tag[2:]))
         elif tag.startswith("I-"):
-            assert spans and spans[-1][1] == tag[2:]
-            spans[-1][0].append(token)
+            assert spans and spans[-1][1] == i and spans[-1][2] == tag[2:]
+            spans[-1] = (spans[-1][0], i + 1, spans[-1][2])
         else:
             assert tag == "O"
-    return [(" ".join(words), kind) for words, kind in spans]
+    return spans
+
+
+def entity_strings(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
+    """(surface string, type) per BIO entity; asserts well-formed IOB2."""
+    return [(" ".join(tokens[start:end]), kind) for start, end, kind in entity_spans(tags)]
 
 
 def position_words(post) -> dict[str, str]:
     """Entity string -> the position word just before it (asserted to be one)."""
     words = {}
-    for i, tag in enumerate(post.tags):
-        if tag.startswith("B-"):
-            end = i + 1
-            while end < len(post.tags) and post.tags[end].startswith("I-"):
-                end += 1
-            assert post.tokens[i - 1] in POSITIONS
-            words[" ".join(post.tokens[i:end])] = post.tokens[i - 1]
+    for start, end, _ in entity_spans(post.tags):
+        assert post.tokens[start - 1] in POSITIONS
+        words[" ".join(post.tokens[start:end])] = post.tokens[start - 1]
     return words
 
 
