@@ -73,6 +73,7 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     from qgn.engine.settings import apply_overrides, load_run_file, settings_from_dict
     from qgn.engine.train import metrics_summary, run_training
     from qgn.metrics import score
+    from qgn.metrics.report import format_breakdown
 
     started = time.time()
     out = Path(output_dir)
@@ -89,16 +90,26 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     final = run_training(settings, run_dir, resume=resume, progress=progress)
 
     test_posts = read_dataset(str(data_dir), split="test", image_dir=str(Path(data_dir) / "images"))
-    baseline = metrics_summary(score(test_posts, text_only_baseline(test_posts)))
+    baseline_report = score(test_posts, text_only_baseline(test_posts))
+    baseline = metrics_summary(baseline_report)
     picture = draw_examples(run_dir / "best", test_posts, out / "predictions.png")
+    curve = dev_curve(run_dir / "metrics.jsonl")
     elapsed = time.time() - started
-    result = {"qgn": final["test"], "text_only_baseline": baseline, "best_epoch": final["best_epoch"],
-              "seconds": round(elapsed, 1), "picture": str(picture), "checkpoint": str(run_dir / "best")}
+    result = {"qgn": final["test"], "qgn_default_thresholds": final["with_default_thresholds"]["test"],
+              "thresholds": final["thresholds"], "text_only_baseline": baseline, "best_epoch": final["best_epoch"],
+              "dev_curve": curve, "seconds": round(elapsed, 1), "picture": str(picture),
+              "checkpoint": str(run_dir / "best")}
     (out / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print("\nQGN (tiny, trained on CPU) on the synthetic test split, best dev epoch "
-          f"{final['best_epoch']}:")
+    chosen = final["thresholds"]["chosen"]
+    print("\nDev GMNER F1 by epoch: " + ", ".join(f"{f1:.1f}" for f1 in curve["GMNER"]))
+    print(f"\nQGN (tiny, trained on CPU) on the synthetic test split, best dev epoch {final['best_epoch']}, "
+          f"thresholds chosen on dev (score {chosen['score_threshold']:g}, no-target "
+          f"{chosen['no_target_threshold']:g}, remove_overlaps {chosen['remove_overlaps']}):")
     print(format_summary({"test": final["test"]}))
+    print("\n" + "\n".join(format_breakdown(final["test"]["breakdown"])))
+    print("\nThe same checkpoint with the default thresholds:")
+    print(format_summary({"test": final["with_default_thresholds"]["test"]}))
     print("\nText-only baseline (gold spans and types, never a box) on the same split:")
     print(format_summary({"test": baseline}))
     print(f"\nGMNER F1: QGN {final['test']['GMNER']['f1']:.2f} vs text-only {baseline['GMNER']['f1']:.2f}: "
@@ -107,6 +118,18 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     print(f"checkpoint: {run_dir / 'best'}  (try: qgn predict --checkpoint {run_dir / 'best'} --image IMG --text TEXT)")
     print(f"wall time: {elapsed / 60:.1f} min")
     return result
+
+
+def dev_curve(metrics_file: Path) -> dict[str, list[float]]:
+    """Dev F1 of every evaluated epoch, per metric, from a run's metrics.jsonl."""
+    curve: dict[str, list[float]] = {"epoch": [], "GMNER": [], "MNER": [], "EEG": []}
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "dev" in record:
+            curve["epoch"].append(record["epoch"])
+            for metric in ("GMNER", "MNER", "EEG"):
+                curve[metric].append(round(record["dev"][metric]["f1"], 2))
+    return curve
 
 
 def register(subparsers: Any) -> None:

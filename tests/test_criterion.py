@@ -107,21 +107,67 @@ def test_boundary_loss_by_hand(config):
     assert parts["loss_boundary"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_consistency_groups_by_span(config):
-    # Post 0: two targets of one span, one with a box, one without (the group is "has target"),
-    # and a lone box-less target. The group label overrides the member's own label.
-    out = random_outputs(1, 4, 6, C, seed=5)
-    targets = [make_targets([0, 0, 1], [1, 1, 4], [2, 2, 4], [[0.4, 0.4, 0.2, 0.2], [0, 0, 0, 0], [0, 0, 0, 0]],
-                            [True, False, False])]
+def peaked_spans(out, spans):
+    """Make query q decode ``spans[q]`` (inclusive start, end) by a wide margin."""
+    for q, (start, end) in enumerate(spans):
+        out["start_logits"][0, q] = -5.0
+        out["end_logits"][0, q] = -5.0
+        out["start_logits"][0, q, start] = 5.0
+        out["end_logits"][0, q, end] = 5.0
+    return out
+
+
+def test_consistency_groups_every_query_decoding_a_gold_span(config):
+    # One post: a grounded entity with two boxes at words 1-2 and a box-less one at word 4.
+    # Queries 0 and 1 are matched to the grounded one's two targets, query 2 (unmatched) is a
+    # duplicate decoding the same span, query 3 is matched to the box-less entity, query 4
+    # (unmatched) decodes a span of no entity.
+    out = peaked_spans(random_outputs(1, 5, 6, C, seed=5), [(1, 2), (1, 2), (1, 2), (4, 4), (0, 3)])
+    targets = [make_targets([0, 0, 1], [1, 1, 4], [2, 2, 4], [[0.4, 0.4, 0.2, 0.2], [0.7, 0.6, 0.2, 0.2], [0, 0, 0, 0]],
+                            [True, True, False])]
+    targets[0]["entity_index"] = torch.tensor([0, 0, 1])
     indices = [(torch.tensor([0, 1, 3]), torch.tensor([0, 1, 2]))]
+    out["notarget_logits"].requires_grad_(True)
     _, parts = SetCriterion(config)(out, targets, indices)
-    logits = out["notarget_logits"][0]
-    expected = (F.cross_entropy(logits[[0, 1, 3]], torch.tensor([0, 0, 1]), reduction="sum") / 3).item()
+    logits = out["notarget_logits"][0].detach()
+    # by hand: members 0, 1, 2 -> has target (0), member 3 -> no target (1); query 4 in no group
+    expected = (F.cross_entropy(logits[[0, 1, 2, 3]], torch.tensor([0, 0, 0, 1]), reduction="sum") / 4).item()
     assert parts["loss_con"].item() == pytest.approx(expected, rel=1e-5)
-    # The no-target loss instead uses each target's own label (query 1 -> no target).
-    weight = torch.tensor([1.0, 1.0, config.no_entity_weight, 1.0])
-    ce = F.cross_entropy(logits, torch.tensor([0, 1, 1, 1]), reduction="none")
-    assert parts["loss_nt"].item() == pytest.approx(((ce * weight).sum() / weight.sum()).item(), rel=1e-5)
+    # L_nt calls the unmatched duplicate (query 2) "no target": the two losses differ in value...
+    weight = torch.tensor([1.0, 1.0, config.no_entity_weight, 1.0, config.no_entity_weight])
+    ce = F.cross_entropy(logits, torch.tensor([0, 0, 1, 1, 1]), reduction="none")
+    loss_nt = ((ce * weight).sum() / weight.sum()).item()
+    assert parts["loss_nt"].item() == pytest.approx(loss_nt, rel=1e-5)
+    assert abs(parts["loss_con"].item() - loss_nt) > 1e-3
+
+    # ... and in gradient: on the duplicate, L_con raises the has-target logit, L_nt lowers it.
+    def grad_of(**lambdas):
+        cfg = config.replace(lambda_pred=0.0, **lambdas)
+        out["notarget_logits"].grad = None
+        SetCriterion(cfg)(out, targets, indices)[0].backward()
+        return out["notarget_logits"].grad[0].clone()
+
+    con = grad_of(lambda_nt=0.0, lambda_con=1.0)
+    nt = grad_of(lambda_nt=1.0, lambda_con=0.0)
+    assert con[2, 0] < 0 < nt[2, 0]  # descent raises has-target (class 0) under L_con only
+    assert torch.all(con[4] == 0) and torch.all(nt[4] != 0)  # span of no entity: L_nt only
+
+
+def test_consistency_is_not_the_matched_no_target_loss(config):
+    """With no duplicates L_con still averages over the groups' members; on random outputs and a
+    random matching it differs from the CE of the matched queries whenever some unmatched query
+    decodes a gold span."""
+    out = random_outputs(2, 8, 5, C, seed=11)
+    targets = two_posts()
+    criterion = SetCriterion(config)
+    indices = criterion.matcher(out, targets)
+    _, parts = criterion(out, targets, indices)
+    starts = out["start_logits"].argmax(-1)
+    logits = out["notarget_logits"]
+    matched_ce = sum(F.cross_entropy(logits[b, q], (~t["has_box"][j]).long(), reduction="sum")
+                     for b, (t, (q, j)) in enumerate(zip(targets, indices)))
+    matched_ce = matched_ce / sum(len(t["labels"]) for t in targets)
+    assert starts.numel() and abs(parts["loss_con"].item() - matched_ce.item()) > 1e-4
 
 
 def test_lambda_zero_switches_losses_off(config):

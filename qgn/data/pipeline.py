@@ -250,12 +250,15 @@ class GMNERDataset(Dataset):
             instead of a :class:`DataError`.
         images: optional already-opened images aligned with ``posts`` (``None`` entries fall
             back to ``post.image_path``), for in-memory prediction.
+        cache_pixels: keep each post's pixels in memory once computed, so later epochs skip the
+            decode and resize (3 x S x S floats a post: 48 KB at 64 px, 590 KB at 224 px).
     """
 
     def __init__(self, posts: Sequence[Post], tokenizer: Any, config: Any, image_transform: ImageTransform | None = None,
                  text_only: bool = False, placeholder_on_error: bool = False,
-                 images: Sequence[Image.Image | None] | None = None):
+                 images: Sequence[Image.Image | None] | None = None, cache_pixels: bool = False):
         self.posts = list(posts)
+        self._pixels: dict[int, tuple[torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.config = config
         self.text_only = bool(text_only or config.text_only)
         if images is not None and len(images) != len(self.posts):
@@ -281,10 +284,15 @@ class GMNERDataset(Dataset):
         post, encoded = self.posts[i], self.encoded[i]
         pixel_values, missing = None, False
         if not self.text_only:
-            image, missing = self._image(i)
-            if post.image_size is None and not missing:
-                post.image_size = image.size
-            pixel_values = self.image_transform(image)
+            if self._pixels is not None and i in self._pixels:
+                pixel_values, missing = self._pixels[i]
+            else:
+                image, missing = self._image(i)
+                if post.image_size is None and not missing:
+                    post.image_size = image.size
+                pixel_values = self.image_transform(image)
+                if self._pixels is not None:
+                    self._pixels[i] = (pixel_values, missing)
         targets, _ = build_targets(post, encoded.num_words, self.label_index, post.image_size,
                                    need_boxes=not self.text_only)
         return {"post": post, "input_ids": encoded.input_ids, "word_index": encoded.word_index,

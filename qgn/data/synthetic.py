@@ -1,36 +1,33 @@
 """A deterministic synthetic grounded-NER benchmark in the Twitter-GMNER layout (the demo's data).
 
 Why it exists: the real images cannot be shipped, and the demo must train a tiny random-init QGN
-on a CPU in minutes and still show that grounding needs *both* modalities.
+on a CPU in minutes and still show that grounding needs *both* modalities, and that the model
+binds a name to *what it looks like*, as GMNER asks on real posts (a player's face, a club's logo).
 
-Design (version ``GENERATOR_VERSION``):
+Design (version ``GENERATOR_VERSION``, "grounding by appearance"):
 
-- 32 entity names, 8 per type (PER / LOC / ORG / OTHER), some multi-word ("New Haven").
-- Each name has a fixed look: one of 8 colours and one of 4 shapes. The 4 names that share a
-  colour have 4 different types and 4 different shapes (a Latin square), so (colour, shape)
-  identifies the name, and within one post all entities have different colours.
-- The image is split into four quadrants. Each entity is preceded by a position word
-  ("with top-left Anna") naming its own quadrant; entities of one post get different quadrants.
-  The text says WHERE to look, the image says WHETHER the entity is there and its exact box:
-  a groundable entity's object lies at a random place inside its quadrant, an ungroundable
-  entity's quadrant stays empty, and its sentence comes from the same templates, so only the
-  image can tell.
-- Distractor objects (drawn, never mentioned) sit only in quadrants no entity of the post names
-  and use colours of no entity in the post, so an object in an entity's quadrant is present iff
-  that entity is groundable.
-- Some grounded ORG entities (teams) are drawn twice in their quadrant: one entity, two boxes.
+- 40 entity names, 10 per type (PER / LOC / ORG / OTHER), some multi-word ("New Haven").
+- Each name has a fixed look, the same in train, dev and test: a colour (8), a shape (4) and a
+  fill (solid, ring, striped), 96 looks in all. Every colour is worn by 5 names of mixed types
+  and the 5 differ in shape or fill, so colour alone never identifies a name; neither does shape
+  or fill. Looks are assigned by a fixed permutation (``LOOK_SEED``), not by the benchmark seed.
+- The text never says where, or whether, an entity is drawn: sentences come from the same
+  templates whether the entity is in the image or not, and nothing in them depends on the image.
+- A groundable entity's object lies anywhere in the image (boxes never overlap). Some entities
+  are absent (per-type probabilities, LOC the least drawn, as in real data); some ORG entities
+  (teams) are drawn twice: one entity, two boxes. Types are drawn independently per entity, so
+  many posts name two entities of the same type.
+- Distractors (0-3 per post, drawn, never mentioned) wear the looks of *other* names of the
+  vocabulary and lie anywhere, so "some object is there" says nothing: only the look does. A
+  distractor may share a colour, a shape or a fill with a mentioned entity, never all three.
 - About 5 % of posts have no entity; posts hold 1-4 entities and 5-24 words.
-- Boxes are the drawn shapes' exact pixel extents, each at least ~15 % of the image side so
-  they survive the 64x64 resize of the tiny model, and at most 28 %, so a quadrant (50 %) leaves
-  the position inside it to the image.
+- Boxes are the drawn shapes' exact pixel extents, each 18-28 % of the image side (16-22 % for a
+  team's two copies), so a shape spans about two patches of a 64 px, 8 px-patch ViT.
 
-Why quadrant words rather than colour words (version 2): binding a colour word to a colour
-patch has to be discovered by both randomly initialised encoders at once, and the tiny model did
-not find it within the demo's time budget (test GMNER stayed at the text-only level); a position
-word maps onto the fixed 2D positions of the visual tokens, which a model from scratch learns in
-minutes.
+A text-only system cannot place boxes: a name's object is anywhere, so the best fixed box per
+name reaches IoU 0.5 for few grounded entities (tested in ``tests/test_synthetic.py``).
 
-On-disk layout (``/work/shared/notes/twitter-gmner-format-and-scoring.md`` section 1)::
+On-disk layout (docs/data.md, "Twitter-GMNER")::
 
     DIR/txt/{train,dev,test}.txt   IMGID:<id> blocks of "token<TAB>BIO-tag", blank-line separated
     DIR/xml/<id>.xml               Pascal-VOC, one <object> per box; absent when no entity has a box
@@ -56,7 +53,7 @@ from PIL import Image, ImageDraw
 
 from qgn.errors import QGNError
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MANIFEST_NAME = "synthetic.json"
 SPLITS = ("train", "dev", "test")
 JPEG_QUALITY = 92
@@ -68,30 +65,29 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 200, 210), "blue": (40, 70, 210), "magenta": (210, 50, 200), "black": (30, 30, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
+FILLS = ("solid", "ring", "striped")
 ENTITY_TYPES = ("PER", "LOC", "ORG", "OTHER")
-# Name i of each type gets colour i; list order follows COLOURS ("Blue Comets" is blue).
 NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
-    "PER": ("Anna", "Bruno Silva", "Chloe", "Diego", "Emma Hart", "Farid", "Grace", "Hugo"),
-    "LOC": ("Paris", "Oslo", "New Haven", "Lima", "Cairo", "San Jose", "Rome", "Hong Kong"),
-    "ORG": ("Redwood", "Iron Wolves", "Star Labs", "Nova Bank", "Tiger FC", "Blue Comets", "Apex Motors", "Zenith"),
-    "OTHER": ("Aero Max", "Quasar", "Nimbus 3", "Volt", "Pixelbook", "Echo Dot", "Model T", "Zoom X"),
+    "PER": ("Anna", "Bruno Silva", "Chloe", "Diego", "Emma Hart", "Farid", "Grace", "Hugo", "Ines", "Jonas"),
+    "LOC": ("Paris", "Oslo", "New Haven", "Lima", "Cairo", "San Jose", "Rome", "Hong Kong", "Quito", "Perth"),
+    "ORG": ("Redwood", "Iron Wolves", "Star Labs", "Nova Bank", "Tiger FC", "Blue Comets", "Apex Motors",
+            "Zenith", "Orbit Air", "Delta Crew"),
+    "OTHER": ("Aero Max", "Quasar", "Nimbus 3", "Volt", "Pixelbook", "Echo Dot", "Model T", "Zoom X",
+              "Hyper V", "Lumen"),
 }
+LOOK_SEED = 20261201  # fixes which name wears which look; independent of the benchmark seed
 TYPE_WEIGHTS = (0.35, 0.20, 0.25, 0.20)
 # Chance that an entity of each type is drawn: LOC rarely, as in the real data (~57 % overall).
 GROUNDED_PROBABILITY = {"PER": 0.70, "LOC": 0.35, "ORG": 0.60, "OTHER": 0.55}
 ORG_BOX_COUNTS, ORG_BOX_WEIGHTS = (1, 2), (0.7, 0.3)
 ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS = (1, 2, 3, 4), (0.30, 0.35, 0.22, 0.13)
 NO_ENTITY_PROBABILITY = 0.05
-DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS = (0, 1, 2), (0.30, 0.45, 0.25)
+DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS = (0, 1, 2, 3), (0.15, 0.35, 0.35, 0.15)
 # Box width (height) as a fraction of the image width (height): one object, or each of two copies.
 OBJECT_SIDE_RANGE = (0.18, 0.28)
 COPY_SIDE_RANGE = (0.16, 0.22)
-# Position word -> quadrant (column, row) of the image.
-POSITIONS: dict[str, tuple[int, int]] = {
-    "top-left": (0, 0), "top-right": (1, 0), "bottom-left": (0, 1), "bottom-right": (1, 1),
-}
 
-# Context phrases; "{}" is the entity. None of them depends on whether the entity is drawn.
+# Context phrases; "{}" is the entity. None of them depends on whether or where the entity is drawn.
 PHRASES: dict[str, tuple[str, ...]] = {
     "PER": ("{} said", "with {}", "{} smiles", "ask {}", "{} is here"),
     "LOC": ("in {}", "at {}", "near {}", "from {}", "{} today"),
@@ -106,30 +102,42 @@ FILLERS = ("what a day", "so happy right now", "nothing to see here", "good morn
 
 @dataclass(frozen=True)
 class Look:
-    """How a name is drawn: its colour name and shape."""
+    """How a name is drawn: its colour name, shape and fill."""
 
     colour: str
     shape: str
+    fill: str
 
 
 def _build_looks() -> dict[str, tuple[str, Look]]:
+    """Give every name its own look, each colour to ``len(names) / len(COLOURS)`` names of mixed
+    types with pairwise different (shape, fill)."""
+    rng = np.random.default_rng(LOOK_SEED)
+    names = [(t, n) for t in ENTITY_TYPES for n in NAMES_BY_TYPE[t]]
+    order = rng.permutation(len(names))
+    patterns = [(s, f) for s in SHAPES for f in FILLS]
     colours = list(COLOURS)
     looks: dict[str, tuple[str, Look]] = {}
-    for type_index, entity_type in enumerate(ENTITY_TYPES):
-        for i, name in enumerate(NAMES_BY_TYPE[entity_type]):
-            looks[name] = (entity_type, Look(colours[i], SHAPES[(i + type_index) % len(SHAPES)]))
-    return looks
+    for rank, i in enumerate(order):
+        entity_type, name = names[int(i)]
+        colour = colours[rank % len(colours)]
+        # The k-th name of a colour takes the k-th pattern of a per-colour shuffle: distinct patterns.
+        k = rank // len(colours)
+        shape, fill = patterns[int(np.random.default_rng([LOOK_SEED, rank % len(colours)]).permutation(len(patterns))[k])]
+        looks[name] = (entity_type, Look(colour, shape, fill))
+    return {n: looks[n] for _, n in names}
 
 
 # name -> (type, look); the whole grounding "knowledge" a model must learn from the pairs.
 NAME_LOOKS: dict[str, tuple[str, Look]] = _build_looks()
+ALL_NAMES: tuple[str, ...] = tuple(NAME_LOOKS)
 
 
 def synthetic_vocabulary() -> list[str]:
     """Every word the generator can emit, deduplicated, in a fixed order (for word tokenizers)."""
-    pieces = [n for names in NAMES_BY_TYPE.values() for n in names]
+    pieces = list(ALL_NAMES)
     pieces += [p.replace("{}", " ") for phrases in PHRASES.values() for p in phrases]
-    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS) + list(POSITIONS)
+    pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS)
     words: dict[str, None] = {}
     for piece in pieces:
         words.update(dict.fromkeys(piece.split()))
@@ -166,21 +174,18 @@ def _choice(rng: np.random.Generator, options: tuple, weights: tuple | None = No
     return options[int(rng.choice(len(options), p=probabilities))]
 
 
-def _sentence(rng: np.random.Generator, names: list[str], positions: list[str]) -> tuple[list[str], list[str]]:
-    """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order, each preceded by its
-    position word."""
+def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], list[str]]:
+    """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order."""
     tokens: list[str] = []
     tags: list[str] = []
-    for k, (name, position) in enumerate(zip(names, positions)):
+    for k, name in enumerate(names):
         if k:
             tokens.append(_choice(rng, CONNECTORS))
             tags.append("O")
         entity_type = NAME_LOOKS[name][0]
         before, after = _choice(rng, PHRASES[entity_type]).split("{}")
         name_words = name.split()
-        # The position word says which quadrant holds the entity's object (if it is drawn at
-        # all): the image says whether it is there and exactly where.
-        for word in before.split() + [position]:
+        for word in before.split():
             tokens.append(word)
             tags.append("O")
         tokens += name_words
@@ -204,37 +209,34 @@ def _sentence(rng: np.random.Generator, names: list[str], positions: list[str]) 
     return tokens, tags
 
 
-def _place(rng: np.random.Generator, count: int, region: tuple[int, int, int, int],
-           size: tuple[int, int], side_range: tuple[float, float]) -> list[tuple[int, int, int, int]]:
-    """``count`` non-overlapping boxes (1 px apart) inside ``region`` ``(x1, y1, x2, y2)``, sides a
-    ``side_range`` fraction of the image ``size``; shrinks them if random placement gets stuck."""
+def _disjoint(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]]) -> bool:
+    """True if ``box`` is at least 1 px apart from every box of ``others``."""
+    return all(box[0] > b[2] or box[2] < b[0] or box[1] > b[3] or box[3] < b[1] for b in others)
+
+
+def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
+           ) -> list[tuple[int, int, int, int]]:
+    """One box per entry of ``sides`` (a side range as a fraction of the image side), anywhere in the
+    image and pairwise disjoint; all sides shrink by 10 % whenever random placement gets stuck."""
     width, height = size
-    rx1, ry1, rx2, ry2 = region
     scale = 1.0
     while True:
         boxes: list[tuple[int, int, int, int]] = []
-        for _ in range(count):
+        for side_range in sides:
             for _attempt in range(100):
-                w = min(int(round(width * scale * rng.uniform(*side_range))), rx2 - rx1)
-                h = min(int(round(height * scale * rng.uniform(*side_range))), ry2 - ry1)
-                x1 = int(rng.integers(rx1, rx2 - w + 1))
-                y1 = int(rng.integers(ry1, ry2 - h + 1))
+                w = max(4, int(round(width * scale * rng.uniform(*side_range))))
+                h = max(4, int(round(height * scale * rng.uniform(*side_range))))
+                x1 = int(rng.integers(0, width - w + 1))
+                y1 = int(rng.integers(0, height - h + 1))
                 box = (x1, y1, x1 + w, y1 + h)
-                if all(box[0] > b[2] or box[2] < b[0] or box[1] > b[3] or box[3] < b[1] for b in boxes):
+                if _disjoint(box, boxes):
                     boxes.append(box)
                     break
             else:
                 break
-        if len(boxes) == count:
+        if len(boxes) == len(sides):
             return boxes
         scale *= 0.9
-
-
-def quadrant(position: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Pixel rectangle ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a position word's quadrant."""
-    column, row = POSITIONS[position]
-    width, height = size
-    return (column * width // 2, row * height // 2, (column + 1) * width // 2, (row + 1) * height // 2)
 
 
 def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], size_jitter: float) -> SyntheticPost:
@@ -245,38 +247,71 @@ def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], si
             int(round(base_h * (1 + size_jitter * rng.uniform(-1, 1)))))
     count = 0 if rng.random() < NO_ENTITY_PROBABILITY else _choice(rng, ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS)
     names: list[str] = []
-    used_colours: set[str] = set()
     for _ in range(count):
         entity_type = _choice(rng, ENTITY_TYPES, TYPE_WEIGHTS)
-        free = tuple(n for n in NAMES_BY_TYPE[entity_type] if NAME_LOOKS[n][1].colour not in used_colours)
-        name = _choice(rng, free)
+        name = _choice(rng, tuple(n for n in NAMES_BY_TYPE[entity_type] if n not in names))
         names.append(name)
-        used_colours.add(NAME_LOOKS[name][1].colour)
-    positions = [str(p) for p in rng.permutation(list(POSITIONS))[:len(names)]]
-    objects: list[_Object] = []
-    for name, position in zip(names, positions):
-        entity_type, look = NAME_LOOKS[name]
+    owners: list[str | None] = []  # one entry per object to draw
+    sides: list[tuple[float, float]] = []
+    for name in names:
+        entity_type = NAME_LOOKS[name][0]
         if rng.random() < GROUNDED_PROBABILITY[entity_type]:
             copies = _choice(rng, ORG_BOX_COUNTS, ORG_BOX_WEIGHTS) if entity_type == "ORG" else 1
-            sides = OBJECT_SIDE_RANGE if copies == 1 else COPY_SIDE_RANGE
-            for box in _place(rng, copies, quadrant(position, size), size, sides):
-                objects.append(_Object(look, box, name))
-    # Distractors only where no entity points, in colours of no entity: the image alone decides.
-    free_quadrants = [p for p in POSITIONS if p not in positions]
-    free_colours = [c for c in COLOURS if c not in used_colours]
-    distractors = min(_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS), len(free_quadrants))
-    quadrants = rng.permutation(free_quadrants)[:distractors]
-    colours = rng.permutation(free_colours)[:distractors]
-    for position, colour in zip(quadrants, colours):
-        look = Look(str(colour), _choice(rng, SHAPES))
-        box = _place(rng, 1, quadrant(str(position), size), size, OBJECT_SIDE_RANGE)[0]
-        objects.append(_Object(look, box, None))
-    tokens, tags = _sentence(rng, names, positions)
+            owners += [name] * copies
+            sides += [OBJECT_SIDE_RANGE if copies == 1 else COPY_SIDE_RANGE] * copies
+    # Distractors wear the looks of names the post does not mention.
+    others = tuple(n for n in ALL_NAMES if n not in names)
+    distractors = [str(n) for n in rng.permutation(others)[:_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS)]]
+    owners += [None] * len(distractors)
+    sides += [OBJECT_SIDE_RANGE] * len(distractors)
+    looks = [NAME_LOOKS[o][1] for o in owners if o is not None] + [NAME_LOOKS[d][1] for d in distractors]
+    objects = [_Object(look, box, owner) for look, box, owner in zip(looks, _place(rng, sides, size), owners)]
+    tokens, tags = _sentence(rng, names)
     return SyntheticPost(f"{split}_{index:05d}", split, index, tokens, tags, objects, size)
 
 
+def _shape_mask(shape: str, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """A 1-bit mask of ``shape`` filling ``box`` (x2/y2 exclusive) in an image of ``size``."""
+    mask = Image.new("1", size, 0)
+    draw = ImageDraw.Draw(mask)
+    x1, y1, x2, y2 = box
+    right, bottom = x2 - 1, y2 - 1  # PIL includes the end pixel
+    if shape == "circle":
+        draw.ellipse([x1, y1, right, bottom], fill=1)
+    elif shape == "square":
+        draw.rectangle([x1, y1, right, bottom], fill=1)
+    elif shape == "triangle":
+        draw.polygon([(x1, bottom), (right, bottom), ((x1 + right) / 2, y1)], fill=1)
+    else:
+        mid_x, mid_y = (x1 + right) / 2, (y1 + bottom) / 2
+        draw.polygon([(mid_x, y1), (right, mid_y), (mid_x, bottom), (x1, mid_y)], fill=1)
+    return mask
+
+
+def _draw(image: Image.Image, obj: _Object) -> None:
+    """Paint one object: the shape in its colour, then its fill pattern in white."""
+    colour = COLOURS[obj.look.colour]
+    outer = _shape_mask(obj.look.shape, obj.box, image.size)
+    image.paste(colour, mask=outer)
+    x1, y1, x2, y2 = obj.box
+    if obj.look.fill == "ring":
+        # a hollow centre: the same shape at half the size, centred
+        w, h = x2 - x1, y2 - y1
+        inner = (x1 + w // 4, y1 + h // 4, x2 - w // 4, y2 - h // 4)
+        image.paste((250, 250, 250), mask=_shape_mask(obj.look.shape, inner, image.size))
+    elif obj.look.fill == "striped":
+        # five horizontal bands, the 2nd and 4th white, clipped to the shape
+        bands = Image.new("1", image.size, 0)
+        draw = ImageDraw.Draw(bands)
+        h = y2 - y1
+        for k in (1, 3):
+            draw.rectangle([x1, y1 + k * h // 5, x2 - 1, y1 + (k + 1) * h // 5 - 1], fill=1)
+        stripes = Image.fromarray(np.asarray(bands) & np.asarray(outer))
+        image.paste((250, 250, 250), mask=stripes)
+
+
 def render_image(post: SyntheticPost, seed: int) -> bytes:
-    """The post's JPEG bytes: a light, slightly noisy background with the solid shapes."""
+    """The post's JPEG bytes: a light, slightly noisy background with the objects."""
     # Its own stream, so changing how pixels are drawn never changes the annotations.
     rng = np.random.default_rng([seed, SPLITS.index(post.split), post.index, 1])
     width, height = post.size
@@ -285,20 +320,8 @@ def render_image(post: SyntheticPost, seed: int) -> bytes:
     noise = rng.normal(0, 4, size=(height, width, 3))
     pixels = np.clip(base[None, None, :] + gradient + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
-    draw = ImageDraw.Draw(image)
     for obj in post.objects:
-        x1, y1, x2, y2 = obj.box
-        right, bottom = x2 - 1, y2 - 1  # PIL includes the end pixel; our x2/y2 are exclusive
-        fill = COLOURS[obj.look.colour]
-        if obj.look.shape == "circle":
-            draw.ellipse([x1, y1, right, bottom], fill=fill)
-        elif obj.look.shape == "square":
-            draw.rectangle([x1, y1, right, bottom], fill=fill)
-        elif obj.look.shape == "triangle":
-            draw.polygon([(x1, bottom), (right, bottom), ((x1 + right) / 2, y1)], fill=fill)
-        else:
-            mid_x, mid_y = (x1 + right) / 2, (y1 + bottom) / 2
-            draw.polygon([(mid_x, y1), (right, mid_y), (mid_x, bottom), (x1, mid_y)], fill=fill)
+        _draw(image, obj)
     buffer = io.BytesIO()
     # Fixed quality, no chroma subsampling (keeps colours crisp), no metadata: identical bytes.
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -344,16 +367,16 @@ def _is_complete(out_dir: Path, manifest: dict) -> bool:
 
 
 def _readme(manifest: dict) -> str:
-    rows = "\n".join(f"| {name} | {t} | {look.colour} | {look.shape} |" for name, (t, look) in NAME_LOOKS.items())
+    rows = "\n".join(f"| {name} | {t} | {look.colour} | {look.shape} | {look.fill} |"
+                     for name, (t, look) in NAME_LOOKS.items())
     return (
         "# Synthetic grounded-NER benchmark (generated by qgn.data.synthetic)\n\n"
         f"Generator version {manifest['version']}, seed {manifest['seed']}, posts {manifest['counts']}.\n"
         "Twitter-GMNER layout: `txt/{split}.txt`, `xml/<id>.xml` (only posts with a boxed entity),\n"
-        "`images/<id>.jpg`. Each entity is preceded by a position word (top-left, top-right, bottom-left,\n"
-        "bottom-right) naming the image quadrant of its object; an entity whose quadrant is empty has no\n"
-        "box. Each name is always drawn with the same colour and shape. Unmentioned objects\n"
-        "(distractors) only sit in quadrants no entity of the post names.\n\n"
-        "| name | type | colour | shape |\n|---|---|---|---|\n" + rows + "\n"
+        "`images/<id>.jpg`. Each name is always drawn with the same colour, shape and fill; the text\n"
+        "never says where or whether it is drawn. Unmentioned objects (distractors) wear other names'\n"
+        "looks and lie anywhere, so only an entity's look tells which object, if any, is its own.\n\n"
+        "| name | type | colour | shape | fill |\n|---|---|---|---|---|\n" + rows + "\n"
     )
 
 

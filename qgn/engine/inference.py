@@ -9,37 +9,51 @@ from tqdm.auto import tqdm
 
 from qgn.data.pipeline import model_inputs, move_to_device
 from qgn.data.records import Prediction
+from qgn.modeling.postprocess import Candidate
 
 
 @torch.inference_mode()
-def predict_loader(
+def collect_candidates(
     model: torch.nn.Module,
     postprocessor: Any,
     loader: Any,
+    min_score: float,
     accelerator: Any = None,
     device: torch.device | str | None = None,
     description: str = "predict",
     progress: bool = True,
-) -> dict[str, list[Prediction]]:
-    """Run ``model`` + ``postprocessor`` over every batch; returns ``{post id: predictions}``.
+) -> dict[str, list[Candidate]]:
+    """Run ``model`` over every batch; returns ``{post id: candidates}`` (see
+    :meth:`qgn.modeling.postprocess.PostProcessor.candidates`), before any threshold but
+    ``min_score``.
 
     With an ``accelerate.Accelerator`` each process predicts its shard and the results are
     gathered (padding duplicates dropped), so every process returns the whole split.
     """
     was_training = model.training
     model.eval()
-    results: list[tuple[str, list[Prediction]]] = []
+    results: list[tuple[str, list[Candidate]]] = []
     show = progress and (accelerator is None or accelerator.is_local_main_process)
     for batch in tqdm(loader, desc=description, disable=not show, leave=False):
         if device is not None:
             batch = move_to_device(batch, device)
         outputs = model(**model_inputs(batch))
-        predictions = postprocessor(outputs, batch["posts"])
-        results.extend((post.id, preds) for post, preds in zip(batch["posts"], predictions))
+        found = postprocessor.candidates(outputs, batch["posts"], min_score)
+        results.extend((post.id, c) for post, c in zip(batch["posts"], found))
     if accelerator is not None and accelerator.num_processes > 1:
         results = accelerator.gather_for_metrics(results, use_gather_object=True)
     model.train(was_training)
     return dict(results)
+
+
+def predict_loader(model: torch.nn.Module, postprocessor: Any, loader: Any, accelerator: Any = None,
+                   device: torch.device | str | None = None, description: str = "predict",
+                   progress: bool = True) -> dict[str, list[Prediction]]:
+    """``{post id: predictions}`` of ``model`` + ``postprocessor`` over ``loader`` (arguments as
+    :func:`collect_candidates`)."""
+    found = collect_candidates(model, postprocessor, loader, postprocessor.score_threshold, accelerator, device,
+                               description, progress)
+    return {post_id: postprocessor.select(c) for post_id, c in found.items()}
 
 
 def format_summary(splits: dict[str, dict[str, Any]]) -> str:

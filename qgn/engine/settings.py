@@ -44,6 +44,8 @@ class DataSettings:
         train_split, dev_split, test_split: split names.
         tokenizer: ``null`` loads the tokenizer of ``model.text_encoder``; ``words`` builds a
             small WordPiece vocabulary from the training words (tiny models trained from scratch).
+        cache_images: keep the resized pixels of every post in memory after its first use
+            (false; the demo turns it on: 48 KB a post at 64 px, but 590 KB at 224 px).
     """
 
     path: str = ""
@@ -54,6 +56,7 @@ class DataSettings:
     dev_split: str = "dev"
     test_split: str = "test"
     tokenizer: str | None = None
+    cache_images: bool = False
 
 
 @dataclass
@@ -79,6 +82,9 @@ class TrainSettings:
             always evaluated.
         select_metric: the dev micro F1 that picks the best checkpoint: ``GMNER`` (the paper's
             main metric), or ``MNER`` for text-only models, which cannot ground.
+        tune_thresholds: after training, choose ``score_threshold``, ``no_target_threshold`` and
+            ``remove_overlaps`` on dev for the best checkpoint (by ``select_metric``) and store
+            them in it (true; not in the paper, which gives no thresholds).
     """
 
     epochs: int = 50
@@ -98,6 +104,7 @@ class TrainSettings:
     max_steps: int = 0
     eval_every_epochs: int = 1
     select_metric: str = "GMNER"
+    tune_thresholds: bool = True
 
 
 @dataclass

@@ -8,9 +8,11 @@ Run directory layout::
     DIR/checkpoint/          last training state (model, optimizer, scheduler, scaler, RNG of every
                              process) + trainer_state.json (epoch, step, best so far): --resume
     DIR/best/                the model with the best dev GMNER micro F1 (a `qgn.load`-able folder)
-    DIR/final_metrics.json   dev and test metrics of that best checkpoint only
+    DIR/final_metrics.json   dev and test metrics of that best checkpoint only, with the post-processing
+                         thresholds chosen on dev (stored in best/config.json) and with the defaults
 
-Selection is on dev only; the test split is scored once, with the selected checkpoint.
+Selection is on dev only (the checkpoint, then its thresholds); the test split is scored once per
+reported threshold setting, with the selected checkpoint.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def git_revision() -> str:
 
 
 def metrics_summary(report: Any) -> dict[str, Any]:
-    """GMNER / MNER / EEG precision, recall, F1 and counts from a ScoreReport."""
+    """GMNER / MNER / EEG precision, recall, F1 and counts, and where GMNER is lost, from a ScoreReport."""
     full = report.to_dict()
-    return {name: full[name] for name in ("GMNER", "MNER", "EEG")}
+    return {name: full[name] for name in ("GMNER", "MNER", "EEG", "breakdown") if name in full}
 
 
 def _atomic_replace(tmp: Path, final: Path) -> None:
@@ -128,6 +130,7 @@ def make_loader(posts: list, tokenizer: Any, settings: RunSettings, image_transf
         image_transform=image_transform,
         text_only=settings.model.text_only,
         placeholder_on_error=settings.data.missing_images == "text_only",
+        cache_pixels=settings.data.cache_images,
     )
     return DataLoader(
         dataset,
@@ -398,8 +401,14 @@ class Trainer:
         return stop
 
     def finish(self) -> dict[str, Any]:
-        """Score the best-on-dev model on dev and test, write final_metrics.json."""
-        from qgn.modeling import QGNModel
+        """Choose the post-processing thresholds on dev for the best-on-dev model (stored in its
+        ``config.json``), score it on dev and test with the chosen and the default thresholds,
+        write final_metrics.json."""
+        from qgn.engine.inference import collect_candidates
+        from qgn.engine.thresholds import SCORE_THRESHOLDS, current_thresholds, select_all, tune_thresholds
+        from qgn.metrics import score
+        from qgn.modeling import QGNConfig, QGNModel
+        from qgn.modeling.modeling_qgn import CONFIG_FILE
 
         s, acc = self.settings, self.accelerator
         best_dir = self.output_dir / "best"
@@ -409,10 +418,31 @@ class Trainer:
         test_loader = acc.prepare(
             make_loader(test_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
         )
-        dev = self.evaluate(best, self.dev_posts, self.dev_loader, "dev")
-        test = self.evaluate(best, test_posts, test_loader, "test")
+        default = current_thresholds(s.model)
+        lowest = min(SCORE_THRESHOLDS + (default["score_threshold"],))
+        found = {split: collect_candidates(best, self.postprocessor, loader, lowest, acc, description=split,
+                                           progress=self.progress)
+                 for split, loader in (("dev", self.dev_loader), ("test", test_loader))}
+        posts = {"dev": self.dev_posts, "test": test_posts}
+
+        def summary(split: str, thresholds: dict[str, Any]) -> dict[str, Any]:
+            predictions = select_all(self.postprocessor, found[split], thresholds)
+            return metrics_summary(score(posts[split], predictions, entity_types=s.model.entity_types))
+
+        chosen = default
+        if s.train.tune_thresholds:
+            chosen = tune_thresholds(self.postprocessor, s.model, self.dev_posts, found["dev"],
+                                     s.train.select_metric)["thresholds"]
+            if acc.is_main_process:  # the checkpoint predicts with them from now on
+                config = QGNConfig.load(best_dir / CONFIG_FILE)
+                config.replace(**chosen).save(best_dir / CONFIG_FILE)
+            logger.info("post-processing chosen on dev: %s (defaults: %s)", chosen, default)
         final = {"best_epoch": self.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
-                 "dev": dev, "test": test}
+                 "thresholds": {"chosen": chosen, "default": default,
+                                "chosen_on": f"dev {s.train.select_metric} micro F1" if s.train.tune_thresholds
+                                else "not tuned (train.tune_thresholds false)"},
+                 "dev": summary("dev", chosen), "test": summary("test", chosen),
+                 "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)}}
         if acc.is_main_process:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         acc.wait_for_everyone()

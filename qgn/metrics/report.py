@@ -34,6 +34,8 @@ def format_report(report: "ScoreReport", per_type: bool = True) -> str:
         f"IoU >= {report.iou_threshold:g}, matched by {report.match_by}, micro-averaged",
         *format_rows(report.overall),
     ]
+    if report.breakdown is not None:
+        lines += ["", *format_breakdown(report.to_dict()["breakdown"])]
     if per_type:
         for metric, rows in report.per_type.items():
             lines += ["", *format_rows(rows, title=f"{metric} per type")]
@@ -43,3 +45,25 @@ def format_report(report: "ScoreReport", per_type: bool = True) -> str:
         if per_type and report.fmnerg_fine:
             lines += ["", *format_rows(report.fmnerg_fine, title="FMNERG GMNER per fine type")]
     return "\n".join(lines)
+
+
+BREAKDOWN_LABELS = {
+    "correct": "correct (span, type and region)",
+    "missed": "missed: no prediction with the span",
+    "wrong_type": "found with the wrong type",
+    "grounded_without_box": "grounded entity predicted without a box",
+    "grounded_wrong_box": "grounded entity, box IoU below threshold",
+    "boxless_with_box": "box-less entity predicted with a box",
+    "spurious": "spurious: span of no gold entity",
+}
+
+
+def format_breakdown(breakdown: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Where GMNER is lost, from the ``breakdown`` of :meth:`ScoreReport.to_dict`: one line per
+    category with its count and share (of #gold for gold entities, of #pred for spurious ones)."""
+    width = max(len(label) for label in BREAKDOWN_LABELS.values())
+    lines = [f"{'where GMNER is lost':<{width}}  {'count':>6}  {'share':>7}"]
+    for name, row in breakdown.items():
+        of = "#pred" if name == "spurious" else "#gold"
+        lines.append(f"{BREAKDOWN_LABELS.get(name, name):<{width}}  {int(row['count']):6d}  {row['share']:6.2f}% of {of}")
+    return lines

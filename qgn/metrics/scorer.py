@@ -32,6 +32,11 @@ from qgn.metrics.prediction_file import (  # noqa: F401  (re-exported: the file 
 
 METRICS = ("GMNER", "MNER", "EEG")
 MATCH_KEYS = ("span", "string")
+# Where GMNER is lost: every gold entity falls in exactly one of the first six, and "spurious"
+# counts predictions (see :func:`_breakdown`).
+BREAKDOWN_GOLD = ("correct", "missed", "wrong_type", "grounded_without_box", "grounded_wrong_box",
+                  "boxless_with_box")
+BREAKDOWN_PRED = ("spurious",)
 
 
 def box_iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
@@ -88,6 +93,11 @@ class ScoreReport:
             ``None`` when scored without ``fine_to_coarse``. "All" is ``overall["GMNER"]``.
         n_posts: gold posts scored; n_posts_without_predictions: of those, how many had no entry
             in the prediction mapping (scored as "predicted nothing").
+        breakdown: where GMNER is lost, as counts: each gold entity is ``correct``, ``missed``
+            (no prediction with its span), ``wrong_type`` (its span, never its type),
+            ``grounded_without_box`` / ``grounded_wrong_box`` (span and type right, the entity has
+            a box, the prediction none / none with IoU >= threshold) or ``boxless_with_box``; and
+            ``spurious`` predictions have a span of no gold entity.
     """
 
     overall: dict[str, MetricRow]
@@ -98,6 +108,14 @@ class ScoreReport:
     match_by: str
     fmnerg_coarse: dict[str, MetricRow] | None = None
     fmnerg_fine: dict[str, MetricRow] | None = None
+    breakdown: dict[str, int] | None = None
+
+    def breakdown_shares(self) -> dict[str, float]:
+        """Each breakdown count in percent: gold categories of #gold, ``spurious`` of #pred."""
+        counts = self.breakdown or {}
+        gold, pred = self.gmner.n_gold, self.gmner.n_pred
+        return {k: 100.0 * v / (pred if k in BREAKDOWN_PRED else gold) if (pred if k in BREAKDOWN_PRED else gold)
+                else 0.0 for k, v in counts.items()}
 
     def __getitem__(self, metric: str) -> MetricRow:
         return self.overall[metric]
@@ -130,6 +148,9 @@ class ScoreReport:
                 "coarse": {c: r.to_dict() for c, r in self.fmnerg_coarse.items()},
                 "fine": {t: r.to_dict() for t, r in (self.fmnerg_fine or {}).items()},
             }
+        if self.breakdown is not None:
+            shares = self.breakdown_shares()
+            out["breakdown"] = {k: {"count": v, "share": shares[k]} for k, v in self.breakdown.items()}
         out.update(n_posts=self.n_posts, n_posts_without_predictions=self.n_posts_without_predictions,
                    iou_threshold=self.iou_threshold, match_by=self.match_by)
         return out
@@ -176,6 +197,33 @@ def _max_matching(n_pred: int, n_gold: int, ok: Callable[[int, int], bool]) -> i
     if not edges.any():
         return 0
     return int((maximum_bipartite_matching(csr_matrix(edges), perm_type="column") >= 0).sum())
+
+
+def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Callable[[int, int], Hashable],
+               region_ok: Callable[[Prediction, Entity], bool]) -> Counter[str]:
+    """One post's contribution to :attr:`ScoreReport.breakdown`. Each gold entity is judged by the
+    predictions with its key, in this order: none -> missed; none of its type -> wrong_type; one
+    right -> correct; else the region error of the predictions of its type."""
+    counts: Counter[str] = Counter()
+    by_key = _group(preds, lambda p: key(p.start, p.end))
+    gold_keys = {key(e.start, e.end) for e in entities}
+    counts["spurious"] += sum(len(group) for k, group in by_key.items() if k not in gold_keys)
+    for entity in entities:
+        same_span = by_key.get(key(entity.start, entity.end), [])
+        typed = [p for p in same_span if p.type == entity.type]
+        if not same_span:
+            counts["missed"] += 1
+        elif not typed:
+            counts["wrong_type"] += 1
+        elif any(region_ok(p, entity) for p in typed):
+            counts["correct"] += 1
+        elif not entity.boxes:
+            counts["boxless_with_box"] += 1
+        elif all(p.box is None for p in typed):
+            counts["grounded_without_box"] += 1
+        else:
+            counts["grounded_wrong_box"] += 1
+    return counts
 
 
 def _group(items: Iterable[Any], key: Callable[[Any], Hashable]) -> dict[Hashable, list[Any]]:
@@ -234,6 +282,7 @@ def score(
     coarse_pred: Counter[str] = Counter()
     coarse_gold: Counter[str] = Counter()
     coarse_tp: Counter[str] = Counter()
+    breakdown: Counter[str] = Counter({k: 0 for k in BREAKDOWN_GOLD + BREAKDOWN_PRED})
 
     def coarse_of_gold(entity: Entity, post: Post) -> str:
         category = fine_to_coarse.get(entity.type) if fine_to_coarse else None
@@ -261,6 +310,7 @@ def score(
 
         n_pred.update(p.type for p in preds)
         n_gold.update(e.type for e in post.entities)
+        breakdown.update(_breakdown(post.entities, preds, key, region_ok))
         if fine_to_coarse is not None:
             coarse_pred.update(fine_to_coarse[p.type] for p in preds)
             coarse_gold.update(coarse_of_gold(e, post) for e in post.entities)
@@ -292,7 +342,7 @@ def score(
     report = ScoreReport(
         overall=overall, per_type=per_type, n_posts=len(posts),
         n_posts_without_predictions=sum(1 for pid in posts if pid not in predictions),
-        iou_threshold=iou_threshold, match_by=match_by,
+        iou_threshold=iou_threshold, match_by=match_by, breakdown=dict(breakdown),
     )
     if fine_to_coarse is not None:
         # Every category of the mapping gets a row (Table II lists all 8), in the mapping's order.

@@ -104,6 +104,32 @@ class QGNConfig:
             with the paper; on in the tiny preset, where it makes training from scratch converge
             much faster. Only computed in training mode.
 
+    Query-patch alignment loss (not in the paper; MDETR's contrastive alignment, Kamath et al.
+    2021, with image patches in place of text tokens):
+        lambda_align: weight of the loss (0 = off, the paper's model; on in the demo config). With
+            it on, the model projects the final queries and the final visual tokens to
+            ``align_dim`` and scores every (query, patch) pair by cosine / ``align_temperature``.
+            A query matched to a grounded entity is pulled to the patches inside that entity's
+            boxes, one matched to a box-less entity to a learned "no patch" slot; every patch is
+            pulled to the queries whose entity covers it, or to a learned "no query" slot (the
+            background and unmentioned objects). It supervises the binding of a name to its
+            look directly, where the box losses reach it only through the box head.
+        lambda_align_words: weight of a second alignment loss at the encoders (0 = off): the words
+            of each gold entity (text features F_t pooled to words) against the ViT patches
+            (F~_v), GLIP's word-region alignment with patches as regions; a patch of no entity
+            goes to a learned "no word" slot. It binds a name to its look before any query is
+            involved, and does not depend on the matching.
+        align_presence: the no-target head also reads the alignment (needs ``lambda_align > 0``):
+            its has-target logit gains the log-sum-exp of the query's patch scores, its no-target
+            logit the query's "no patch" score, so P(no target) starts as the alignment's own
+            answer to "is my look anywhere in the image?" and the MLP corrects it (False).
+        align_box_prior: the box head predicts its centre as an offset (in logit space) from the
+            query's expected patch centre under the alignment softmax, Deformable DETR's reference
+            points taken from the alignment (needs ``lambda_align > 0``; False): once a query
+            knows which patches wear its entity's look, the box is nearly given.
+        align_dim: width of the alignment projections (64, MDETR's).
+        align_temperature: temperature of the alignment softmax (0.07, MDETR's).
+
     Text-only mode:
         text_only: no image branch at all (no vision encoder, no HVLA, MQD without vision); the
             box and no-target heads are off and every entity is predicted without a box.
@@ -119,6 +145,10 @@ class QGNConfig:
             it is then not computed at all.
         weight_ce, weight_boundary, weight_l1, weight_giou: weights inside the prediction loss
             (1, 1, 5, 2; not in the paper).
+        notarget_unmatched_weight: weight of the unmatched queries ("no target") in L_nt, the
+            matched ones weighing 1; ``None`` (default) takes ``no_entity_weight``. The paper
+            defines L_nt on matched queries; inference never reads an unmatched query's no-target
+            head (its type is no-entity), and 0 keeps them from biasing the head towards "no box".
         no_entity_weight: cross-entropy weight of the no-entity class for unmatched queries
             (0.1, DETR's eos_coef; not in the paper).
 
@@ -162,6 +192,13 @@ class QGNConfig:
     use_mre: bool = True
     num_refinement_layers: int = 2
     aux_loss: bool = False
+    # query-patch alignment (not in the paper)
+    lambda_align: float = 0.0
+    lambda_align_words: float = 0.0
+    align_presence: bool = False
+    align_box_prior: bool = False
+    align_dim: int = 64
+    align_temperature: float = 0.07
     # text-only mode
     text_only: bool = False
     # matcher
@@ -179,6 +216,7 @@ class QGNConfig:
     weight_l1: float = 5.0
     weight_giou: float = 2.0
     no_entity_weight: float = 0.1
+    notarget_unmatched_weight: float | None = None
     # post-processing
     no_target_threshold: float = 0.5
     score_threshold: float = 0.3
@@ -205,6 +243,12 @@ class QGNConfig:
             layers = getattr(self, name)
             if not layers or any(int(i) < 1 for i in layers) or len(set(layers)) != len(layers):
                 raise ValueError(f"{name} must be distinct 1-based layer indices, got {layers}")
+        if self.lambda_align < 0 or self.lambda_align_words < 0 or self.align_dim < 1 or self.align_temperature <= 0:
+            raise ValueError(f"need lambda_align >= 0, align_dim >= 1, align_temperature > 0, got "
+                             f"{self.lambda_align}, {self.lambda_align_words}, {self.align_dim}, {self.align_temperature}")
+        for name in ("align_presence", "align_box_prior"):
+            if getattr(self, name) and not self.lambda_align:
+                raise ValueError(f"{name} reads the alignment head: it needs lambda_align > 0")
         for name in ("num_fusion_layers", "num_decoder_layers", "num_refinement_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -253,7 +297,9 @@ class QGNConfig:
         """A tiny model for tests and the CPU demo: 4-layer width-64 encoders, 64px images.
 
         Both encoders are built from configs with random weights, so nothing is downloaded.
-        ``vocab_size`` must match the tokenizer used with it.
+        ``vocab_size`` must match the tokenizer used with it. ``text_config`` / ``vision_config``
+        overrides are merged into the preset's dicts (``vision_config: {patch_size: 16}`` changes
+        the patch size alone), and an ``image_size`` override also sizes the ViT.
         """
         width = 64
         text_config = dict(
@@ -273,16 +319,21 @@ class QGNConfig:
             intermediate_size=4 * width,
             num_hidden_layers=4,
             num_attention_heads=4,
-            image_size=64,
+            image_size=int(overrides.get("image_size", 64)),
             patch_size=8,
             attention_dropout=0.0,
         )
+        # A dict override is merged into the preset; an explicit None (load the encoder with
+        # from_pretrained) is kept as it is.
+        for name, preset in (("text_config", text_config), ("vision_config", vision_config)):
+            if overrides.get(name) is not None:
+                preset.update(overrides.pop(name))
         values: dict[str, Any] = dict(
             text_encoder="tiny-random-bert",
             vision_encoder="tiny-random-clip-vision",
             text_config=text_config,
             vision_config=vision_config,
-            image_size=64,
+            image_size=vision_config["image_size"],
             max_text_length=64,
             hidden_size=width,
             num_queries=16,

@@ -13,6 +13,7 @@ box terms by the number of targets with a box, both summed over processes under
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from qgn.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from qgn.modeling.matcher import HungarianMatcher
+from qgn.modeling.postprocess import best_spans
 
 Indices = Sequence[tuple[torch.Tensor, torch.Tensor]]
 HAS_TARGET, NO_TARGET = 0, 1  # classes of notarget_logits
@@ -64,6 +66,8 @@ class SetCriterion(nn.Module):
             "boxes": self.loss_boxes,
             "notarget": self.loss_notarget,
             "consistency": self.loss_consistency,
+            "align": self.loss_align,
+            "align_words": self.loss_align_words,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -130,33 +134,124 @@ class SetCriterion(nn.Module):
 
     def loss_notarget(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """CE of the no-target head: matched -> has-target iff the target has a box, unmatched ->
-        no-target. Unmatched queries get weight ``no_entity_weight`` like in the type CE, so the
-        few matched decisions (the ones inference uses) are not drowned by background queries."""
+        no-target. Unmatched queries get weight ``notarget_unmatched_weight`` (``None``: the
+        ``no_entity_weight`` of the type CE), so the few matched decisions (the ones inference
+        uses) are not drowned by background queries."""
         logits = outputs["notarget_logits"]  # (B, Nq, 2)
         labels, _ = self._notarget_labels(outputs, targets, indices)
-        weight = torch.full(labels.shape, float(self.config.no_entity_weight), device=logits.device)
+        unmatched = self.config.notarget_unmatched_weight
+        unmatched = self.config.no_entity_weight if unmatched is None else unmatched
+        weight = torch.full(labels.shape, float(unmatched), device=logits.device)
         b, q = self._matched(indices, logits.device)
         weight[b, q] = 1.0
         ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         return {"loss_nt": _weighted_mean(ce, weight)}
 
     def loss_consistency(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
-        """Matched queries grouped by (post, span), i.e. the targets of one entity, share one
-        no-target label: has-target if any member's target has a box. CE of each member to it."""
-        logits = outputs["notarget_logits"]
-        b, q = self._matched(indices, logits.device)
-        if len(b) == 0:
-            return {"loss_con": logits.sum() * 0}
-        has_box = self._gather(targets, indices, "has_box", logits.device).bool()
-        starts = self._gather(targets, indices, "start", logits.device)
-        ends = self._gather(targets, indices, "end", logits.device)
-        keys = torch.stack([b, starts, ends], dim=1)
-        _, group = torch.unique(keys, dim=0, return_inverse=True)  # (M,) group id per pair
-        group_has_box = torch.zeros(int(group.max()) + 1, dtype=torch.long, device=logits.device)
-        group_has_box = group_has_box.scatter_reduce(0, group, has_box.long(), reduce="amax")
-        labels = torch.where(group_has_box[group] > 0, HAS_TARGET, NO_TARGET)
-        ce = F.cross_entropy(logits[b, q], labels, reduction="sum")
-        return {"loss_con": ce / counts["targets"]}
+        """Every query whose *decoded* span (the post-processor's best start/end pair) is a gold
+        entity's span joins that entity's group, matched or not; the group's label is has-target
+        iff the entity has a box; CE of every member's no-target logits to it, averaged over the
+        members (docs/architecture.md, "Consistency loss").
+
+        Unlike ``L_nt`` this reaches the unmatched duplicates of an entity: ``L_nt`` calls them
+        no-target, but inference keeps the best query per span whichever it is, so a duplicate of
+        a grounded entity must say has-target too. (The paper groups per span and gold region
+        index; all targets of one entity share ``has_box``, so the region index never changes a
+        label and one group per span is the same loss.)"""
+        logits = outputs["notarget_logits"]  # (B, Nq, 2)
+        starts, ends, _ = best_spans(outputs["start_logits"], outputs["end_logits"], outputs.get("word_mask"))
+        labels = torch.full(logits.shape[:2], -1, dtype=torch.long, device=logits.device)  # -1: no group
+        for b, t in enumerate(targets):
+            grounded: dict[tuple[int, int], bool] = {}  # span -> has-target if any of its targets has a box
+            for start, end, has_box in zip(t["start"].tolist(), t["end"].tolist(), t["has_box"].tolist()):
+                grounded[(start, end)] = grounded.get((start, end), False) or bool(has_box)
+            for (start, end), has_box in grounded.items():
+                members = (starts[b] == start) & (ends[b] == end)
+                labels[b][members] = HAS_TARGET if has_box else NO_TARGET
+        member = labels >= 0
+        ce = F.cross_entropy(logits[member], labels[member], reduction="sum")
+        return {"loss_con": ce / _global_count(member.sum(), logits.device)}
+
+    @staticmethod
+    def _entity_patches(target: Mapping[str, torch.Tensor], grid: int, device: torch.device) -> torch.Tensor:
+        """(T, G) bool: the grid patches inside any box of each target's *entity* (either copy of
+        a team is the team). A patch is inside a box if its cell centre lies in the box or it
+        holds the box centre (so even a box smaller than a cell has one)."""
+        boxes = target["boxes"].to(device).float()
+        has_box = target["has_box"].to(device).bool()
+        entity = target["entity_index"].to(device)
+        centres = (torch.arange(grid, device=device, dtype=torch.float32) + 0.5) / grid
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        cx, cy = cx.flatten(), cy.flatten()  # (G,), row-major like the ViT patches
+        x1, y1 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
+        x2, y2 = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
+        inside = ((cx[None] >= x1[:, None]) & (cx[None] <= x2[:, None])
+                  & (cy[None] >= y1[:, None]) & (cy[None] <= y2[:, None]))  # (T, G)
+        centre_cell = ((boxes[:, 1] * grid).long().clamp(0, grid - 1) * grid
+                       + (boxes[:, 0] * grid).long().clamp(0, grid - 1))
+        inside[torch.arange(len(boxes), device=device), centre_cell] = True
+        inside &= has_box[:, None]
+        same_entity = entity[:, None] == entity[None, :]  # (T, T)
+        return (same_entity.float() @ inside.float()) > 0
+
+    @staticmethod
+    def _contrastive(logits: torch.Tensor, positive: torch.Tensor, row_used: torch.Tensor,
+                     num_rows: torch.Tensor) -> torch.Tensor:
+        """Symmetric multi-positive InfoNCE over ``logits`` (B, R + 1, G + 1) whose last row and
+        column are the "nothing" slots. Rows ``row_used`` go to their positive columns (the last
+        one for an entity without a box); every patch column goes to the rows whose entity covers
+        it, or to the last row. -log(softmax mass on the positives); the row part is summed and
+        divided by ``num_rows``, the column part averaged over patches; the halves averaged."""
+        grid_cells = logits.shape[2] - 1
+        positive = positive.clone()
+        covered = positive[:, :-1, :grid_cells].any(1)  # (B, G) patches of some entity
+        positive[:, -1, :grid_cells] = ~covered
+        masked = logits.masked_fill(~positive, float("-inf"))
+        row_loss = torch.logsumexp(logits, -1) - torch.logsumexp(masked, -1)
+        col_loss = (torch.logsumexp(logits, 1) - torch.logsumexp(masked, 1))[:, :grid_cells]
+        rows = row_loss[row_used].sum() / num_rows
+        cols = _weighted_mean(col_loss, torch.ones_like(col_loss))
+        return (rows + cols) / 2
+
+    def loss_align(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
+        """Query-patch contrastive alignment (MDETR's, with image patches as the tokens): a matched
+        query's positives are the patches of its entity's boxes, or "no patch" for a box-less
+        entity; a patch's are the matched queries of the entities covering it, or "no query"."""
+        logits = outputs["align_logits"].float()  # (B, Nq + 1, G + 1)
+        batch, num_rows, num_cols = logits.shape
+        grid = math.isqrt(num_cols - 1)
+        positive = torch.zeros(batch, num_rows, num_cols, dtype=torch.bool, device=logits.device)
+        row_used = torch.zeros(batch, num_rows, dtype=torch.bool, device=logits.device)
+        for b, (t, (query_idx, target_idx)) in enumerate(zip(targets, indices)):
+            q, j = query_idx.to(logits.device), target_idx.to(logits.device)
+            positive[b, q, :-1] = self._entity_patches(t, grid, logits.device)[j]
+            positive[b, q, -1] = ~t["has_box"].to(logits.device).bool()[j]
+            row_used[b, q] = True
+        return {"loss_align": self._contrastive(logits, positive, row_used, counts["targets"])}
+
+    def loss_align_words(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
+        """Word-patch contrastive alignment at the encoders (GLIP's word-region alignment, with
+        patches as the regions): every word of a gold entity goes to the patches of the entity's
+        boxes, or to "no patch" for a box-less entity; a patch to the words of the entities
+        covering it, or to "no word". Independent of the matching."""
+        logits = outputs["align_word_logits"].float()  # (B, W + 1, G + 1)
+        batch, num_rows, num_cols = logits.shape
+        word_mask = outputs.get("word_mask")
+        if word_mask is not None:  # padding words are no candidates of a patch
+            real = torch.cat([word_mask.to(logits.device).bool(), word_mask.new_ones(batch, 1).bool()], dim=1)
+            logits = logits.masked_fill(~real[:, :, None], float("-inf"))
+        grid = math.isqrt(num_cols - 1)
+        positive = torch.zeros(batch, num_rows, num_cols, dtype=torch.bool, device=logits.device)
+        row_used = torch.zeros(batch, num_rows, dtype=torch.bool, device=logits.device)
+        for b, t in enumerate(targets):
+            patches = self._entity_patches(t, grid, logits.device)
+            has_box = t["has_box"].to(logits.device).bool()
+            for k, (start, end) in enumerate(zip(t["start"].tolist(), t["end"].tolist())):
+                positive[b, start:end + 1, :-1] |= patches[k]
+                positive[b, start:end + 1, -1] |= ~has_box[k]
+                row_used[b, start:end + 1] = True
+        num_words = _global_count(row_used.sum(), logits.device)
+        return {"loss_align_words": self._contrastive(logits, positive, row_used, num_words)}
 
     # ----------------------------------------------------------------- dispatch
     def active_losses(self, outputs: Mapping[str, torch.Tensor]) -> list[str]:
@@ -171,6 +266,8 @@ class SetCriterion(nn.Module):
             losses += ["boxes"] if region and (c.weight_l1 or c.weight_giou) else []
         losses += ["notarget"] if notarget and c.lambda_nt else []
         losses += ["consistency"] if notarget and c.lambda_con else []
+        losses += ["align"] if "align_logits" in outputs and c.lambda_align else []
+        losses += ["align_words"] if "align_word_logits" in outputs and c.lambda_align_words else []
         return losses
 
     def get_loss(self, name: str, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
@@ -214,7 +311,9 @@ class SetCriterion(nn.Module):
         if pred_terms:
             terms["loss_pred"] = torch.stack(pred_terms).sum()
             weighted.append(c.lambda_pred * terms["loss_pred"])
-        weighted += [lam * terms[k] for k, lam in (("loss_nt", c.lambda_nt), ("loss_con", c.lambda_con)) if k in terms]
+        weighted += [lam * terms[k] for k, lam in (("loss_nt", c.lambda_nt), ("loss_con", c.lambda_con),
+                                                   ("loss_align", c.lambda_align),
+                                                   ("loss_align_words", c.lambda_align_words)) if k in terms]
         # With every loss switched off, a zero that still belongs to the graph keeps backward legal.
         total = torch.stack(weighted).sum() if weighted else outputs["type_logits"].sum() * 0
         parts = {k: v.detach() for k, v in terms.items()}

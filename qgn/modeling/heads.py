@@ -7,6 +7,9 @@
 * box: 3-layer MLP + sigmoid -> normalised (cx, cy, w, h) (DETR's box head).
 * no-target: 2-layer MLP -> 2 logits (class 1 = the entity has no box).
 Box and no-target heads do not exist in text-only mode.
+
+:class:`AlignmentHead` (not in the paper, only with ``lambda_align > 0``) scores queries against
+visual patches for the alignment loss (see :class:`qgn.modeling.configuration_qgn.QGNConfig`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qgn.modeling.layers import MASKED_LOGIT, MLP
@@ -54,13 +58,57 @@ class PredictionHeads(nn.Module):
             self.box_head = MLP(d, d, 4, num_layers=3)
             self.notarget_head = MLP(d, d, 2, num_layers=2)
 
-    def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                box_reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``box_reference`` (B, Nq, 2), optional: a centre (cx, cy) in [0, 1] per query that the
+        box head predicts an offset from, in logit space (Deformable DETR's reference points)."""
         outputs = {
             "type_logits": self.type_head(queries),
             "start_logits": self.start_head(queries, words, word_mask),
             "end_logits": self.end_head(queries, words, word_mask),
         }
         if self.box_head is not None and self.notarget_head is not None:
-            outputs["pred_boxes"] = self.box_head(queries).sigmoid()
+            box = self.box_head(queries)
+            if box_reference is not None:
+                centre = torch.logit(box_reference.to(box.dtype).clamp(1e-3, 1 - 1e-3))
+                box = box + torch.cat([centre, torch.zeros_like(centre)], dim=-1)
+            outputs["pred_boxes"] = box.sigmoid()
             outputs["notarget_logits"] = self.notarget_head(queries)
         return outputs
+
+
+class AlignmentHead(nn.Module):
+    """MDETR-style contrastive alignment of rows (queries, or words) with visual patches.
+
+    Rows and patches are projected to ``align_dim`` and L2-normalised; a learned "nothing" slot
+    is appended to the patches and another to the rows, so a row of an entity that is not in the
+    image, and a patch that belongs to no mentioned entity, each have a positive to go to.
+
+    forward(rows (B, R, d), vision (B, Nv, d) with the class token first)
+        -> logits (B, R + 1, G + 1): cosine / temperature of [rows; no row] x [patches; no patch],
+        G = Nv - 1 grid patches (the class token is not a place).
+    """
+
+    def __init__(self, hidden_size: int, align_dim: int, temperature: float):
+        super().__init__()
+        self.row_proj = nn.Linear(hidden_size, align_dim)
+        self.patch_proj = nn.Linear(hidden_size, align_dim)
+        self.no_patch = nn.Parameter(torch.randn(align_dim) * 0.02)
+        self.no_row = nn.Parameter(torch.randn(align_dim) * 0.02)
+        self.temperature = float(temperature)
+
+    @staticmethod
+    def reference_points(logits: torch.Tensor) -> torch.Tensor:
+        """(B, R, 2): each row's expected patch centre (cx, cy) in [0, 1] under its softmax over
+        the patches (the "nothing" slot left out), for ``align_box_prior``."""
+        weights = logits[:, :-1, :-1].softmax(-1)  # (B, R, G)
+        grid = math.isqrt(weights.shape[-1])
+        centres = (torch.arange(grid, device=logits.device, dtype=weights.dtype) + 0.5) / grid
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        return weights @ torch.stack([cx.flatten(), cy.flatten()], dim=-1)
+
+    def forward(self, rows: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        batch = rows.shape[0]
+        r = torch.cat([self.row_proj(rows), self.no_row.expand(batch, 1, -1)], dim=1)
+        v = torch.cat([self.patch_proj(vision[:, 1:]), self.no_patch.expand(batch, 1, -1)], dim=1)
+        return F.normalize(r, dim=-1) @ F.normalize(v, dim=-1).transpose(1, 2) / self.temperature

@@ -6,11 +6,11 @@
    the ViT; the LayerNorm (not in the paper) puts it on the scale the ViT attention expects.
 2. Text injection: after each ViT layer of ``vision_inject_layers`` the visual tokens (all of
    them, class token included) cross-attend to F_fused (text padding masked) and the result is
-   added back by a residual: ``X = X + tanh(g) * Drop(Attn(LN(X), F_fused, F_fused))``. The gate
-   ``g`` starts at 0 (Flamingo-style), so at step 0 the pretrained CLIP features are untouched
-   and training opens the gate gradually; the LN on the query side is needed because CLIP's
-   residual stream is not normalised between layers. (At exactly g = 0 the attention weights get
-   zero gradient; they start learning after the first update of g.)
+   added back through a plain residual, as the paper has it:
+   ``X = X + Drop(Attn(LN(X), F_fused, F_fused))``. The LN on the query side (not in the paper) is
+   needed because CLIP's residual stream is not normalised between layers. (An earlier version
+   gated the sum with ``tanh(g)``, g = 0 at start; with Adam g moves about one learning rate per
+   step, so at fine-tuning rates the text barely reached the ViT for epochs. It was removed.)
 3. The extracted visual features (``vision_extract_layers``, read after any injection at that
    layer) are concatenated along the features and projected to d by the model's
    ``vision_projection`` (see :class:`VisualProjection`), giving F~_v (B, Nv, d).
@@ -28,7 +28,7 @@ from qgn.modeling.layers import safe_padding_mask
 
 
 class TextInjection(nn.Module):
-    """Gated cross-attention from ViT tokens to F_fused.
+    """Cross-attention from ViT tokens to F_fused, added by a residual.
 
     forward(tokens (B, Nv, Dv), fused (B, S, Dv), text_padding (B, S) bool) -> (B, Nv, Dv)
     """
@@ -38,11 +38,10 @@ class TextInjection(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.dropout = nn.Dropout(dropout)
-        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, tokens: torch.Tensor, fused: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
         out, _ = self.attn(self.norm(tokens), fused, fused, key_padding_mask=text_padding, need_weights=False)
-        return tokens + torch.tanh(self.gate).to(out.dtype) * self.dropout(out)
+        return tokens + self.dropout(out)
 
 
 class HierarchicalAlignment(nn.Module):

@@ -30,9 +30,9 @@ from qgn.modeling.encoders import (
     prune_vision_tower,
     run_vision_tower,
 )
-from qgn.modeling.heads import PredictionHeads
+from qgn.modeling.heads import AlignmentHead, PredictionHeads
 from qgn.modeling.hvla import HierarchicalAlignment, VisualProjection
-from qgn.modeling.layers import xavier_init_
+from qgn.modeling.layers import pool_words, xavier_init_
 from qgn.modeling.mqa import MultiViewQueryAttention, QueryInitializer
 from qgn.modeling.mqd import MultimodalQueryDecoding, PlainQueryDecoder
 
@@ -103,6 +103,11 @@ class QGNModel(nn.Module):
         self.mqd = MultimodalQueryDecoding(config, num_vision_tokens) if config.use_mqd else None
         self.plain_decoder = None if config.use_mqd else PlainQueryDecoder(config)
         self.heads = PredictionHeads(config)
+        self.alignment = self.word_alignment = None  # not in the paper (alignment losses)
+        if config.lambda_align > 0 and not config.text_only:
+            self.alignment = AlignmentHead(d, config.align_dim, config.align_temperature)
+        if config.lambda_align_words > 0 and not config.text_only:
+            self.word_alignment = AlignmentHead(d, config.align_dim, config.align_temperature)
 
         for name, module in self.named_children():
             if name not in ENCODER_NAMES:
@@ -117,7 +122,7 @@ class QGNModel(nn.Module):
         word_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Predict entities for a batch (see /work/notes/model-contract.md).
+        """Predict entities for a batch (inputs and outputs: docs/architecture.md).
 
         Args:
             input_ids: (B, S) sub-word ids, ``[CLS] ... [SEP]`` then padding.
@@ -130,7 +135,8 @@ class QGNModel(nn.Module):
             ``type_logits`` (B, Nq, C+1); ``start_logits`` and ``end_logits`` (B, Nq, W), -1e4
             where ``word_mask`` is False; ``word_mask`` (B, W) bool (echoed); unless text-only
             ``pred_boxes`` (B, Nq, 4) normalised cxcywh in [0, 1] and ``notarget_logits`` (B, Nq, 2);
-            in training with ``config.aux_loss``, ``aux_outputs``: a list of such dicts, one per
+            in training with ``config.lambda_align > 0``, ``align_logits`` (B, Nq + 1, G + 1)
+            (see :class:`qgn.modeling.heads.AlignmentHead`); in training with ``config.aux_loss``, ``aux_outputs``: a list of such dicts, one per
             earlier fusion-decoder layer.
         """
         word_mask = word_mask.bool()
@@ -150,18 +156,39 @@ class QGNModel(nn.Module):
             layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector)
             vision = self.vision_projection(layers)  # F~_v (B, Nv, d)
 
+        word_align = None
+        if self.word_alignment is not None and self.training:
+            word_align = self.word_alignment(pool_words(text, word_index, word_mask.shape[1]), vision)
         queries = self.queries(text, text_padding)  # Q (B, Nq, d)
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
         decoder = self.mqd if self.mqd is not None else self.plain_decoder
-        queries, words, intermediate = decoder(queries, vision, text, text_padding, word_index, word_mask)
-        outputs = self.heads(queries, words, word_mask)
-        outputs["word_mask"] = word_mask
+        queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask)
+        outputs = self._predict(queries, words, word_mask, vision)
+        if word_align is not None:
+            outputs["align_word_logits"] = word_align
         if self.config.aux_loss and self.training and intermediate:
             # the same heads on every earlier decoder layer (DETR's auxiliary decoding losses)
-            outputs["aux_outputs"] = [
-                {**self.heads(q, w, word_mask), "word_mask": word_mask} for q, w in intermediate
-            ]
+            outputs["aux_outputs"] = [self._predict(q, w, word_mask, v) for q, w, v in intermediate]
+        return outputs
+
+    def _predict(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                 vision: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The heads on one set of queries, plus what the query-patch alignment adds to them
+        (``align_presence``, ``align_box_prior``; ``align_logits`` in training)."""
+        c = self.config
+        align = reference = None
+        if self.alignment is not None and (self.training or c.align_presence or c.align_box_prior):
+            align = self.alignment(queries, vision)  # (B, Nq + 1, G + 1)
+            if c.align_box_prior:
+                reference = self.alignment.reference_points(align)
+        outputs = self.heads(queries, words, word_mask, box_reference=reference)
+        outputs["word_mask"] = word_mask
+        if align is not None and c.align_presence:
+            evidence = torch.stack([align[:, :-1, :-1].logsumexp(-1), align[:, :-1, -1]], dim=-1)
+            outputs["notarget_logits"] = outputs["notarget_logits"] + evidence.to(outputs["notarget_logits"].dtype)
+        if align is not None and self.training:
+            outputs["align_logits"] = align
         return outputs
 
     # ------------------------------------------------------------------ checkpoints

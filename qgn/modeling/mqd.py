@@ -83,7 +83,7 @@ class MultimodalRefinement(nn.Module):
     """MRE.
 
     forward(queries (B, Nq, d), words (B, W, d), word_mask (B, W) bool, vision (B, Nv, d) | None)
-        -> (H~_q (B, Nq, d), refined words (B, W, d))
+        -> (H~_q (B, Nq, d), refined words (B, W, d), updated vision (B, Nv, d) | None)
     """
 
     def __init__(self, config: Any, with_vision: bool):
@@ -98,7 +98,7 @@ class MultimodalRefinement(nn.Module):
             self.vision_layers = self.vision_merge = None
 
     def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                vision: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                vision: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         num_words = words.shape[1]
         # queries are never padding, so no row of the joint attention is fully masked
         padding = torch.cat([~word_mask, word_mask.new_zeros(queries.shape[:2])], dim=1)
@@ -109,7 +109,7 @@ class MultimodalRefinement(nn.Module):
                 vision = self.vision_layers[k](vision, joint, padding)
         if vision is not None and self.vision_merge is not None:
             queries = self.vision_merge(queries, vision)  # residual fusion of the updated vision
-        return queries, words
+        return queries, words, vision
 
 
 class MultimodalQueryDecoding(nn.Module):
@@ -118,8 +118,9 @@ class MultimodalQueryDecoding(nn.Module):
 
     forward(queries (B, Nq, d), vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S) bool,
             word_index (B, S) long, word_mask (B, W) bool)
-        -> (queries (B, Nq, d), words (B, W, d), intermediate: list of (queries, words) after each
-            fusion-decoder layer, for the auxiliary losses)
+        -> (queries (B, Nq, d), words (B, W, d), intermediate: list of (queries, words, vision)
+            after each fusion-decoder layer, for the auxiliary losses, final vision tokens
+            (B, Nv, d) | None: the updated vision of MRE, else the vision part of M_vt)
     """
 
     def __init__(self, config: Any, num_vision_tokens: int | None):
@@ -134,7 +135,7 @@ class MultimodalQueryDecoding(nn.Module):
 
     def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
                 text_padding: torch.Tensor, word_index: torch.Tensor,
-                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
         if self.vtf is not None:
             memory = self.vtf(vision, text, text_padding)
             padding = _memory(vision, text, text_padding)[1]
@@ -142,16 +143,17 @@ class MultimodalQueryDecoding(nn.Module):
             memory, padding = _memory(vision, text, text_padding)
         num_vision = 0 if vision is None else vision.shape[1]
         words = pool_words(memory[:, num_vision:], word_index, word_mask.shape[1])
+        vision = memory[:, :num_vision] if num_vision else None
         intermediate = []
         if self.fde is not None:
             for layer in self.fde:
                 queries = layer(queries, memory, padding)
-                intermediate.append((queries, words))
+                intermediate.append((queries, words, vision))
         if self.mre is not None:
-            queries, words = self.mre(queries, words, word_mask, memory[:, :num_vision] if num_vision else None)
+            queries, words, vision = self.mre(queries, words, word_mask, vision)
         elif intermediate:
             intermediate.pop()  # the last decoder layer's output is the final prediction
-        return queries, words, intermediate
+        return queries, words, intermediate, vision
 
 
 class PlainQueryDecoder(nn.Module):
@@ -167,7 +169,7 @@ class PlainQueryDecoder(nn.Module):
 
     def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
                 text_padding: torch.Tensor, word_index: torch.Tensor,
-                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
         memory, padding = _memory(vision, text, text_padding)
         queries = self.layer(queries, memory, padding)
-        return queries, pool_words(text, word_index, word_mask.shape[1]), []
+        return queries, pool_words(text, word_index, word_mask.shape[1]), [], vision
