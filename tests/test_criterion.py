@@ -252,3 +252,81 @@ def test_optimising_outputs_lowers_loss_and_fits_targets(config):
         unmatched = torch.ones(queries, dtype=torch.bool)
         unmatched[rows] = False
         assert (out["type_logits"][b, unmatched].argmax(-1) == C).all()
+
+
+# ----------------------------------------------------------------------------- alignment losses
+def align_config(config):
+    return config.replace(lambda_pred=0.0, lambda_nt=0.0, lambda_con=0.0, lambda_align=1.0, lambda_align_words=1.0)
+
+
+def test_box_patches_cover_cell_centres_and_the_box_centre():
+    # 4x4 grid, cell centres at 1/8, 3/8, 5/8, 7/8. Target 0: the top-left 2x2 block; target 1: one
+    # cell; target 2: a box smaller than a cell (no centre inside: only the cell holding its
+    # centre); target 3: no box.
+    t = make_targets([0, 0, 1, 2], [0, 0, 1, 2], [0, 0, 1, 2],
+                     [[0.25, 0.25, 0.5, 0.5], [0.875, 0.875, 0.2, 0.2], [0.55, 0.3, 0.05, 0.05], [0, 0, 0, 0]],
+                     [True, True, True, False])
+    cells = SetCriterion.box_patches(t, 4, torch.device("cpu"))
+    assert cells[0].nonzero().flatten().tolist() == [0, 1, 4, 5]
+    assert cells[1].nonzero().flatten().tolist() == [15]
+    assert cells[2].nonzero().flatten().tolist() == [1 * 4 + 2]  # row 1, column 2
+    assert not cells[3].any()
+
+
+def test_query_alignment_goes_to_its_own_copy_word_alignment_to_every_copy(config):
+    # One entity drawn twice (cells 0 and 3 of a 2x2 grid), its words 0-1; queries 0 and 1 matched
+    # to the two copies.
+    targets = [make_targets([0, 0], [0, 0], [1, 1], [[0.25, 0.25, 0.1, 0.1], [0.75, 0.75, 0.1, 0.1]], [True, True])]
+    targets[0]["entity_index"] = torch.tensor([0, 0])
+    indices = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    out = random_outputs(1, 2, 3, C, seed=4)
+    big = torch.full((1, 3, 5), -5.0)
+    out["align_logits"] = big.clone()
+    out["align_logits"][0, 0, 0] = out["align_logits"][0, 1, 3] = 5.0  # each query on its own copy
+    out["align_word_logits"] = torch.full((1, 4, 5), -5.0)
+    out["align_word_logits"][0, :2, [0, 3]] = 5.0  # both words on both copies
+    out["align_word_logits"][0, 3, [1, 2]] = 5.0  # background cells on "no word"
+    out["align_logits"][0, 2, [1, 2]] = 5.0  # background cells on "no query"
+    _, parts = SetCriterion(align_config(config))(out, targets, indices)
+    assert parts["loss_align"].item() < 0.01 and parts["loss_align_words"].item() < 0.05
+    swapped = dict(out, align_logits=out["align_logits"][:, [1, 0, 2]])  # each query on the other copy
+    assert SetCriterion(align_config(config))(swapped, targets, indices)[1]["loss_align"].item() > 5
+
+
+def test_query_alignment_by_hand(config):
+    # 2x2 grid (G = 4), 2 queries. Query 1 is matched to a grounded entity covering cells 0 and 1,
+    # query 0 to a box-less entity. Logits (1, 3, 5): rows q0, q1, "no query"; columns 4 cells, "no patch".
+    logits = torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(3))
+    out = random_outputs(1, 2, 4, C, seed=4)
+    out["align_logits"] = logits
+    targets = [make_targets([0, 1], [0, 2], [0, 2], [[0.5, 0.25, 0.8, 0.4], [0, 0, 0, 0]], [True, False])]
+    indices = [(torch.tensor([0, 1]), torch.tensor([1, 0]))]
+    _, parts = SetCriterion(align_config(config))(out, targets, indices)
+    L = logits[0]
+    nll = lambda scores, pos: (scores.logsumexp(0) - scores[pos].logsumexp(0)).item()  # noqa: E731
+    rows = (nll(L[0], [4]) + nll(L[1], [0, 1])) / 2  # q0 -> "no patch"; q1 -> cells 0, 1
+    cols = (nll(L[:, 0], [1]) + nll(L[:, 1], [1]) + nll(L[:, 2], [2]) + nll(L[:, 3], [2])) / 4
+    assert parts["loss_align"].item() == pytest.approx((rows + cols) / 2, rel=1e-5)
+
+
+def test_word_alignment_by_hand_and_padding_words_are_no_candidates(config):
+    # 2x2 grid; words 0-1 are one grounded entity (cell 3), word 2 a box-less entity, word 3 an
+    # "O" word, word 4 padding. Rows: 5 words + "no word"; columns: 4 cells + "no patch".
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(1, 6, 5, generator=g)
+    out = random_outputs(1, 2, 5, C, seed=4)
+    out["word_mask"] = torch.tensor([[True, True, True, True, False]])
+    out["align_word_logits"] = logits.clone()
+    targets = [make_targets([0, 1], [0, 2], [1, 2], [[0.75, 0.75, 0.3, 0.3], [0, 0, 0, 0]], [True, False])]
+    indices = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    criterion = SetCriterion(align_config(config).replace(lambda_align=0.0))
+    _, parts = criterion(out, targets, indices)
+    L = logits[0]
+    real = [0, 1, 2, 3, 5]  # padding word 4 is no candidate of any patch
+    nll = lambda scores, pos: (scores.logsumexp(0) - scores[pos].logsumexp(0)).item()  # noqa: E731
+    rows = (nll(L[0], [3]) + nll(L[1], [3]) + nll(L[2], [4])) / 3
+    cols = sum(nll(L[real, c], [real.index(5)]) for c in (0, 1, 2)) + nll(L[real, 3], [0, 1])
+    assert parts["loss_align_words"].item() == pytest.approx((rows + cols / 4) / 2, rel=1e-5)
+    out["align_word_logits"][0, 4] = 50.0  # a padding word that "matches" everything changes nothing
+    assert criterion(out, targets, indices)[1]["loss_align_words"].item() == pytest.approx(
+        parts["loss_align_words"].item(), rel=1e-5)

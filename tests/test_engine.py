@@ -45,7 +45,8 @@ def test_training_writes_run_and_lowers_loss(trained_run):
     assert all("GMNER" in r["dev"] for r in records)
     final = json.loads((trained_run / "final_metrics.json").read_text())
     assert final["selected_on"] == "dev GMNER micro F1"
-    assert set(final["test"]) == {"GMNER", "MNER", "EEG"}
+    assert set(final["test"]) == {"GMNER", "MNER", "EEG", "breakdown"}
+    assert set(final["with_default_thresholds"]) == {"dev", "test"}
     for name in ("config.yaml", "run_info.json", "best/config.json", "best/model.safetensors", "checkpoint/trainer_state.json"):
         assert (trained_run / name).exists(), name
     assert json.loads((trained_run / "checkpoint/trainer_state.json").read_text())["epoch"] == 3
@@ -101,6 +102,79 @@ def test_evaluate_checkpoint_matches_standalone_scorer(bench, trained_run, tmp_p
     from_file = json.loads(capsys.readouterr().out)
     for metric in ("GMNER", "MNER", "EEG"):
         assert from_model[metric] == from_file[metric]
+
+
+def test_thresholds_chosen_on_dev_are_stored_in_the_checkpoint_and_used(bench, trained_run, tmp_path, capsys):
+    from qgn.engine.thresholds import THRESHOLD_FIELDS, current_thresholds
+    from qgn.modeling import QGNConfig
+
+    final = json.loads((trained_run / "final_metrics.json").read_text())
+    chosen, default = final["thresholds"]["chosen"], final["thresholds"]["default"]
+    assert set(chosen) == set(THRESHOLD_FIELDS) and default == {"score_threshold": 0.3, "no_target_threshold": 0.5,
+                                                                "remove_overlaps": False}
+    assert current_thresholds(QGNConfig.load(trained_run / "best" / "config.json")) == chosen
+    # never worse on dev than the defaults (they are in the search and win ties)
+    assert final["dev"]["GMNER"]["f1"] >= final["with_default_thresholds"]["dev"]["GMNER"]["f1"]
+    # `qgn evaluate --checkpoint` predicts with the stored thresholds: it reproduces the final test figures
+    assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--image-dir", str(bench / "images"),
+                 "--data", str(bench), "--split", "test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for metric in ("GMNER", "MNER", "EEG"):
+        assert report[metric]["n_pred"] == final["test"][metric]["n_pred"]
+        assert report[metric]["tp"] == final["test"][metric]["tp"]
+    assert report["breakdown"] == final["test"]["breakdown"]
+
+
+def test_tune_thresholds_takes_the_best_dev_setting_and_keeps_defaults_on_ties():
+    from qgn.data.records import Entity, Post
+    from qgn.engine.thresholds import tune_thresholds
+    from qgn.modeling import PostProcessor, QGNConfig
+    from qgn.modeling.postprocess import Candidate
+
+    config = QGNConfig.tiny()
+    post = Post("p", ["a", "b", "c"], [Entity(0, 1, "PER", [(0, 0, 10, 10)]), Entity(2, 3, "LOC")], image_size=(20, 20))
+    box = (0.0, 0.0, 10.0, 10.0)
+    # The grounded entity scores 0.25 (below the default 0.3) with P(no target) 0.45; the box-less
+    # one scores 0.9 with P(no target) 0.65 and a box that a 0.7 threshold would keep.
+    candidates = {"p": [Candidate(0, 1, "PER", 0.25, box, 0.45), Candidate(2, 3, "LOC", 0.9, box, 0.65)]}
+    result = tune_thresholds(PostProcessor(config), config, [post], candidates)
+    assert result["default_f1"] == pytest.approx(200 / 3)  # LOC right, PER dropped: 1 of 1 predicted, 2 gold
+    assert result["f1"] == 100.0
+    chosen = result["thresholds"]
+    assert chosen["score_threshold"] <= 0.2 and 0.45 < chosen["no_target_threshold"] <= 0.65
+    # nothing to gain: the defaults stay
+    easy = {"p": [Candidate(0, 1, "PER", 0.9, box, 0.1), Candidate(2, 3, "LOC", 0.9, None, 0.9)]}
+    assert tune_thresholds(PostProcessor(config), config, [post], easy)["thresholds"] == {
+        "score_threshold": 0.3, "no_target_threshold": 0.5, "remove_overlaps": False}
+
+
+def test_evaluate_prints_where_gmner_is_lost(bench, trained_run, tmp_path, capsys):
+    from qgn.data import read_dataset
+    from qgn.data.records import Prediction
+    from qgn.metrics import write_predictions
+
+    posts = read_dataset(str(bench), split="test")
+    grounded = [(p, e) for p in posts for e in p.entities if e.boxes]
+    boxless = [(p, e) for p in posts for e in p.entities if not e.boxes]
+    assert grounded and boxless
+    preds = {p.id: [] for p in posts}
+    (p0, e0), (p1, e1) = grounded[0], boxless[0]
+    preds[p0.id].append(Prediction(e0.start, e0.end, e0.type, None, 0.9))  # grounded, no box
+    preds[p1.id].append(Prediction(e1.start, e1.end, e1.type, (0, 0, 5, 5), 0.9))  # box-less, with a box
+    write_predictions(preds, tmp_path / "p.jsonl")
+    assert main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "p.jsonl")]) == 0
+    table = capsys.readouterr().out
+    n_gold = sum(len(p.entities) for p in posts)
+    rows = {line[:40].strip(): line[40:].split() for line in table.splitlines() if "% of #" in line}
+    assert rows["grounded entity predicted without a box"] == ["1", f"{100 / n_gold:.2f}%", "of", "#gold"]
+    assert rows["box-less entity predicted with a box"][0] == "1"
+    assert rows["missed: no prediction with the span"][0] == str(n_gold - 2)
+    assert rows["correct (span, type and region)"][0] == "0"
+    assert main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "p.jsonl"),
+                 "--json"]) == 0
+    breakdown = json.loads(capsys.readouterr().out)["breakdown"]
+    assert breakdown["boxless_with_box"]["count"] == 1 and breakdown["correct"]["count"] == 0
+    assert sum(breakdown[k]["count"] for k in breakdown if k != "spurious") == n_gold
 
 
 def test_gold_predictions_score_100(bench, tmp_path, capsys):

@@ -465,3 +465,41 @@ def test_pipeline_batch_through_model_and_criterion(tmp_path, text_only):
     total.backward()
     assert torch.isfinite(total) and "loss_boundary" in parts
     assert model.heads.start_head.query_proj.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- alignment switches
+def test_alignment_heads_exist_only_when_switched_on_and_feed_training_outputs():
+    assert build(tiny()).alignment is None and build(tiny()).word_alignment is None
+    config = tiny(lambda_align=1.0, lambda_align_words=0.5)
+    model = build(config).train()
+    out = model(**make_batch(config))
+    grid = (64 // 8) ** 2
+    assert out["align_logits"].shape == (3, config.num_queries + 1, grid + 1)
+    assert out["align_word_logits"].shape == (3, 6 + 1, grid + 1)
+    assert all("align_logits" in aux for aux in out["aux_outputs"])
+    model.eval()
+    assert "align_logits" not in model(**make_batch(config))  # training only, without presence / prior
+    with pytest.raises(ValueError, match="lambda_align"):
+        tiny(align_presence=True)
+
+
+def test_presence_and_box_prior_read_the_alignment():
+    config = tiny(lambda_align=1.0, align_presence=True, align_box_prior=True)
+    model = build(config).eval()
+    seen = {}
+    model.heads.notarget_head.register_forward_hook(lambda m, args, out: seen.update(notarget=out.clone()))
+    model.heads.box_head.register_forward_hook(lambda m, args, out: seen.update(box=out.clone()))
+    model.alignment.register_forward_hook(lambda m, args, out: seen.update(align=out.clone()))
+    with torch.no_grad():
+        out = model(**make_batch(config))
+    align = seen["align"]
+    # presence: has-target logit + logsumexp over the patches, no-target logit + the "no patch" score
+    evidence = torch.stack([align[:, :-1, :-1].logsumexp(-1), align[:, :-1, -1]], dim=-1)
+    torch.testing.assert_close(out["notarget_logits"], seen["notarget"] + evidence)
+    # box prior: the centre is an offset, in logit space, from the softmax-expected patch centre
+    weights = align[:, :-1, :-1].softmax(-1).view(3, config.num_queries, 8, 8)
+    centres = (torch.arange(8) + 0.5) / 8
+    reference = torch.stack([(weights * centres).sum((-1, -2)), (weights * centres[:, None]).sum((-1, -2))], -1)
+    centre = torch.sigmoid(seen["box"][..., :2] + torch.logit(reference))
+    torch.testing.assert_close(out["pred_boxes"][..., :2], centre)
+    torch.testing.assert_close(out["pred_boxes"][..., 2:], seen["box"][..., 2:].sigmoid())

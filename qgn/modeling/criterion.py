@@ -1,13 +1,15 @@
 """The training objective (paper Sec. III-D, eq. 5) on Hungarian-matched query/target pairs.
 
 ``total = lambda_pred * L_pred + lambda_nt * L_nt + lambda_con * L_con`` with
-``L_pred = weight_ce * CE + weight_boundary * BCE(start, end) + weight_l1 * L1 + weight_giou * GIoU``.
+``L_pred = weight_ce * CE + weight_boundary * BCE(start, end) + weight_l1 * L1 + weight_giou * GIoU``,
+plus, beyond the paper and off by default, ``lambda_align * L_align + lambda_align_words *
+L_align_words`` (contrastive query-patch and word-patch alignment, MDETR / GLIP).
 One method per loss and a dispatch table, as DETR's ``SetCriterion`` (Apache-2.0). A weight of
 0 switches its loss off: it is not computed and not reported (the Table IV ablation).
 
 Normalisation: the cross-entropies over *all* queries (type, no-target) are weighted means; the
-terms over *matched* queries (boundary, consistency) are divided by the number of targets and the
-box terms by the number of targets with a box, both summed over processes under
+boundary term is divided by the number of targets, the box terms by the number of targets with a
+box, the consistency term by the number of its group members, all summed over processes under
 ``torch.distributed`` and clamped to >= 1 so posts without entities are fine.
 """
 
@@ -31,12 +33,15 @@ HAS_TARGET, NO_TARGET = 0, 1  # classes of notarget_logits
 
 
 def _global_count(count: int | torch.Tensor, device: torch.device, minimum: float = 1.0) -> torch.Tensor:
-    """``count`` summed over processes, averaged per process, at least ``minimum`` (DETR's
-    ``num_boxes``). Dividing by it makes the data-parallel gradient equal the one-process one."""
+    """``count`` summed over processes, clamped to at least ``minimum``, then divided by the number
+    of processes (DETR's ``num_boxes``, but clamped *before* the division, so that a global count
+    below the number of processes, e.g. one consistency-group member in the whole batch, still
+    normalises like one process). Dividing by it makes the data-parallel gradient equal the
+    one-process one."""
     total = torch.as_tensor(count, dtype=torch.float32, device=device).detach().clone()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
-        total = total / dist.get_world_size()
+        return total.clamp(min=minimum) / dist.get_world_size()
     return total.clamp(min=minimum)
 
 
@@ -60,6 +65,7 @@ class SetCriterion(nn.Module):
         class_weight = torch.ones(self.num_classes + 1)
         class_weight[-1] = config.no_entity_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
+        self._patch_cache: dict[tuple[int, int], torch.Tensor] = {}  # see _patches_of
         self.loss_map: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
             "labels": self.loss_labels,
             "boundaries": self.loss_boundaries,
@@ -172,14 +178,21 @@ class SetCriterion(nn.Module):
         ce = F.cross_entropy(logits[member], labels[member], reduction="sum")
         return {"loss_con": ce / _global_count(member.sum(), logits.device)}
 
+    def _patches_of(self, target: Mapping[str, torch.Tensor], grid: int, device: torch.device) -> torch.Tensor:
+        """:meth:`box_patches` of a target, computed once per target and grid in a :meth:`forward`
+        call (the final and every auxiliary layer, and both alignment losses, share it)."""
+        key = (id(target), grid)
+        if key not in self._patch_cache:
+            self._patch_cache[key] = self.box_patches(target, grid, device)
+        return self._patch_cache[key]
+
     @staticmethod
-    def _entity_patches(target: Mapping[str, torch.Tensor], grid: int, device: torch.device) -> torch.Tensor:
-        """(T, G) bool: the grid patches inside any box of each target's *entity* (either copy of
-        a team is the team). A patch is inside a box if its cell centre lies in the box or it
-        holds the box centre (so even a box smaller than a cell has one)."""
+    def box_patches(target: Mapping[str, torch.Tensor], grid: int, device: torch.device) -> torch.Tensor:
+        """(T, G) bool: the grid patches inside each target's own box (none for a box-less
+        target). A patch is inside a box if its cell centre lies in the box or it holds the box
+        centre (so even a box smaller than a cell has one)."""
         boxes = target["boxes"].to(device).float()
         has_box = target["has_box"].to(device).bool()
-        entity = target["entity_index"].to(device)
         centres = (torch.arange(grid, device=device, dtype=torch.float32) + 0.5) / grid
         cy, cx = torch.meshgrid(centres, centres, indexing="ij")
         cx, cy = cx.flatten(), cy.flatten()  # (G,), row-major like the ViT patches
@@ -190,9 +203,7 @@ class SetCriterion(nn.Module):
         centre_cell = ((boxes[:, 1] * grid).long().clamp(0, grid - 1) * grid
                        + (boxes[:, 0] * grid).long().clamp(0, grid - 1))
         inside[torch.arange(len(boxes), device=device), centre_cell] = True
-        inside &= has_box[:, None]
-        same_entity = entity[:, None] == entity[None, :]  # (T, T)
-        return (same_entity.float() @ inside.float()) > 0
+        return inside & has_box[:, None]
 
     @staticmethod
     def _contrastive(logits: torch.Tensor, positive: torch.Tensor, row_used: torch.Tensor,
@@ -215,8 +226,10 @@ class SetCriterion(nn.Module):
 
     def loss_align(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """Query-patch contrastive alignment (MDETR's, with image patches as the tokens): a matched
-        query's positives are the patches of its entity's boxes, or "no patch" for a box-less
-        entity; a patch's are the matched queries of the entities covering it, or "no query"."""
+        query's positives are the patches of its target's box, or "no patch" for a box-less
+        entity; a patch's are the matched queries whose box covers it, or "no query". Its own box
+        only, not every box of its entity: the box head starts from the softmax-expected patch
+        centre (``align_box_prior``), which would fall between the two copies of a team."""
         logits = outputs["align_logits"].float()  # (B, Nq + 1, G + 1)
         batch, num_rows, num_cols = logits.shape
         grid = math.isqrt(num_cols - 1)
@@ -224,7 +237,7 @@ class SetCriterion(nn.Module):
         row_used = torch.zeros(batch, num_rows, dtype=torch.bool, device=logits.device)
         for b, (t, (query_idx, target_idx)) in enumerate(zip(targets, indices)):
             q, j = query_idx.to(logits.device), target_idx.to(logits.device)
-            positive[b, q, :-1] = self._entity_patches(t, grid, logits.device)[j]
+            positive[b, q, :-1] = self._patches_of(t, grid, logits.device)[j]
             positive[b, q, -1] = ~t["has_box"].to(logits.device).bool()[j]
             row_used[b, q] = True
         return {"loss_align": self._contrastive(logits, positive, row_used, counts["targets"])}
@@ -244,7 +257,9 @@ class SetCriterion(nn.Module):
         positive = torch.zeros(batch, num_rows, num_cols, dtype=torch.bool, device=logits.device)
         row_used = torch.zeros(batch, num_rows, dtype=torch.bool, device=logits.device)
         for b, t in enumerate(targets):
-            patches = self._entity_patches(t, grid, logits.device)
+            boxes = self._patches_of(t, grid, logits.device)
+            entity = t["entity_index"].to(logits.device)
+            patches = ((entity[:, None] == entity[None, :]).float() @ boxes.float()) > 0  # its entity's boxes
             has_box = t["has_box"].to(logits.device).bool()
             for k, (start, end) in enumerate(zip(t["start"].tolist(), t["end"].tolist())):
                 positive[b, start:end + 1, :-1] |= patches[k]
@@ -285,6 +300,7 @@ class SetCriterion(nn.Module):
         the same way and added to the total; ``parts`` log the final layer only.
         """
         device = outputs["type_logits"].device
+        self._patch_cache = {}
         counts = {
             "targets": _global_count(sum(len(t["labels"]) for t in targets), device),
             "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device),
@@ -292,6 +308,7 @@ class SetCriterion(nn.Module):
         total, parts = self._single(outputs, targets, indices, counts)
         for aux in outputs.get("aux_outputs", ()):
             total = total + self._single(aux, targets, None, counts)[0]
+        self._patch_cache = {}
         return total, parts
 
     def _single(self, outputs, targets, indices, counts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
