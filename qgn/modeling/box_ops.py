@@ -89,3 +89,11 @@ def denormalize_boxes(boxes_cxcywh: torch.Tensor, image_size: Sequence[float]) -
     scale = boxes_cxcywh.new_tensor([width, height, width, height])
     xyxy = box_cxcywh_to_xyxy(boxes_cxcywh) * scale
     return torch.min(xyxy.clamp(min=0), scale)
+
+
+def patch_centres(grid: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(grid * grid, 2): the normalised (cx, cy) of each cell of a ViT patch grid, row-major like
+    the patch tokens."""
+    centres = (torch.arange(grid, device=device, dtype=dtype) + 0.5) / grid
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([cx.flatten(), cy.flatten()], dim=-1)

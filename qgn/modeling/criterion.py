@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from qgn.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from qgn.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, patch_centres
 from qgn.modeling.matcher import HungarianMatcher
 from qgn.modeling.postprocess import best_spans
 
@@ -193,9 +193,7 @@ class SetCriterion(nn.Module):
         centre (so even a box smaller than a cell has one)."""
         boxes = target["boxes"].to(device).float()
         has_box = target["has_box"].to(device).bool()
-        centres = (torch.arange(grid, device=device, dtype=torch.float32) + 0.5) / grid
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-        cx, cy = cx.flatten(), cy.flatten()  # (G,), row-major like the ViT patches
+        cx, cy = patch_centres(grid, device).unbind(-1)  # (G,) each
         x1, y1 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
         x2, y2 = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
         inside = ((cx[None] >= x1[:, None]) & (cx[None] <= x2[:, None])

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgn.modeling.box_ops import patch_centres
 from qgn.modeling.layers import MASKED_LOGIT, MLP
 
 
@@ -102,10 +103,7 @@ class AlignmentHead(nn.Module):
         """(B, R, 2): each row's expected patch centre (cx, cy) in [0, 1] under its softmax over
         the patches (the "nothing" slot left out), for ``align_box_prior``."""
         weights = logits[:, :-1, :-1].softmax(-1)  # (B, R, G)
-        grid = math.isqrt(weights.shape[-1])
-        centres = (torch.arange(grid, device=logits.device, dtype=weights.dtype) + 0.5) / grid
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-        return weights @ torch.stack([cx.flatten(), cy.flatten()], dim=-1)
+        return weights @ patch_centres(math.isqrt(weights.shape[-1]), logits.device, weights.dtype)
 
     def forward(self, rows: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         batch = rows.shape[0]

@@ -135,9 +135,10 @@ class QGNModel(nn.Module):
             ``type_logits`` (B, Nq, C+1); ``start_logits`` and ``end_logits`` (B, Nq, W), -1e4
             where ``word_mask`` is False; ``word_mask`` (B, W) bool (echoed); unless text-only
             ``pred_boxes`` (B, Nq, 4) normalised cxcywh in [0, 1] and ``notarget_logits`` (B, Nq, 2);
-            in training with ``config.lambda_align > 0``, ``align_logits`` (B, Nq + 1, G + 1)
-            (see :class:`qgn.modeling.heads.AlignmentHead`); in training with ``config.aux_loss``, ``aux_outputs``: a list of such dicts, one per
-            earlier fusion-decoder layer.
+            in training with ``config.lambda_align > 0``, ``align_logits`` (B, Nq + 1, G + 1), and
+            with ``lambda_align_words > 0``, ``align_word_logits`` (B, W + 1, G + 1) (see
+            :class:`qgn.modeling.heads.AlignmentHead`); in training with ``config.aux_loss``,
+            ``aux_outputs``: a list of such dicts, one per earlier fusion-decoder layer.
         """
         word_mask = word_mask.bool()
         text_padding = attention_mask == 0
