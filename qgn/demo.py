@@ -93,8 +93,7 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     final = run_training(settings, run_dir, resume=resume, progress=progress)
 
     test_posts = read_dataset(str(data_dir), split="test", image_dir=str(Path(data_dir) / "images"))
-    baseline_report = score(test_posts, text_only_baseline(test_posts))
-    baseline = metrics_summary(baseline_report)
+    baseline = metrics_summary(score(test_posts, text_only_baseline(test_posts)))
     picture = draw_examples(run_dir / "best", test_posts, out / "predictions.png")
     curve = dev_curve(run_dir / "metrics.jsonl")
     elapsed = time.time() - started

@@ -35,7 +35,7 @@ def format_report(report: "ScoreReport", per_type: bool = True) -> str:
         *format_rows(report.overall),
     ]
     if report.breakdown is not None:
-        lines += ["", *format_breakdown(report.to_dict()["breakdown"])]
+        lines += ["", *format_breakdown(report.breakdown_rows())]
     if per_type:
         for metric, rows in report.per_type.items():
             lines += ["", *format_rows(rows, title=f"{metric} per type")]
@@ -59,7 +59,8 @@ BREAKDOWN_LABELS = {
 
 
 def format_breakdown(breakdown: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Where GMNER is lost, from the ``breakdown`` of :meth:`ScoreReport.to_dict`: one line per
+    """Where GMNER is lost, from :meth:`ScoreReport.breakdown_rows` (the ``breakdown`` of its
+    ``to_dict``, as in final_metrics.json): one line per
     category with its count and share (of #gold for gold entities, of #pred for spurious ones)."""
     width = max(len(label) for label in BREAKDOWN_LABELS.values())
     lines = [f"{'where GMNER is lost':<{width}}  {'count':>6}  {'share':>7}"]

@@ -110,12 +110,14 @@ class ScoreReport:
     fmnerg_fine: dict[str, MetricRow] | None = None
     breakdown: dict[str, int] | None = None
 
-    def breakdown_shares(self) -> dict[str, float]:
-        """Each breakdown count in percent: gold categories of #gold, ``spurious`` of #pred."""
-        counts = self.breakdown or {}
-        gold, pred = self.gmner.n_gold, self.gmner.n_pred
-        return {k: 100.0 * v / (pred if k in BREAKDOWN_PRED else gold) if (pred if k in BREAKDOWN_PRED else gold)
-                else 0.0 for k, v in counts.items()}
+    def breakdown_rows(self) -> dict[str, dict[str, float]]:
+        """``{category: {"count", "share"}}``: shares in percent, of #gold for the gold categories
+        and of #pred for ``spurious`` (0 when that total is 0)."""
+        rows = {}
+        for name, count in (self.breakdown or {}).items():
+            total = self.gmner.n_pred if name in BREAKDOWN_PRED else self.gmner.n_gold
+            rows[name] = {"count": count, "share": 100.0 * count / total if total else 0.0}
+        return rows
 
     def __getitem__(self, metric: str) -> MetricRow:
         return self.overall[metric]
@@ -149,8 +151,7 @@ class ScoreReport:
                 "fine": {t: r.to_dict() for t, r in (self.fmnerg_fine or {}).items()},
             }
         if self.breakdown is not None:
-            shares = self.breakdown_shares()
-            out["breakdown"] = {k: {"count": v, "share": shares[k]} for k, v in self.breakdown.items()}
+            out["breakdown"] = self.breakdown_rows()
         out.update(n_posts=self.n_posts, n_posts_without_predictions=self.n_posts_without_predictions,
                    iou_threshold=self.iou_threshold, match_by=self.match_by)
         return out

@@ -109,9 +109,9 @@ class QGNConfig:
         lambda_align: weight of the loss (0 = off, the paper's model; on in the demo config). With
             it on, the model projects the final queries and the final visual tokens to
             ``align_dim`` and scores every (query, patch) pair by cosine / ``align_temperature``.
-            A query matched to a grounded entity is pulled to the patches inside that entity's
-            boxes, one matched to a box-less entity to a learned "no patch" slot; every patch is
-            pulled to the queries whose entity covers it, or to a learned "no query" slot (the
+            A query matched to a grounded target is pulled to the patches inside that target's
+            box, one matched to a box-less entity to a learned "no patch" slot; every patch is
+            pulled to the queries whose box covers it, or to a learned "no query" slot (the
             background and unmentioned objects). It supervises the binding of a name to its
             look directly, where the box losses reach it only through the box head.
         lambda_align_words: weight of a second alignment loss at the encoders (0 = off): the words
