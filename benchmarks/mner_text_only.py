@@ -15,6 +15,7 @@ Fewer epochs than the paper's 50 so that it finishes within an hour on 2 cores.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import sys
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "twitter-gmner" / "Twitter10000_v2.0"
+# The Twitter-GMNER v2.0 annotations (NUSTM/GMNER); --data, or QGN_TWITTER_GMNER, says where.
+DEFAULT_DATA = Path(os.environ.get("QGN_TWITTER_GMNER", "Twitter10000_v2.0"))
 TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
 
@@ -250,7 +252,8 @@ def main() -> None:
     from qgn.data import read_dataset
 
     if not args.data.is_dir():
-        sys.exit(f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR")
+        sys.exit(f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR (the Twitter10000_v2.0 folder of "
+                 "the NUSTM/GMNER repository) or set QGN_TWITTER_GMNER")
     encoder = minilm_path()
     splits = {s: read_dataset(str(args.data), split=s) for s in ("train", "dev", "test")}
     if args.limit:

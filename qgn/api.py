@@ -26,16 +26,14 @@ ImageLike = str | os.PathLike | Image.Image | None
 
 
 def _open_image(image: ImageLike) -> tuple[Image.Image | None, str | None]:
+    from qgn.data.images import load_image, upright
+
     if image is None or isinstance(image, Image.Image):
-        return (image.convert("RGB") if image is not None else None), None
+        return (upright(image) if image is not None else None), None
     path = str(image)
     if not os.path.isfile(path):
         raise QGNError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB"), path
-    except (OSError, ValueError) as err:
-        raise QGNError(f"cannot read image {path}: {err}") from err
+    return load_image(path), path
 
 
 def entity_dict(post: Post, pred: Prediction) -> dict[str, Any]:
@@ -76,17 +74,31 @@ class Predictor:
         if not (folder / "config.json").is_file():
             hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
             raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)
         model = QGNModel.from_pretrained(folder).to(dev)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         transform = None if model.config.text_only else ImageTransform.load(folder)
         return cls(model, tokenizer, transform, PostProcessor(model.config, **thresholds), dev)
 
     # ------------------------------------------------------------------ inputs
-    def make_post(self, text: str, image: ImageLike = None, post_id: str = "0") -> tuple[Post, Image.Image | None]:
-        if not isinstance(text, str) or not text.strip():
-            raise QGNError("empty text: give the post's text")
-        tokens, offsets = split_words(text)
+    def make_post(self, text: str | None, image: ImageLike = None, post_id: str = "0",
+                  tokens: Sequence[str] | None = None) -> tuple[Post, Image.Image | None]:
+        """A post from raw ``text`` (split into words like the benchmark) or from ``tokens`` (the
+        words as given, e.g. a benchmark's: predicted word indices then refer to them, so the output
+        scores with ``qgn evaluate``), and its image opened upright."""
+        if tokens is not None:
+            if (not isinstance(tokens, (list, tuple)) or not tokens
+                    or not all(isinstance(t, str) and t.strip() and not any(c.isspace() for c in t) for t in tokens)):
+                raise QGNError("tokens must be a non-empty list of words without spaces")
+            text, offsets, at = " ".join(tokens), [], 0
+            for token in tokens:
+                offsets.append((at, at + len(token)))
+                at += len(token) + 1
+            tokens = list(tokens)
+        else:
+            if not isinstance(text, str) or not text.strip():
+                raise QGNError("empty text: give the post's text")
+            tokens, offsets = split_words(text)
         img, path = _open_image(image)
         if img is None and not self.config.text_only:
             logger.warning("no image given: predicting from the text alone with a blank image")
@@ -120,6 +132,22 @@ class Predictor:
             images.append(img)
         predictions = self.predict_posts(posts, images, batch_size=batch_size)
         return [[entity_dict(p, e) for e in preds] for p, preds in zip(posts, predictions)]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device`` as a torch device (default: cuda when available, else cpu); a clear error for a
+    device this machine does not have, instead of a CUDA traceback at the first tensor."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise QGNError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise QGNError(f"device {device!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise QGNError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise QGNError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    return dev
 
 
 def load(checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> Predictor:

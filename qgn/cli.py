@@ -60,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qgn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Whatever had to be saved was saved where it was interrupted (training says so in its log).
+        if args.verbose:
+            raise
+        print(f"qgn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `qgn ... | head`: the reader has gone; stop quietly, as Unix tools do. Point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -35,14 +35,12 @@ def draw_examples(checkpoint: Path, posts: list, out_path: Path, count: int = 4)
     from PIL import Image, ImageDraw
 
     from qgn.api import entity_dict, load
+    from qgn.data.images import load_image
     from qgn.visualize import draw_entities
 
     predictor = load(checkpoint, device="cpu")
     chosen = [p for p in posts if any(e.boxes for e in p.entities)][:count]
-    images = []
-    for post in chosen:
-        with Image.open(post.image_path) as img:
-            images.append(img.convert("RGB"))
+    images = [load_image(post.image_path) for post in chosen]
     # The posts' own words, exactly as the test split has them (no re-splitting of the text).
     predictions = predictor.predict_posts(chosen, images)
     tiles = []
@@ -68,8 +66,25 @@ def draw_examples(checkpoint: Path, posts: list, out_path: Path, count: int = 4)
     return out_path
 
 
+# Filled in from the encoders and the training words when a run is built: not the user's settings.
+_BUILT_FIELDS = ("text_config", "vision_config")
+
+
+def _changed_settings(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs between two run dicts."""
+    changes = []
+    for section in sorted(set(saved) | set(new)):
+        a, b = saved.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if section == "model" and key in _BUILT_FIELDS:
+                continue
+            if a.get(key) != b.get(key):
+                changes.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return changes
+
+
 def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = None, progress: bool = True,
-             train_posts: int = DEMO_TRAIN_POSTS) -> dict[str, Any]:
+             train_posts: int = DEMO_TRAIN_POSTS, overwrite: bool = False) -> dict[str, Any]:
     from qgn.data import read_dataset
     from qgn.data.synthetic import generate_synthetic_benchmark
     from qgn.engine.inference import format_summary
@@ -78,18 +93,42 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     from qgn.metrics import score
     from qgn.metrics.report import format_breakdown
 
+    import shutil
+
+    import yaml
+
+    from qgn.errors import QGNError
+
     started = time.time()
     out = Path(output_dir)
-    # Many distinct posts and few epochs rather than the reverse: with a small training set the tiny
-    # model memorises posts instead of learning where an entity's object is.
-    data_dir = generate_synthetic_benchmark(out / "data", num_train=train_posts, num_dev=DEMO_DEV_POSTS)
-    raw = load_run_file("demo")
-    raw.setdefault("data", {}).update(path=str(data_dir), image_dir=str(Path(data_dir) / "images"))
-    settings = settings_from_dict(apply_overrides(raw, overrides or []))
     run_dir = out / "run"
+    # Settings first (a bad --set fails before any work), data paths as the run will store them.
+    data_dir = (out / "data").absolute()
+    raw = load_run_file("demo")
+    raw.setdefault("data", {}).update(path=str(data_dir), image_dir=str(data_dir / "images"))
+    settings = settings_from_dict(apply_overrides(raw, overrides or [])).with_absolute_paths()
+    if overwrite and out.exists():
+        for name in ("run", "data", "predictions.png", "demo_result.json"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     resume = (run_dir / "checkpoint" / "trainer_state.json").is_file()
     if resume:
-        logger.info("continuing the demo run in %s", run_dir)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        changes = _changed_settings(saved, settings.to_dict())
+        if changes:
+            raise QGNError(f"{run_dir} holds a demo run with other settings ({'; '.join(changes[:4])}); rerun with "
+                           "--overwrite to start afresh, or choose another --output-dir")
+        logger.info("continuing the demo run in %s (same settings)", run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise QGNError(f"{run_dir} holds files but no training state to continue; rerun with --overwrite to start "
+                       "afresh, or choose another --output-dir")
+    # Many distinct posts and few epochs rather than the reverse: with a small training set the tiny
+    # model memorises posts instead of learning where an entity's object is.
+    try:
+        generate_synthetic_benchmark(data_dir, num_train=train_posts, num_dev=DEMO_DEV_POSTS)
+    except QGNError:
+        raise QGNError(f"{data_dir} holds other files or a synthetic benchmark of another size (--train-posts?); "
+                       "rerun with --overwrite to start afresh, or choose another --output-dir") from None
     final = run_training(settings, run_dir, resume=resume, progress=progress)
 
     test_posts = read_dataset(str(data_dir), split="test", image_dir=str(Path(data_dir) / "images"))
@@ -145,6 +184,9 @@ def register(subparsers: Any) -> None:
                    help="override a setting of the shipped demo config, e.g. --set train.epochs=5")
     p.add_argument("--train-posts", type=int, default=DEMO_TRAIN_POSTS,
                    help=f"training posts to generate (default {DEMO_TRAIN_POSTS}; the goal is measured with it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --output-dir (deletes its run and data); without it, a finished or "
+                   "interrupted demo there is continued if its settings are the same, and refused if not")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=lambda args: run_demo(args.output_dir, args.overrides, not args.no_progress,
-                                              args.train_posts) and 0)
+                                              args.train_posts, args.overwrite) and 0)

@@ -107,6 +107,48 @@ def test_boundary_loss_by_hand(config):
     assert parts["loss_boundary"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_box_losses_by_hand_skip_box_less_targets(config):
+    # Two posts, 4 targets, 2 of them without a box (their zero boxes must not count, in the sum
+    # or in the denominator). Boxes in cxcywh.
+    out = random_outputs(2, 4, 5, C, seed=12)
+    out["pred_boxes"] = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.5, 0.5, 0.4, 0.2], [0.6, 0.6, 0.3, 0.3],
+                                       [0.2, 0.7, 0.2, 0.1]],
+                                      [[0.5, 0.4, 0.2, 0.4], [0.7, 0.7, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1],
+                                       [0.9, 0.9, 0.1, 0.1]]])
+    targets = [make_targets([0, 1], [0, 2], [1, 2], [[0.35, 0.3, 0.2, 0.3], [0, 0, 0, 0]], [True, False]),
+               make_targets([2, 3], [1, 3], [1, 4], [[0, 0, 0, 0], [0.5, 0.5, 0.4, 0.4]], [False, True])]
+    indices = [(torch.tensor([0, 2]), torch.tensor([0, 1])), (torch.tensor([1, 3]), torch.tensor([0, 1]))]
+    _, parts = SetCriterion(config)(out, targets, indices)
+    # pairs with a box: post 0 query 0 <-> (0.35, 0.3, 0.2, 0.3); post 1 query 3 <-> (0.5, 0.5, 0.4, 0.4)
+    l1 = (0.05 + 0 + 0 + 0.1) + (0.4 + 0.4 + 0.3 + 0.3)
+    # GIoU by hand in xyxy: [0.2,0.2,0.4,0.4] vs [0.25,0.15,0.45,0.45]: inter 0.15*0.2=0.03,
+    # union 0.04+0.06-0.03=0.07, hull 0.25*0.3=0.075; [0.85,0.85,0.95,0.95] vs [0.3,0.3,0.7,0.7]:
+    # inter 0, union 0.01+0.16=0.17, hull 0.65*0.65=0.4225.
+    giou_a = 0.03 / 0.07 - (0.075 - 0.07) / 0.075
+    giou_b = 0.0 - (0.4225 - 0.17) / 0.4225
+    assert parts["loss_l1"].item() == pytest.approx(l1 / 2, rel=1e-5)
+    assert parts["loss_giou"].item() == pytest.approx(((1 - giou_a) + (1 - giou_b)) / 2, rel=1e-5)
+
+
+def test_auxiliary_layers_add_their_own_losses(config):
+    # total(final + aux layers) = sum over layers of the loss of that layer alone, each matched
+    # on its own; and the logged parts are the final layer's.
+    layers = [random_outputs(2, 6, 7, C, seed=s) for s in (20, 21, 22)]
+    criterion = SetCriterion(config)
+    alone = [criterion(layer, two_posts())[0].item() for layer in layers]
+    assert len({round(v, 4) for v in alone}) == 3, "the layers must differ"
+    combined = {**layers[-1], "aux_outputs": layers[:-1]}
+    total, parts = criterion(combined, two_posts())
+    assert total.item() == pytest.approx(sum(alone), rel=1e-5)
+    final_only = criterion(layers[-1], two_posts())[1]
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx({k: v.item() for k, v in final_only.items()})
+    # each auxiliary layer is matched itself: a layer whose queries are permuted has the same loss
+    permuted = {k: v[:, torch.randperm(6, generator=torch.Generator().manual_seed(0))] if v.dim() == 3 else v
+                for k, v in layers[0].items()}
+    again = criterion({**layers[-1], "aux_outputs": [permuted, layers[1]]}, two_posts())[0]
+    assert again.item() == pytest.approx(sum(alone), rel=1e-5)
+
+
 def peaked_spans(out, spans):
     """Make query q decode ``spans[q]`` (inclusive start, end) by a wide margin."""
     for q, (start, end) in enumerate(spans):
@@ -330,3 +372,141 @@ def test_word_alignment_by_hand_and_padding_words_are_no_candidates(config):
     out["align_word_logits"][0, 4] = 50.0  # a padding word that "matches" everything changes nothing
     assert criterion(out, targets, indices)[1]["loss_align_words"].item() == pytest.approx(
         parts["loss_align_words"].item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- by-hand checks of the details
+def test_box_patches_match_a_plain_loop_on_off_centre_boxes():
+    # Boxes whose edges fall exactly on cell centres (inclusive), off-centre and non-square, one
+    # whose centre sits on the image border (its cell is the last one, not past the grid).
+    grid = 4
+    boxes = [[0.3125, 0.25, 0.375, 0.25],   # x in [0.125, 0.5], y in [0.125, 0.375]: edges on centres
+             [0.6, 0.3, 0.5, 0.1],          # wide and flat, right half
+             [0.2, 0.7, 0.1, 0.5],          # narrow and tall, left
+             [1.0, 1.0, 0.1, 0.1]]          # centre on the corner
+    t = make_targets([0] * 4, [0] * 4, [0] * 4, boxes, [True] * 4)
+    cells = SetCriterion.box_patches(t, grid, torch.device("cpu"))
+    for k, (cx, cy, w, h) in enumerate(boxes):
+        expected = set()
+        for r in range(grid):
+            for c in range(grid):
+                px, py = (c + 0.5) / grid, (r + 0.5) / grid
+                if cx - w / 2 <= px <= cx + w / 2 and cy - h / 2 <= py <= cy + h / 2:
+                    expected.add(r * grid + c)
+        expected.add(min(int(cy * grid), grid - 1) * grid + min(int(cx * grid), grid - 1))
+        assert set(cells[k].nonzero().flatten().tolist()) == expected, k
+    assert set(cells[0].nonzero().flatten().tolist()) == {0, 1, 4, 5}
+    # every edge exactly on a cell centre, cx != cy: x in [0.125, 0.625], y in [0.375, 0.875]
+    edges = make_targets([0], [0], [0], [[0.375, 0.625, 0.5, 0.5]], [True])
+    assert SetCriterion.box_patches(edges, grid, torch.device("cpu"))[0].nonzero().flatten().tolist() == [
+        4, 5, 6, 8, 9, 10, 12, 13, 14]
+
+
+def test_boundary_loss_by_hand_with_several_targets_a_one_word_post_and_no_mask(config):
+    out = random_outputs(2, 3, 4, C, seed=30)
+    out["word_mask"][1, 1:] = False  # post 1 has one word
+    targets = [make_targets([0, 1], [0, 2], [1, 3]), make_targets([2], [0], [0])]
+    indices = [(torch.tensor([2, 0]), torch.tensor([0, 1])), (torch.tensor([1]), torch.tensor([0]))]
+    _, parts = SetCriterion(config)(out, targets, indices)
+    expected = 0.0
+    for b, q, start, end in ((0, 2, 0, 1), (0, 0, 2, 3), (1, 1, 0, 0)):
+        n = int(out["word_mask"][b].sum())
+        for key, gold in (("start_logits", start), ("end_logits", end)):
+            expected += F.binary_cross_entropy_with_logits(out[key][b, q, :n],
+                                                           F.one_hot(torch.tensor(gold), n).float()).item()
+    assert parts["loss_boundary"].item() == pytest.approx(expected / 3, rel=1e-5)
+    # without a word_mask every position is a word: the same as an all-true mask (3 posts of 2
+    # queries: more posts than queries)
+    full = random_outputs(3, 2, 4, C, seed=31)
+    targets = [make_targets([0], [0], [1]), make_targets([2], [0], [0]), make_targets([1], [2], [3])]
+    indices = [(torch.tensor([1]), torch.tensor([0])), (torch.tensor([0]), torch.tensor([0])),
+               (torch.tensor([1]), torch.tensor([0]))]
+    with_mask = SetCriterion(config)(full, targets, indices)[1]["loss_boundary"]
+    del full["word_mask"]
+    assert SetCriterion(config)(full, targets, indices)[1]["loss_boundary"].item() == pytest.approx(with_mask.item())
+
+
+@pytest.mark.parametrize("switch, absent, present", [
+    ({"weight_ce": 0.0}, {"loss_ce"}, {"loss_boundary", "loss_l1", "loss_giou"}),
+    ({"weight_boundary": 0.0}, {"loss_boundary"}, {"loss_ce"}),
+    ({"weight_l1": 0.0}, set(), {"loss_giou", "loss_l1"}),  # the box losses run while either weighs
+    ({"weight_l1": 0.0, "weight_giou": 0.0}, {"loss_l1", "loss_giou"}, {"loss_ce"}),
+    ({"lambda_align": 0.0, "lambda_align_words": 0.0}, {"loss_align", "loss_align_words"}, {"loss_ce"}),
+])
+def test_each_weight_switches_exactly_its_loss(config, switch, absent, present):
+    out = random_outputs(2, 6, 7, C, seed=32)
+    out["align_logits"] = torch.randn(2, 7, 5)
+    out["align_word_logits"] = torch.randn(2, 8, 5)
+    base = {"lambda_align": 1.0, "lambda_align_words": 1.0}
+    _, parts = SetCriterion(config.replace(**{**base, **switch}))(out, two_posts())
+    assert not absent & set(parts) and present <= set(parts)
+    # outputs without boxes (a text-only head set) never ask for the region or no-target losses
+    text = {k: v for k, v in random_outputs(2, 6, 7, C, seed=33).items() if k not in ("pred_boxes", "notarget_logits")}
+    _, parts = SetCriterion(config)(text, two_posts())
+    assert not {"loss_l1", "loss_giou", "loss_nt", "loss_con"} & set(parts)
+
+
+def test_total_is_the_weighted_sum_of_every_part_alignment_included(config):
+    config = config.replace(lambda_align=0.7, lambda_align_words=0.3, lambda_nt=1.5, lambda_con=0.5)
+    out = random_outputs(2, 6, 7, C, seed=34)
+    out["align_logits"] = torch.randn(2, 7, 5)
+    out["align_word_logits"] = torch.randn(2, 8, 5)
+    total, parts = SetCriterion(config)(out, two_posts())
+    expected = (config.lambda_pred * parts["loss_pred"] + 1.5 * parts["loss_nt"] + 0.5 * parts["loss_con"]
+                + 0.7 * parts["loss_align"] + 0.3 * parts["loss_align_words"])
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_consistency_decodes_spans_over_real_words_and_needs_both_ends(config):
+    # 6 positions, the last two padding. Query 0's raw logits peak on padding word 5 for the end;
+    # over the real words its best span is the gold (1, 2). Query 1 shares only the start with the
+    # gold span (1, 3): it is in no group.
+    out = peaked_spans(random_outputs(1, 3, 6, C, seed=40), [(1, 2), (1, 3), (0, 0)])
+    out["word_mask"][0, 4:] = False
+    out["end_logits"][0, 0, 5] = 9.0
+    targets = [make_targets([0], [1], [2], [[0.4, 0.4, 0.2, 0.2]], [True])]
+    indices = [(torch.tensor([2]), torch.tensor([0]))]
+    _, parts = SetCriterion(config)(out, targets, indices)
+    logits = out["notarget_logits"][0]
+    assert parts["loss_con"].item() == pytest.approx(F.cross_entropy(logits[[0]], torch.tensor([0])).item(), rel=1e-5)
+
+
+def test_notarget_unmatched_weight_by_hand(config):
+    out = random_outputs(1, 4, 5, C, seed=41)
+    targets = [make_targets([0, 1], [0, 2], [1, 3], [[0.4, 0.4, 0.2, 0.2], [0, 0, 0, 0]], [True, False])]
+    indices = [(torch.tensor([1, 3]), torch.tensor([0, 1]))]
+    labels = torch.tensor([1, 0, 1, 1])  # matched 1 -> has target, matched 3 -> box-less, others none
+    ce = F.cross_entropy(out["notarget_logits"][0], labels, reduction="none")
+    for unmatched, expected_weight in ((None, config.no_entity_weight), (0.0, 0.0), (0.25, 0.25)):
+        weight = torch.tensor([expected_weight, 1.0, expected_weight, 1.0])
+        _, parts = SetCriterion(config.replace(notarget_unmatched_weight=unmatched))(out, targets, indices)
+        assert parts["loss_nt"].item() == pytest.approx(((ce * weight).sum() / weight.sum()).item(), rel=1e-5)
+
+
+def test_a_given_matcher_is_the_one_used(config):
+    calls = []
+
+    class Identity:
+        def __call__(self, outputs, targets):
+            calls.append(len(targets))
+            return [(torch.arange(len(t["labels"])), torch.arange(len(t["labels"]))) for t in targets]
+
+    SetCriterion(config, matcher=Identity())(random_outputs(2, 6, 7, C, seed=42), two_posts())
+    assert calls == [2]
+
+
+def test_word_alignment_of_a_box_less_entity_stops_at_its_last_word(config):
+    # Words 0 (box-less entity) and 1 (grounded entity in cell 3 of a 2x2 grid), word 2 padding:
+    # only word 0 goes to "no patch" (column 4). Rows: words 0-2 and "no word" (row 3).
+    targets = [make_targets([1, 0], [0, 1], [0, 1], [[0, 0, 0, 0], [0.75, 0.75, 0.1, 0.1]], [False, True])]
+    out = random_outputs(1, 2, 3, C, seed=43)
+    out["word_mask"][0, 2] = False
+    logits = torch.randn(1, 4, 5, generator=torch.Generator().manual_seed(44))
+    out["align_word_logits"] = logits
+    _, parts = SetCriterion(align_config(config))(out, targets, [(torch.tensor([0, 1]), torch.tensor([0, 1]))])
+    real = logits[0].clone()
+    real[2] = float("-inf")  # the padding word is no candidate
+    lse = torch.logsumexp
+    rows = (lse(real[0], 0) - real[0, 4]) + (lse(real[1], 0) - real[1, 3])
+    cols = sum(lse(real[:, c], 0) - real[3 if c < 3 else 1, c] for c in range(4))
+    expected = (rows / 2 + cols / 4) / 2
+    assert parts["loss_align_words"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -36,7 +36,8 @@ def test_two_processes_match_one(tmp_path):
     bench = generate_synthetic_benchmark(tmp_path / "data", num_train=32, num_dev=8, num_test=8, seed=5)
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
-        "model": {"preset": "tiny", "num_queries": 8},
+        # score_threshold 0: the seconds-old model predicts something, so the predictions are compared
+        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
         "data": {"path": str(bench), "image_dir": str(bench / "images"), "tokenizer": "words"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 4, "seed": 7},
     }))
@@ -53,11 +54,16 @@ def test_two_processes_match_one(tmp_path):
         for name, value in a["train"].items():
             # same global batches, gradients averaged over processes: equal up to float summation order
             assert b["train"][name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
+        assert a["dev"]["MNER"]["n_pred"] > 0
         for metric in ("GMNER", "MNER", "EEG"):
             assert b["dev"][metric]["n_gold"] == a["dev"][metric]["n_gold"]
+            assert (b["dev"][metric]["n_pred"], b["dev"][metric]["tp"]) == (a["dev"][metric]["n_pred"],
+                                                                            a["dev"][metric]["tp"]), metric
             assert b["dev"][metric]["f1"] == pytest.approx(a["dev"][metric]["f1"], abs=1e-6), metric
     final_one = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
     final_two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
     assert final_one["best_epoch"] == final_two["best_epoch"]
+    assert final_one["test"]["MNER"]["n_pred"] > 0
     for metric in ("GMNER", "MNER", "EEG"):
+        assert final_two["test"][metric]["n_pred"] == final_one["test"][metric]["n_pred"], metric
         assert final_two["test"][metric]["f1"] == pytest.approx(final_one["test"][metric]["f1"], abs=1e-6), metric

@@ -23,8 +23,10 @@ def bench(tmp_path_factory) -> Path:
 
 
 def tiny_settings(bench: Path, **train):
+    # score_threshold 0: a model trained for seconds is far from any confident span, and with the
+    # default 0.3 it predicts nothing, which would make every comparison of predictions below vacuous.
     raw = {
-        "model": {"preset": "tiny", "num_queries": 8},
+        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
         "data": {"path": str(bench), "image_dir": str(bench / "images"), "tokenizer": "words"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1, **train},
     }
@@ -43,6 +45,7 @@ def test_training_writes_run_and_lowers_loss(trained_run):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["train"]["loss"] < records[0]["train"]["loss"]
     assert all("GMNER" in r["dev"] for r in records)
+    assert all(r["dev"]["MNER"]["n_pred"] > 0 for r in records), "the model predicts (score_threshold 0)"
     final = json.loads((trained_run / "final_metrics.json").read_text())
     assert final["selected_on"] == "dev GMNER micro F1"
     assert set(final["test"]) == {"GMNER", "MNER", "EEG", "breakdown"}
@@ -58,33 +61,252 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(files[0]))
 
 
-def test_resume_after_interrupt_matches_uninterrupted(bench, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
-    run_training(tiny_settings(bench, checkpoint_every_steps=1), straight, progress=False)
+def _train_losses(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line)["train"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
+
+def _assert_same_run(straight: Path, resumed: Path) -> None:
+    """Same final weights and the same logged train losses, epoch by epoch, as the run never stopped."""
+    a, b = _checkpoint_weights(straight), _checkpoint_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    expected, got = _train_losses(straight), _train_losses(resumed)
+    assert len(got) == len(expected) == 2
+    for e, g in zip(expected, got):
+        assert g == pytest.approx(e, rel=1e-6), "the interrupted epoch logs the mean of all its batches"
+
+
+@pytest.fixture(scope="module")
+def straight_run(bench, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("straight")
+    run_training(tiny_settings(bench), run, progress=False)
+    return run
+
+
+def test_resume_after_interrupt_matches_uninterrupted(bench, straight_run, tmp_path, monkeypatch):
+    # No periodic checkpoint: only the save on Ctrl-C can hold the position inside epoch 2.
     interrupted = tmp_path / "interrupted"
     calls = {"n": 0}
     original = Trainer._loss
 
     def flaky_loss(self, batch):
         calls["n"] += 1
-        if calls["n"] == 6:  # mid-way through the second epoch (4 batches per epoch)
+        if calls["n"] == 7:  # the third batch of the second epoch (4 batches per epoch)
             raise KeyboardInterrupt
         return original(self, batch)
 
     monkeypatch.setattr(Trainer, "_loss", flaky_loss)
     with pytest.raises(KeyboardInterrupt):
-        run_training(tiny_settings(bench, checkpoint_every_steps=1), interrupted, progress=False)
+        run_training(tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0), interrupted,
+                     progress=False)
     monkeypatch.setattr(Trainer, "_loss", original)
     state = json.loads((interrupted / "checkpoint/trainer_state.json").read_text())
-    assert (state["epoch"], state["batches_done"]) == (1, 1)
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 2, 6)
+    assert state["running"]["count"] == 2
     assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    _assert_same_run(straight_run, interrupted)
 
-    a, b = _checkpoint_weights(straight), _checkpoint_weights(interrupted)
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    assert (interrupted / "metrics.jsonl").read_text().count("\n") == 2
+
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from qgn.engine import train
+
+save = train.Trainer._save_checkpoint
+
+def save_then_die(self):
+    save(self)
+    if self.state["global_step"] == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler runs, nothing more is written
+
+train.Trainer._save_checkpoint = save_then_die
+from qgn.cli import main
+sys.exit(main(["train", "--config", sys.argv[1], "--output-dir", sys.argv[2], "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize("periodic", [{"checkpoint_every_steps": 3, "checkpoint_every_minutes": 0},
+                                      {"checkpoint_every_steps": 0, "checkpoint_every_minutes": 1e-9}],
+                         ids=["every_steps", "every_minutes"])
+def test_resume_after_sigkill_matches_uninterrupted(bench, straight_run, tmp_path, periodic):
+    # A periodic checkpoint (by steps, or by time: here at once after every step), then SIGKILL
+    # right after the one at step 6 (inside epoch 2): only the periodic save can have kept the position.
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    tiny_settings(bench, **periodic).save(config)
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AFTER_CHECKPOINT)
+    killed = tmp_path / "killed"
+    done = subprocess.run([sys.executable, str(script), str(config), str(killed), "6"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert not (killed / "final_metrics.json").exists()
+    state = json.loads((killed / "checkpoint/trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 2, 6)
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
+    _assert_same_run(straight_run, killed)
+
+
+def test_best_checkpoint_is_the_best_dev_epoch_not_the_last(bench, tmp_path, monkeypatch):
+    # Scripted dev scores 10, 40, 20: the kept model must be epoch 2's weights.
+    scripted = iter([10.0, 40.0, 20.0])
+    weights_at_eval = []
+
+    def fake_evaluate(self, model, posts, loader, split):
+        weights_at_eval.append({k: v.detach().clone() for k, v in self.accelerator.unwrap_model(model).state_dict().items()})
+        f1 = next(scripted)
+        return {m: {"precision": f1, "recall": f1, "f1": f1, "tp": 0, "n_pred": 0, "n_gold": 0}
+                for m in ("GMNER", "MNER", "EEG")}
+
+    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    run = tmp_path / "run"
+    final = run_training(tiny_settings(bench, epochs=3), run, progress=False)
+    assert final["best_epoch"] == 2
+    assert json.loads((run / "checkpoint/trainer_state.json").read_text())["best_epoch"] == 2
+    best = load_file(str(run / "best" / "model.safetensors"))
+    differs = 0
+    for name, value in best.items():
+        torch.testing.assert_close(value, weights_at_eval[1][name], rtol=0, atol=0, msg=name)
+        differs += not torch.equal(value, weights_at_eval[2][name])
+    assert differs, "epochs 2 and 3 must have different weights for the test to mean anything"
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_corrupt_checkpoint_files_are_named(bench, trained_run, tmp_path, capsys):
+    import qgn
+
+    run = _copy_run(trained_run, tmp_path / "run")
+    _truncate(run / "best" / "model.safetensors")
+    with pytest.raises(QGNError, match=r"best/model.safetensors is corrupt or truncated"):
+        qgn.load(run / "best")
+    assert main(["predict", "--checkpoint", str(run / "best"), "--text", "Paris"]) == 2
+    assert "model.safetensors is corrupt or truncated" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(run / "best"), "--data", str(bench), "--image-dir",
+                 str(bench / "images")]) == 2
+    assert "model.safetensors is corrupt or truncated" in capsys.readouterr().err
+    # resume: the training state's files, then best/, are checked before any epoch runs
+    state = json.loads((run / "checkpoint/trainer_state.json").read_text())
+    state["epoch"] = 2  # one epoch left to run
+    (run / "checkpoint/trainer_state.json").write_text(json.dumps(state))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "best/model.safetensors is corrupt or truncated" in capsys.readouterr().err
+    for name in ("optimizer.bin", "model.safetensors"):
+        broken = _copy_run(trained_run, tmp_path / f"broken-{name}")
+        target = next((broken / "checkpoint").glob(name.replace(".", "*.")))
+        _truncate(target)
+        assert main(["train", "--resume", str(broken), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume: the training state is unreadable" in err and str(target) in err, err
+
+
+def test_a_best_model_that_does_not_load_never_replaces_the_previous_one(trained_run, tmp_path, monkeypatch):
+    from qgn.engine.settings import load_run_file
+    from qgn.modeling import QGNModel
+
+    run = _copy_run(trained_run, tmp_path / "run")
+    before = (run / "best" / "model.safetensors").read_bytes()
+    trainer = Trainer(settings_from_dict(load_run_file(str(run / "config.yaml"))), run, resume=True, progress=False)
+    save = QGNModel.save_pretrained
+
+    def short_write(self, folder, **kwargs):  # a full disk: the weights file comes out short
+        save(self, folder, **kwargs)
+        _truncate(Path(folder) / "model.safetensors")
+
+    monkeypatch.setattr(QGNModel, "save_pretrained", short_write)
+    with pytest.raises(QGNError, match="corrupt or truncated"):
+        trainer._save_model(run / "best")
+    assert (run / "best" / "model.safetensors").read_bytes() == before
+    QGNModel.from_pretrained(run / "best")
+
+
+def test_bad_settings_and_devices_are_one_clear_line(bench, trained_run, tmp_path, capsys):
+    for setting, message in (("train.epochs=abc", "train.epochs must be int, got 'abc'"),
+                             ("train.epochs=0", "train.epochs must be at least 1"),
+                             ("train.lr=fast", "train.lr must be float")):
+        assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--set", setting]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "demo").exists(), "a bad setting fails before any work"
+    if not torch.cuda.is_available():
+        assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--device", "cuda"]) == 2
+        assert "no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
+
+
+def test_broken_pipe_ends_quietly(trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    # `qgn predict ... | head -c 1`: the reader leaves early; no BrokenPipeError traceback
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps({"id": str(i), "text": "Anna in Paris " * 20}) + "\n" for i in range(300)))
+    cmd = f"{sys.executable} -m qgn.cli predict --checkpoint {trained_run / 'best'} --input {posts} " \
+          "--score-threshold 0 | head -c 1"
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr[-2000:]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(trained_run, tmp_path, monkeypatch, capsys):
+    run = _copy_run(trained_run, tmp_path / "run")
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip().endswith("qgn train: interrupted")
+
+
+def test_posts_skipped_for_missing_images_are_counted_in_the_results(bench, tmp_path, capsys):
+    import shutil
+
+    from qgn.data import read_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(bench, data)
+    test = read_dataset(str(data), split="test")
+    gone = next(p for p in test if p.entities)
+    (data / "images" / f"{gone.id}.jpg").unlink()
+    config = tmp_path / "run.yaml"
+    settings = tiny_settings(data, epochs=1, tune_thresholds=False)
+    settings.data.image_dir, settings.data.missing_images = str(data / "images"), "skip"
+    settings.save(config)
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["skipped_for_missing_images"]["test"] == {"posts": 1, "entities": len(gone.entities)}
+    assert final["skipped_for_missing_images"]["dev"] == {"posts": 0, "entities": 0}
+    assert final["test"]["MNER"]["n_gold"] == sum(len(p.entities) for p in test) - len(gone.entities)
+    assert f"test skipped 1 posts without a usable image ({len(gone.entities)} gold entities)" in printed
+
+
+def test_relative_data_paths_are_stored_absolute_and_resume_from_elsewhere(bench, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    shutil.copytree(bench, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_settings(Path("data"), epochs=1, tune_thresholds=False)
+    settings.data.image_dir = "data/images"
+    run_training(settings, "run", progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert saved["path"] == str(tmp_path / "data") and saved["image_dir"] == str(tmp_path / "data" / "images")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
 
 
 def test_existing_run_is_not_overwritten(bench, trained_run):
@@ -100,8 +322,25 @@ def test_evaluate_checkpoint_matches_standalone_scorer(bench, trained_run, tmp_p
     from_model = json.loads(capsys.readouterr().out)
     assert main(["evaluate", "--pred", str(preds), *common]) == 0
     from_file = json.loads(capsys.readouterr().out)
+    assert from_model["GMNER"]["n_pred"] > 0, "the comparison needs predictions"
     for metric in ("GMNER", "MNER", "EEG"):
         assert from_model[metric] == from_file[metric]
+
+
+def test_evaluate_checkpoint_never_falls_back_to_blank_images_silently(bench, trained_run, tmp_path, capsys):
+    common = ["evaluate", "--checkpoint", str(trained_run / "best"), "--data", str(bench), "--split", "test"]
+    assert main(common) == 2
+    assert "is an image model: give --image-dir DIR" in capsys.readouterr().err
+    assert main([*common, "--no-images", "--json", "--pred-out", str(tmp_path / "blank.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == "none"
+    assert main([*common, "--no-images"]) == 0
+    assert "images: none (--no-images)" in capsys.readouterr().out
+    assert main([*common, "--image-dir", str(bench / "images"), "--json", "--pred-out", str(tmp_path / "seen.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == "images"
+    # the blank run really ran on other pixels: the boxes differ
+    boxes = lambda name: [e["box"] for line in (tmp_path / name).read_text().splitlines()  # noqa: E731
+                          for e in json.loads(line)["entities"]]
+    assert boxes("blank.jsonl") != boxes("seen.jsonl")
 
 
 def test_thresholds_chosen_on_dev_are_stored_in_the_checkpoint_and_used(bench, trained_run, tmp_path, capsys):
@@ -110,7 +349,8 @@ def test_thresholds_chosen_on_dev_are_stored_in_the_checkpoint_and_used(bench, t
 
     final = json.loads((trained_run / "final_metrics.json").read_text())
     chosen, default = final["thresholds"]["chosen"], final["thresholds"]["default"]
-    assert set(chosen) == set(THRESHOLD_FIELDS) and default == {"score_threshold": 0.3, "no_target_threshold": 0.5,
+    # the run's own settings are the defaults (tiny_settings sets score_threshold 0)
+    assert set(chosen) == set(THRESHOLD_FIELDS) and default == {"score_threshold": 0.0, "no_target_threshold": 0.5,
                                                                 "remove_overlaps": False}
     assert current_thresholds(QGNConfig.load(trained_run / "best" / "config.json")) == chosen
     # never worse on dev than the defaults (they are in the search and win ties)
@@ -119,6 +359,7 @@ def test_thresholds_chosen_on_dev_are_stored_in_the_checkpoint_and_used(bench, t
     assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--image-dir", str(bench / "images"),
                  "--data", str(bench), "--split", "test", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert final["test"]["GMNER"]["n_pred"] > 0, "the comparison needs predictions"
     for metric in ("GMNER", "MNER", "EEG"):
         assert report[metric]["n_pred"] == final["test"][metric]["n_pred"]
         assert report[metric]["tp"] == final["test"][metric]["tp"]
@@ -224,12 +465,69 @@ def test_predict_api_and_cli_follow_schema(bench, trained_run, tmp_path, capsys)
     batch.write_text(json.dumps({"id": "a", "text": text, "image": str(image)}) + "\n"
                      + json.dumps({"id": "b", "text": "Paris"}) + "\n")
     out = tmp_path / "out.jsonl"
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(out)]) == 0
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(out),
+                 "--score-threshold", "0"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"]
+    # batched, each post gets what it gets alone (padding and batching change nothing)
+    assert rows[0]["entities"] == entities
+    alone = predictor.predict(None, "Paris")
+    assert alone and rows[1]["entities"] == alone
+    assert all(e["box"] is None for e in alone), "no image, no box"
 
 
-def test_predict_rejects_bad_input(trained_run, tmp_path):
+def test_predict_with_tokens_scores_like_evaluate_checkpoint(bench, trained_run, tmp_path, capsys):
+    from qgn.data import read_dataset
+
+    posts = read_dataset(str(bench), split="test", image_dir=str(bench / "images"))
+    batch = tmp_path / "test.jsonl"
+    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n"
+                             for p in posts))
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output",
+                 str(preds)]) == 0
+    assert main(["evaluate", "--pred", str(preds), "--data", str(bench), "--split", "test", "--json"]) == 0
+    from_predict = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--data", str(bench), "--split", "test",
+                 "--image-dir", str(bench / "images"), "--json"]) == 0
+    from_checkpoint = json.loads(capsys.readouterr().out)
+    assert from_checkpoint["GMNER"]["n_pred"] > 0
+    for metric in ("GMNER", "MNER", "EEG"):
+        assert from_predict[metric] == from_checkpoint[metric], metric
+    row = json.loads(preds.read_text().splitlines()[0])
+    for e in row["entities"]:
+        assert e["text"] == " ".join(posts[0].tokens[e["start"]:e["end"]])
+
+
+def test_predict_input_bad_lines_are_named_and_the_rest_written(bench, trained_run, tmp_path, capsys):
+    image = next((bench / "images").glob("*.jpg"))
+    lines = [{"id": "a", "text": "Anna in Paris", "image": str(image)},
+             {"id": "b", "text": "   "},
+             {"id": "c", "text": "Paris", "image": "missing.jpg"},
+             "not json",
+             {"id": "d", "tokens": ["Blue", "Comets"]},
+             {"id": "e", "tokens": "Blue Comets"}]
+    batch = tmp_path / "posts.jsonl"
+    batch.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output",
+                 str(out)]) == 1
+    err = capsys.readouterr().err
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "d"]
+    for number, words in ((2, "empty text"), (3, "not found"), (4, "not valid JSON"), (6, "tokens must be")):
+        assert f"posts.jsonl:{number}: " in err and words in err, (number, err)
+    assert "4 lines failed" in err
+    batch.write_text(json.dumps({"id": "a", "text": "x"}) + "\n" + json.dumps({"id": "a", "text": "y"}) + "\n")
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch)]) == 2
+    assert "posts.jsonl:2: id 'a' repeats the post of line 1" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--draw", "x.png"]) == 2
+    assert "--draw and --image are for one post" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--image", str(image),
+                 "--draw", str(tmp_path / "picture")]) == 2
+    assert "ending in .png or .jpg" in capsys.readouterr().err
+
+
+def test_predict_rejects_bad_input(trained_run, tmp_path, caplog):
     import qgn
 
     predictor = qgn.load(trained_run / "best")
@@ -242,10 +540,15 @@ def test_predict_rejects_bad_input(trained_run, tmp_path):
     with pytest.raises(QGNError, match="not found"):
         predictor.predict(str(tmp_path / "missing.jpg"), "Paris")
     long_text = " ".join(["Paris"] * 500)
-    assert isinstance(predictor.predict(None, long_text), list)  # truncated with a warning, not an error
+    with caplog.at_level("WARNING"):
+        entities = qgn.load(trained_run / "best", score_threshold=0.0).predict(None, long_text)
+    # truncated with a warning, not an error; what is predicted lies in the words that were kept
+    assert "longer than max_text_length" in caplog.text and "truncated" in caplog.text
+    assert entities and all(0 <= e["start"] < e["end"] <= 500 for e in entities)
+    assert all(long_text[e["char_start"]:e["char_end"]] == e["text"] for e in entities)
 
 
-def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys):
+def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys, caplog):
     """`qgn demo` at toy size: data, training, test table, text-only baseline, picture, result file."""
     from PIL import Image
 
@@ -266,3 +569,22 @@ def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys):
     assert result["qgn"]["GMNER"]["n_gold"] == len(entities)
     with Image.open(out / "predictions.png") as picture:
         assert picture.width > 64 and picture.height > 64
+
+    # Re-runs: the same settings continue (nothing left to train), other settings are refused with
+    # the flag that helps, and --overwrite starts afresh with the new settings.
+    common = ["demo", "--output-dir", str(out), "--train-posts", "48", "--no-progress"]
+    caplog.set_level("INFO")
+    assert main([*common, "--set", "train.epochs=1"]) == 0
+    assert "continuing the demo run" in caplog.text
+    assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert main([*common, "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (train.epochs: 1 -> 2)" in err and "--overwrite" in err and "overwrite=True" not in err
+    assert main([*common[:4], "40", *common[5:], "--set", "train.epochs=1"]) == 2
+    assert "rerun with --overwrite" in capsys.readouterr().err
+    assert main([*common, "--set", "train.epochs=2", "--overwrite"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    import yaml
+
+    assert yaml.safe_load((out / "run" / "config.yaml").read_text())["train"]["epochs"] == 2

@@ -187,6 +187,58 @@ def test_box_cost_decides_when_targets_have_boxes(config):
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 2, 2: 0}
 
 
+def test_type_cost_decides_when_spans_and_boxes_are_equal(config):
+    # Three targets with one span and one box that differ only by type; each query is confident of
+    # one type. Only the type term can pair them, and the right pairing is not the identity (the
+    # order scipy falls back to when every cost is equal).
+    out = random_outputs(1, 3, 4, 4, seed=9)
+    out["start_logits"].zero_()
+    out["end_logits"].zero_()
+    out["type_logits"].zero_()
+    out["pred_boxes"][:] = torch.tensor([0.5, 0.5, 0.2, 0.2])
+    for q, label in enumerate((2, 0, 1)):
+        out["type_logits"][0, q, label] = BIG
+    targets = [make_targets([0, 1, 2], [1, 1, 1], [2, 2, 2], [[0.5, 0.5, 0.2, 0.2]] * 3, [True] * 3)]
+    (rows, cols), = HungarianMatcher(config)(out, targets)
+    assert dict(zip(rows.tolist(), cols.tolist())) == {0: 2, 1: 0, 2: 1}
+
+
+def hand_cost(config: QGNConfig, out: dict, target: dict, q: int, j: int) -> float:
+    """The matching cost of query q for target j, written out from the definition."""
+    c = -config.cost_class * out["type_logits"][0, q].softmax(-1)[target["labels"][j]].item()
+    c -= config.cost_span * (out["start_logits"][0, q].softmax(-1)[target["start"][j]].item()
+                             + out["end_logits"][0, q].softmax(-1)[target["end"][j]].item())
+    if not target["has_box"][j]:
+        return c + config.cost_no_box
+    box, gold = out["pred_boxes"][0, q].tolist(), target["boxes"][j].tolist()
+    xyxy = lambda b: [b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2]  # noqa: E731
+    return c + config.cost_l1 * sum(abs(a - b) for a, b in zip(box, gold)) - config.cost_giou * brute_iou_giou(
+        xyxy(box), xyxy(gold))[1]
+
+
+@pytest.mark.parametrize("only", [None, "cost_class", "cost_span", "cost_l1", "cost_giou"])
+def test_assignment_is_the_brute_force_optimum_of_the_hand_cost(only):
+    # Each term alone (the others at 0), and all together: the matcher's pairs must be the
+    # cheapest of all 4P3 assignments under the cost written out by hand.
+    weights = {"cost_class": 1.0, "cost_span": 1.0, "cost_l1": 1.0, "cost_giou": 1.0}
+    if only:
+        weights = {k: (1.0 if k == only else 0.0) for k in weights}
+    config = QGNConfig.tiny(**weights)
+    g = torch.Generator().manual_seed(11)
+    target = make_targets([1, 3, 0], [0, 2, 4], [1, 3, 4], (torch.rand(3, 4, generator=g) * 0.4 + 0.1).tolist(),
+                          [True, True, True] if only in ("cost_l1", "cost_giou") else [True, False, True])
+    for seed in range(5):
+        out = random_outputs(1, 4, 6, 4, seed=100 + seed)
+        out = {k: v * 3 if k.endswith("logits") else v for k, v in out.items()}  # peakier: the terms differ
+        costs = {perm: sum(hand_cost(config, out, target, q, j) for j, q in enumerate(perm))
+                 for perm in itertools.permutations(range(4), 3)}
+        best = min(costs.values())
+        assert sorted(costs.values())[1] - best > 1e-4, "the example must have one optimum"
+        (rows, cols), = HungarianMatcher(config)(out, [target])
+        chosen = tuple(dict(zip(cols.tolist(), rows.tolist()))[j] for j in range(3))
+        assert costs[chosen] == pytest.approx(best, abs=1e-5), (only, seed)
+
+
 def test_text_only_outputs_and_more_targets_than_queries(config):
     out = random_outputs(1, 2, 5, 4, seed=7, boxes=False)
     (rows, cols), = HungarianMatcher(config)(out, [make_targets([0, 1, 2], [0, 1, 2], [0, 1, 2])])

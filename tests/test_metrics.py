@@ -1,6 +1,6 @@
 """The reference scorer (qgn.metrics), the prediction file format and ``qgn evaluate --pred``.
 
-Worked examples are those of the data notes, section 4.5, computed by hand.
+Worked examples are those of docs/evaluation.md ("Worked examples"), computed by hand.
 """
 
 from __future__ import annotations
@@ -62,6 +62,17 @@ def test_example_2_iou_exactly_half_counts_and_box_on_ungroundable_is_wrong():
     assert score([example_post()], preds, iou_threshold=0.51).gmner.tp == 0
 
 
+def test_default_iou_threshold_is_one_half():
+    # IoU (0,0,10,10) vs (0,0,10,25) = 100/250 = 0.4: a miss at the default threshold of 0.5,
+    # a hit only if the threshold is lowered explicitly.
+    assert box_iou_xyxy((0, 0, 10, 25), (0, 0, 10, 10)) == pytest.approx(0.4)
+    preds = {"t1": [Prediction(0, 2, "PER", (0, 0, 10, 25)), Prediction(5, 6, "ORG")]}
+    report = score([example_post()], preds)
+    assert rows(report, "GMNER") == (1, 2, 2) and rows(report, "EEG") == (1, 2, 2)
+    assert rows(report, "MNER") == (2, 2, 2)
+    assert score([example_post()], preds, iou_threshold=0.4).gmner.tp == 2
+
+
 def test_example_3_wrong_type_right_box():
     report = score([example_post()], {"t1": [Prediction(0, 2, "ORG", (50, 50, 60, 60))]})
     assert rows(report, "GMNER") == (0, 1, 2)
@@ -83,7 +94,7 @@ def test_example_4_duplicate_prediction_is_a_false_positive():
     for metric in ("GMNER", "MNER", "EEG"):
         assert rows(report, metric) == (1, 2, 1)
     assert report.gmner.precision == 50.0 and report.gmner.recall == 100.0
-    # With the example's two golds (only A predicted, twice) P = R = 50 as in the notes.
+    # With the example's two golds (only A predicted, twice) P = R = 50 as in docs/evaluation.md.
     report = score([example_post()], {"t1": [Prediction(0, 2, "PER", box), Prediction(0, 2, "PER", box)]})
     assert rows(report, "GMNER") == (1, 2, 2)
     assert (report.gmner.precision, report.gmner.recall) == (50.0, 50.0)
@@ -346,13 +357,6 @@ def test_scores_are_bounded_and_order_free(data, match_by, rng):
 
 
 # ----------------------------------------------------------------------------- CLI
-def _reader_or_skip():
-    try:
-        from qgn.data import read_dataset  # noqa: F401
-    except ImportError:
-        pytest.skip("qgn.data.read_dataset is not written yet")
-
-
 def _xml(width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
     body = "".join(
         f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
@@ -381,7 +385,6 @@ def write_tiny_dataset(root: Path) -> Path:
 
 
 def test_cli_evaluate_pred_json(tmp_path, capsys, caplog):
-    _reader_or_skip()
     from qgn.cli import main
 
     data = write_tiny_dataset(tmp_path / "data")
@@ -406,6 +409,19 @@ def test_cli_evaluate_pred_json(tmp_path, capsys, caplog):
     assert "GMNER per type" in table and "MNER per type" in table
 
 
+def test_cli_evaluate_default_iou_is_one_half(tmp_path, capsys):
+    from qgn.cli import main
+
+    data = write_tiny_dataset(tmp_path / "data")
+    pred = tmp_path / "pred.jsonl"
+    # IoU with the gold box (0, 0, 20, 20) is 400 / 1000 = 0.4
+    write_predictions({"O_5": [Prediction(0, 2, "ORG", (0, 0, 20, 50))]}, pred)
+    assert main(["evaluate", "--data", str(data), "--pred", str(pred), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["GMNER"]["tp"] == 0
+    assert main(["evaluate", "--data", str(data), "--pred", str(pred), "--json", "--iou-threshold", "0.4"]) == 0
+    assert json.loads(capsys.readouterr().out)["GMNER"]["tp"] == 1
+
+
 def test_cli_evaluate_errors(tmp_path, capsys):
     from qgn.cli import main
 
@@ -414,7 +430,6 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     # a folder without config.json is not a checkpoint: one clear line, exit code 2
     assert main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(tmp_path)]) == 2
     assert "is not a QGN checkpoint" in capsys.readouterr().err
-    _reader_or_skip()
     data = write_tiny_dataset(tmp_path / "data")
     pred = tmp_path / "pred.jsonl"
     pred.write_text('{"id": "71044", "entities": [{"start": 0, "end": 1, "type": "MISC", "box": null}]}\n')
@@ -427,16 +442,257 @@ def test_real_test_split_text_only_baseline(tmp_path):
     root = SHARED / "datasets" / "twitter-gmner" / "Twitter10000_v2.0"
     if not root.is_dir():
         pytest.skip(f"Twitter-GMNER v2.0 not found at {root}")
-    _reader_or_skip()
     from qgn.data import read_dataset
 
     posts = read_dataset(str(root), split="test")
     baseline = {p.id: [Prediction(e.start, e.end, e.type, None) for e in p.entities] for p in posts}
     report = score(posts, baseline)
     assert rows(report, "MNER") == (2543, 2543, 2543)
-    assert rows(report, "GMNER") == (1497, 2543, 2543)  # 1,497 ungroundable test entities (notes 2.1)
+    assert rows(report, "GMNER") == (1497, 2543, 2543)  # 1,497 ungroundable test entities (docs/data.md)
     assert rows(report, "EEG") == (1497, 2543, 2543)
     perfect = {p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None) for e in p.entities]
                for p in posts}
     write_predictions(perfect, tmp_path / "gold.jsonl")
     assert score(posts, read_predictions(tmp_path / "gold.jsonl")).gmner.f1 == 100.0
+
+
+# ----------------------------------------------------------------------------- breakdown, bounds, tables
+def breakdown_posts():
+    """Two posts with one gold entity in each breakdown category, counted by hand."""
+    a = Post("a", ["w"] * 10, [Entity(0, 1, "PER", [(0, 0, 10, 10)]),      # correct
+                               Entity(1, 2, "LOC"),                        # missed
+                               Entity(2, 3, "ORG", [(0, 0, 10, 10)]),      # wrong type
+                               Entity(3, 4, "PER", [(0, 0, 10, 10)])],     # grounded, no box
+             image_size=(100, 100))
+    b = Post("b", ["w"] * 10, [Entity(0, 2, "PER", [(50, 50, 60, 60)]),    # grounded, IoU < 0.5
+                               Entity(4, 5, "OTHER"),                      # box-less, with a box
+                               Entity(6, 7, "LOC")],                       # correct (none)
+             image_size=(100, 100))
+    preds = {"a": [Prediction(0, 1, "PER", (1, 1, 10, 10)), Prediction(2, 3, "PER", (0, 0, 10, 10)),
+                   Prediction(3, 4, "PER"), Prediction(8, 9, "LOC")],      # the last: spurious
+             "b": [Prediction(0, 2, "PER", (50, 50, 58, 70)), Prediction(4, 5, "OTHER", (0, 0, 5, 5)),
+                   Prediction(6, 7, "LOC"), Prediction(7, 9, "ORG"), Prediction(7, 9, "ORG")]}  # 2 spurious
+    return [a, b], preds
+
+
+def test_breakdown_counts_and_shares_by_hand():
+    posts, preds = breakdown_posts()
+    report = score(posts, preds)
+    expected = {"correct": 2, "missed": 1, "wrong_type": 1, "grounded_without_box": 1, "grounded_wrong_box": 1,
+                "boxless_with_box": 1, "spurious": 3}
+    assert report.breakdown == expected
+    assert rows(report, "GMNER") == (2, 9, 7)
+    shares = report.breakdown_rows()
+    assert shares["missed"] == {"count": 1, "share": pytest.approx(100 / 7)}
+    assert shares["spurious"] == {"count": 3, "share": pytest.approx(100 * 3 / 9)}
+    assert report.to_dict()["breakdown"] == shares
+    # the gold categories partition the gold entities
+    assert sum(v for k, v in expected.items() if k != "spurious") == report.gmner.n_gold
+    # order-free and per-post additive
+    alone = [score([p], {p.id: preds[p.id]}).breakdown for p in posts]
+    assert {k: alone[0][k] + alone[1][k] for k in expected} == expected
+    # no predictions at all: every gold entity is missed, shares of an empty #pred are 0
+    nothing = score(posts, {})
+    assert nothing.breakdown == {**{k: 0 for k in expected}, "missed": 7}
+    assert nothing.breakdown_rows()["spurious"] == {"count": 0, "share": 0.0}
+
+
+def test_breakdown_with_string_matching_and_a_threshold():
+    posts, preds = breakdown_posts()
+    # at IoU 0.3 the IoU-0.4 box counts: grounded_wrong_box becomes correct
+    # ((50,50,58,70) vs (50,50,60,60): 80 / 200 = 0.4)
+    assert score(posts, preds, iou_threshold=0.3).breakdown["grounded_wrong_box"] == 0
+    assert score(posts, preds, iou_threshold=0.3).breakdown["correct"] == 3
+    named = [Post("s", ["Blue", "Comets", "and", "Blue", "Comets"], [Entity(0, 2, "ORG")])]
+    by_string = score(named, {"s": [Prediction(3, 5, "ORG")]}, match_by="string")
+    assert by_string.breakdown["correct"] == 1 and by_string.breakdown["spurious"] == 0
+    by_span = score(named, {"s": [Prediction(3, 5, "ORG")]})
+    assert by_span.breakdown["missed"] == 1 and by_span.breakdown["spurious"] == 1
+
+
+@pytest.mark.parametrize("threshold, ok", [(0.0, True), (1.0, True), (-0.01, False), (1.01, False)])
+def test_iou_threshold_bounds_are_inclusive(threshold, ok):
+    if ok:
+        assert score([example_post()], {}, iou_threshold=threshold).iou_threshold == threshold
+    else:
+        with pytest.raises(QGNError, match=r"iou_threshold must be in \[0, 1\]"):
+            score([example_post()], {}, iou_threshold=threshold)
+
+
+def test_unknown_prediction_ids_are_listed_up_to_five():
+    gold = [example_post()]
+    with pytest.raises(DataError) as err:
+        score(gold, {f"x{i}": [] for i in range(5)})
+    assert str(err.value) == "predictions for 5 post id(s) not in the gold set: 'x0', 'x1', 'x2', 'x3', 'x4'"
+    with pytest.raises(DataError) as err:
+        score(gold, {f"x{i}": [] for i in range(6)})
+    assert str(err.value) == "predictions for 6 post id(s) not in the gold set: 'x0', 'x1', 'x2', 'x3', 'x4' ..."
+
+
+def test_fmnerg_coarse_counts_sum_over_posts_and_use_the_map():
+    fine_to_coarse = {"city": "location", "athlete": "person", "country": "location"}
+    posts = [Post("p1", ["w"] * 4, [Entity(0, 1, "city"), Entity(1, 2, "athlete")]),
+             Post("p2", ["w"] * 4, [Entity(0, 1, "country"), Entity(2, 3, "city")])]
+    preds = {"p1": [Prediction(0, 1, "city"), Prediction(1, 2, "athlete")],
+             "p2": [Prediction(0, 1, "country"), Prediction(2, 3, "athlete")]}
+    report = score(posts, preds, fine_to_coarse=fine_to_coarse)
+    loc, per = report.fmnerg_coarse["location"], report.fmnerg_coarse["person"]
+    assert (loc.tp, loc.n_gold) == (2, 3) and (per.tp, per.n_gold) == (1, 1)
+    assert (report.fmnerg_fine["city"].tp, report.fmnerg_fine["city"].n_gold) == (1, 2)
+    with pytest.raises(DataError, match="post 'q': gold fine type 'mayor' has no coarse category"):
+        score([Post("q", ["w"], [Entity(0, 1, "mayor")])], {}, fine_to_coarse=fine_to_coarse)
+
+
+def test_table_layout_exactly():
+    posts, preds = breakdown_posts()
+    table = score(posts, preds).format_table(per_type=False)
+    expected = "\n".join([
+        "2 posts (0 without predictions), IoU >= 0.5, matched by span, micro-averaged",
+        "metric       P       R      F1      TP   #pred   #gold",
+        "GMNER    22.22   28.57   25.00       2       9       7",
+        "MNER     55.56   71.43   62.50       5       9       7",
+        "EEG      33.33   42.86   37.50       3       9       7",
+        "",
+        "where GMNER is lost                        count    share",
+        "correct (span, type and region)                2   28.57% of #gold",
+        "missed: no prediction with the span            1   14.29% of #gold",
+        "found with the wrong type                      1   14.29% of #gold",
+        "grounded entity predicted without a box        1   14.29% of #gold",
+        "grounded entity, box IoU below threshold       1   14.29% of #gold",
+        "box-less entity predicted with a box           1   14.29% of #gold",
+        "spurious: span of no gold entity               3   33.33% of #pred",
+    ])
+    assert table == expected
+    per_type = "\n".join([
+        "",
+        "GMNER per type       P       R      F1      TP   #pred   #gold",
+        "LOC              50.00   50.00   50.00       1       2       2",
+        "ORG               0.00    0.00    0.00       0       2       1",
+        "OTHER             0.00    0.00    0.00       0       1       1",
+        "PER              25.00   33.33   28.57       1       4       3",
+        "(macro F1 over these types: 19.64; not the headline)",
+        "",
+        "MNER per type       P       R      F1      TP   #pred   #gold",
+        "LOC             50.00   50.00   50.00       1       2       2",
+        "ORG              0.00    0.00    0.00       0       2       1",
+        "OTHER          100.00  100.00  100.00       1       1       1",
+        "PER             75.00  100.00   85.71       3       4       3",
+        "(macro F1 over these types: 58.93; not the headline)",
+    ])
+    assert score(posts, preds).format_table() == expected + "\n" + per_type
+    assert score(posts, preds).macro_f1("MNER") == pytest.approx((50 + 0 + 100 + 600 / 7) / 4)
+
+
+def test_box_edge_cases_and_score_fields(tmp_path):
+    # zero-area boxes are well formed (they just never hit); only reversed corners are refused
+    for box in ((5, 0, 5, 10), (0, 5, 10, 5)):
+        assert score([example_post()], {"t1": [Prediction(0, 2, "PER", box)]}).gmner.tp == 0
+    for box in ((5, 0, 4, 10), (0, 5, 10, 4)):
+        with pytest.raises(DataError, match="x2 < x1 or y2 < y1"):
+            score([example_post()], {"t1": [Prediction(0, 2, "PER", box)]})
+    # IoU: overlapping on one axis and touching on the other is no overlap
+    assert box_iou_xyxy((0, 0, 10, 10), (5, 10, 15, 20)) == 0.0
+    assert box_iou_xyxy((0, 0, 10, 10), (10, 5, 20, 8)) == 0.0
+    assert box_iou_xyxy((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 175)
+    path = tmp_path / "p.jsonl"
+    for bad in ('"0.9"', "true", '"nan"'):
+        path.write_text('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": '
+                        + bad + "}]}\n")
+        with pytest.raises(DataError, match=r"p.jsonl:1: post 't1', entity 0: 'score' must be a number or null"):
+            read_predictions(path)
+    path.write_text('{"id": "t1", "entities": [{"start": 0, "type": "PER"}]}\n')
+    with pytest.raises(DataError, match=r"entity 0: missing key\(s\) end, box \(box may be null, not absent\)"):
+        read_predictions(path)
+
+
+def test_written_prediction_files_are_utf8_and_make_their_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "pred.jsonl"
+    write_predictions({"café": [Prediction(0, 1, "PER", (0.0, 0.0, 1.0, 1.0), 0.5)]}, path)
+    raw = path.read_bytes()
+    assert "café".encode("utf-8") in raw  # written as UTF-8, not \\u escapes
+    assert read_predictions(path) == {"café": [Prediction(0, 1, "PER", (0.0, 0.0, 1.0, 1.0), 0.5)]}
+
+
+def test_string_matching_with_shared_strings_and_nothing_right():
+    named = Post("s", ["Blue", "Comets", "v", "Blue", "Comets"], [Entity(0, 2, "ORG"), Entity(3, 5, "ORG")])
+    # two golds share a string; two predictions of the string with the wrong type: 0 matched
+    assert score([named], {"s": [Prediction(0, 2, "PER"), Prediction(3, 5, "PER")]},
+                 match_by="string").mner.tp == 0
+    # one prediction for the shared string matches one of the two golds, not both
+    assert score([named], {"s": [Prediction(3, 5, "ORG")]}, match_by="string").mner.tp == 1
+    assert score([named], {"s": [Prediction(3, 5, "ORG"), Prediction(0, 2, "ORG")]}, match_by="string").mner.tp == 2
+    # a gold without predictions and predictions without gold: nothing matched
+    assert score([named], {"s": [Prediction(2, 3, "ORG")]}, match_by="string").mner.tp == 0
+
+
+def test_report_dict_carries_settings_fine_rows_and_macro_f1():
+    posts, preds = breakdown_posts()
+    data = score(posts, preds, iou_threshold=0.4, match_by="string").to_dict()
+    assert (data["iou_threshold"], data["match_by"], data["n_posts"]) == (0.4, "string", 2)
+    assert score(posts, preds).to_dict()["macro_f1"]["MNER"] == pytest.approx((50 + 0 + 100 + 600 / 7) / 4)
+    fine = score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "city")]},
+                 fine_to_coarse={"city": "location"}).to_dict()["fmnerg"]
+    assert fine["fine"]["city"]["tp"] == 1 and fine["coarse"]["location"]["tp"] == 1
+    assert score([example_post()], {}).macro_f1("GMNER") == 0.0
+
+
+def test_breakdown_counts_several_of_a_kind_in_one_post_and_degenerate_boxes():
+    post = Post("m", ["w"] * 8, [Entity(0, 1, "PER", [(0, 0, 10, 10)]), Entity(1, 2, "PER", [(0, 0, 10, 10)]),
+                                 Entity(2, 3, "LOC"), Entity(3, 4, "LOC"),
+                                 Entity(4, 5, "ORG", [(0, 0, 10, 10)]), Entity(5, 6, "ORG", [(0, 0, 10, 10)]),
+                                 Entity(6, 7, "OTHER", [(0, 0, 10, 10)]), Entity(7, 8, "OTHER", [(0, 0, 10, 10)])],
+                image_size=(100, 100))
+    preds = {"m": [Prediction(0, 1, "LOC"), Prediction(1, 2, "LOC"),                           # wrong type x2
+                   Prediction(2, 3, "LOC", (0, 0, 5, 5)), Prediction(3, 4, "LOC", (0, 0, 5, 5)),  # box-less, box x2
+                   Prediction(4, 5, "ORG"), Prediction(5, 6, "ORG"),                           # no box x2
+                   Prediction(6, 7, "OTHER", (50, 50, 60, 60)), Prediction(7, 8, "OTHER", (50, 50, 60, 60))]}
+    assert score([post], preds).breakdown == {"correct": 0, "missed": 0, "wrong_type": 2, "boxless_with_box": 2,
+                                              "grounded_without_box": 2, "grounded_wrong_box": 2, "spurious": 0}
+    # two identical zero-width (or zero-height) boxes: IoU 0, not a division by zero
+    assert box_iou_xyxy((5, 0, 5, 10), (5, 0, 5, 10)) == 0.0
+    assert box_iou_xyxy((0, 5, 10, 5), (0, 5, 10, 5)) == 0.0
+    # nothing in gold or predictions: no per-type rows, macro F1 0
+    assert score([Post("e", ["w"], [])], {}).macro_f1("GMNER") == 0.0
+
+
+def test_string_matching_with_no_right_region_among_shared_strings():
+    named = Post("s", ["Blue", "Comets", "v", "Blue", "Comets"],
+                 [Entity(0, 2, "ORG", [(0, 0, 10, 10)]), Entity(3, 5, "ORG", [(20, 20, 30, 30)])], image_size=(99, 99))
+    wrong = {"s": [Prediction(0, 2, "ORG", (60, 60, 70, 70)), Prediction(3, 5, "ORG", (80, 80, 90, 90))]}
+    report = score([named], wrong, match_by="string")
+    assert (report.gmner.tp, report.mner.tp) == (0, 2)
+
+
+def test_fmnerg_table_layout_exactly():
+    fine_to_coarse = {"city": "location", "athlete": "person"}
+    posts = [Post("p", ["w"] * 3, [Entity(0, 1, "city"), Entity(1, 2, "athlete")])]
+    report = score(posts, {"p": [Prediction(0, 1, "city"), Prediction(1, 2, "city")]}, fine_to_coarse=fine_to_coarse)
+    table = report.format_table(per_type=False).split("\n")
+    start = table.index("") + 1 + table[table.index("") + 1:].index("")  # the block after the breakdown
+    assert table[start + 1:] == [
+        "FMNERG GMNER per category       P       R      F1      TP   #pred   #gold",
+        "location                    50.00  100.00   66.67       1       2       1",
+        "person                       0.00    0.00    0.00       0       0       1",
+        "All                         50.00   50.00   50.00       1       2       2",
+    ]
+    full = report.format_table().split("\n")
+    fine = full[full.index("FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold"):]
+    assert fine == ["FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold",
+                    "athlete                       0.00    0.00    0.00       0       0       1",
+                    "city                         50.00  100.00   66.67       1       2       1"]
+    assert full[full.index(fine[0]) - 1] == ""
+
+
+def test_prediction_file_messages_in_full(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    cases = [('["t1"]', 'each line must be an object {"id": ..., "entities": [...]}'),
+             ('{"id": "t1", "entities": [5]}', "post 't1', entity 0: expected an object {start, end, type, box}, got 5"),
+             ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": 5}]}',
+              "'box' must be 4 finite numbers [x1, y1, x2, y2] or null, got 5"),
+             ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": [1]}]}',
+              "'score' must be a number or null, got [1]")]
+    for line, message in cases:
+        path.write_text(line + "\n")
+        with pytest.raises(DataError) as err:
+            read_predictions(path)
+        assert str(err.value).startswith(f"{path}:1: ") and str(err.value).endswith(message), str(err.value)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -75,11 +73,11 @@ def param_names(model: torch.nn.Module) -> list[str]:
 
 
 def loss_of(model: QGNModel, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The real criterion; plus a small sum of every output so each head is surely in the graph."""
+    """The criterion alone: a head the criterion ignored would get no gradient and fail the tests."""
     from qgn.modeling.criterion import SetCriterion
 
     total, _ = SetCriterion(model.config)(outputs, make_targets())
-    return total + sum(v.float().mean() for v in outputs.values() if torch.is_tensor(v) and v.is_floating_point()) * 1e-3
+    return total
 
 
 # ----------------------------------------------------------------------------- shapes and masks
@@ -224,12 +222,23 @@ def test_ablation_removes_module_and_trains(name):
         assert not any(n.startswith(prefix) for n in names), f"{prefix} parameters still present"
     if not config.use_mqd:
         assert any(n.startswith("plain_decoder.") for n in names)
-    out = model(**make_batch(config))
+    batch = make_batch(config)
+    out = model(**batch)
     assert out["type_logits"].shape == (3, config.num_queries, C + 1)
-    loss_of(model, out).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    first = loss_of(model, out)
+    first.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing, f"no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # and it trains: a few steps on the batch lower the loss
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer.step()
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = loss_of(model, model(**batch))
+        loss.backward()
+        optimizer.step()
+    assert loss_of(model, model(**batch)).item() < 0.9 * first.item()
 
 
 def test_switches_that_leave_nothing_to_see_the_image_are_refused():
@@ -412,10 +421,8 @@ def test_encoders_load_from_local_directories_and_fill_the_config(tmp_path):
 ])
 def test_hub_names_fail_fast_offline(monkeypatch, overrides, field):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.monotonic()
     with pytest.raises(QGNError, match=rf"could not load .*HF_HUB_OFFLINE.*pass {field}=/path/to/dir"):
         QGNModel(tiny(**overrides))
-    assert time.monotonic() - started < 10
 
 
 def test_unreachable_hub_fails_fast(monkeypatch):
@@ -425,12 +432,10 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(encoders, "hub_offline", lambda: False)
     monkeypatch.setattr(encoders, "_hub_reachable", lambda: False)
-    started = time.monotonic()
     with pytest.raises(QGNError, match="unreachable.*text_encoder=/path/to/dir"):
         QGNModel(tiny(text_config=None, text_encoder="qgn-tests/not-a-cached-bert"))
     with pytest.raises(QGNError, match="unreachable"):
         load_tokenizer("qgn-tests/not-a-cached-bert")
-    assert time.monotonic() - started < 10
 
 
 def test_missing_local_directory_is_named():

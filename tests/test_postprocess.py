@@ -154,3 +154,52 @@ def test_post_without_words_gives_nothing(config):
     set_query(out, 0, 0, "PER", 0, 0)
     out["word_mask"][:] = False
     assert PostProcessor(config, score_threshold=0.0)(out, [post(0)]) == [[]]
+
+
+# ----------------------------------------------------------------------------- select() and overlaps by hand
+def test_select_thresholds_are_inclusive_explicit_and_skip_not_stop():
+    from qgn.modeling.postprocess import Candidate
+
+    pp = PostProcessor(QGNConfig.tiny(), score_threshold=0.5, no_target_threshold=0.5, remove_overlaps=False)
+    box = (0.0, 0.0, 5.0, 5.0)
+    candidates = [Candidate(0, 1, "PER", 0.2, box, 0.1),   # below the threshold: skipped, not the end
+                  Candidate(1, 2, "LOC", 0.5, box, 0.5),   # exactly at both thresholds: kept, no box
+                  Candidate(2, 4, "ORG", 0.9, box, 0.49),  # kept with its box
+                  Candidate(3, 5, "PER", 0.8, box, 0.1)]   # overlaps the ORG span
+    kept = pp.select(candidates)
+    assert [(p.start, p.end, p.type, p.box) for p in kept] == [(1, 2, "LOC", None), (2, 4, "ORG", box),
+                                                               (3, 5, "PER", box)]
+    # arguments given to select() override the post-processor's own values
+    assert [p.start for p in pp.select(candidates, score_threshold=0.1)] == [0, 1, 2, 3]
+    assert pp.select(candidates, no_target_threshold=0.6)[0].box == box
+    assert [p.start for p in pp.select(candidates, remove_overlaps=True)] == [1, 2]
+
+
+def test_greedy_overlaps_keep_touching_spans_and_treat_no_score_as_zero():
+    from qgn.data.records import Prediction
+    from qgn.modeling.postprocess import greedy_non_overlapping
+
+    touching = [Prediction(0, 2, "PER", None, 0.9), Prediction(2, 4, "LOC", None, 0.8),
+                Prediction(4, 5, "ORG", None, 0.7)]
+    assert sorted((p.start, p.end) for p in greedy_non_overlapping(touching)) == [(0, 2), (2, 4), (4, 5)]
+    unscored = [Prediction(0, 2, "PER", None, None), Prediction(1, 3, "LOC", None, 0.1)]
+    assert [(p.start, p.end) for p in greedy_non_overlapping(unscored)] == [(1, 3)]
+    # a later, shorter span inside a kept one is dropped; one that starts where it ends is not
+    nested = [Prediction(0, 4, "PER", None, 0.9), Prediction(1, 2, "LOC", None, 0.95), Prediction(4, 6, "ORG", None, 0.1)]
+    assert sorted((p.start, p.end) for p in greedy_non_overlapping(nested)) == [(1, 2), (4, 6)]
+
+
+def test_masked_log_softmax_without_a_mask_is_a_plain_log_softmax():
+    from qgn.modeling.matcher import masked_log_softmax
+
+    logits = torch.randn(2, 3, 5)
+    torch.testing.assert_close(masked_log_softmax(logits, None), logits.log_softmax(-1))
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    masked = masked_log_softmax(logits, mask)
+    assert masked[0, :, 2:].exp().max() < 1e-6
+    torch.testing.assert_close(masked[0, :, :2], logits[0, :, :2].log_softmax(-1))
+
+
+def test_max_span_words_below_one_is_refused():
+    with pytest.raises(ValueError, match="max_span_words must be >= 1, got 0"):
+        PostProcessor(QGNConfig.tiny(), max_span_words=0)

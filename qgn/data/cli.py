@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     convert.add_argument("path", help="dataset folder")
     convert.add_argument("--split", help="one split, written to --out FILE.jsonl (default: every split, "
                          "written to --out DIR/<split>.jsonl)")
-    convert.add_argument("--out", required=True, help="output .jsonl file (with --split) or folder")
+    convert.add_argument("--out", required=True, help="output .jsonl file (with --split) or folder (gets "
+                         "<split>.jsonl files)")
     convert.add_argument("--fmnerg-xml", help="Twitter-FMNERG text: the GMNER v2.0 xml folder")
     convert.add_argument("--image-dir", help="record each post's image path (relative to the output when inside it)")
     convert.add_argument("--missing-images", choices=MISSING_IMAGE_POLICIES, default="fail",
@@ -67,11 +68,15 @@ def _convert(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.split:
-        targets = {args.split: out}
+        # a folder (existing, or named without .jsonl) gets <split>.jsonl inside it
+        targets = {args.split: out / f"{args.split}.jsonl" if out.is_dir() or out.suffix != ".jsonl" else out}
     else:
         if out.suffix == ".jsonl":
             raise QGNError(f"without --split, --out is a folder (one <split>.jsonl per split), got {out}")
         targets = {split: out / f"{split}.jsonl" for split in available_splits(args.path)}
+    for target in targets.values():
+        if target.is_dir():
+            raise QGNError(f"--out: {target} is a folder, cannot write a JSONL file there")
     for split, target in targets.items():
         posts = read_dataset(args.path, split=split, image_dir=args.image_dir,
                              missing_images=args.missing_images if args.image_dir else None,

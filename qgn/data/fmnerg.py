@@ -2,7 +2,7 @@
 
 The text files have three columns, ``token<TAB>coarse-BIO<TAB>fine-BIO`` in lower case
 (``Garfield\\tB-location\\tB-park``). The release ships no xml: boxes come from the GMNER v2.0 xml
-folder and are linked by exact string, as for GMNER (data notes, section 3).
+folder and are linked by exact string, as for GMNER (docs/data.md, "Twitter-FMNERG").
 ``Entity.type`` is the fine type (what the model predicts and the scorer compares);
 ``Entity.coarse_type`` is its coarse category (for the per-category F1 of the paper's Table II).
 """
@@ -20,7 +20,7 @@ from qgn.errors import QGNError
 
 logger = logging.getLogger(__name__)
 
-# 8 coarse categories -> 51 fine types, from the FMNERG loader (data notes, section 3.2).
+# 8 coarse categories -> 51 fine types, as the FMNERG release's loader defines them.
 FMNERG_COARSE_TO_FINE: dict[str, tuple[str, ...]] = {
     "person": ("politician", "musician", "actor", "artist", "athlete", "author", "businessman", "character",
                "coach", "director", "intellectual", "journalist", "person_other"),
@@ -100,13 +100,13 @@ def read_twitter_fmnerg(data_dir: str | Path, split: str, xml_dir: str | Path, i
         raise QGNError(f"Twitter-FMNERG boxes come from the GMNER v2.0 xml folder; {xml_dir} is not a folder")
     attach_xml(posts, xml_dir, report, where)
     _compare_with_gmner(blocks, xml_dir.parent / "txt" / f"{split}.txt", where)
-    return maybe_resolve_images(posts, image_dir, missing_images)
+    return maybe_resolve_images(posts, image_dir, missing_images, report)
 
 
 def _compare_with_gmner(blocks: list[TaggedBlock], gmner_path: Path, where: str) -> None:
     """Log posts whose tokens, spans or coarse->GMNER types differ from the GMNER v2.0 file.
 
-    The FMNERG text is meant to be GMNER v2.0 with finer labels (data notes, 3.1), which the box
+    The FMNERG text is meant to be GMNER v2.0 with finer labels (docs/data.md, "Twitter-FMNERG"), which the box
     linking relies on; this check only informs, since the GMNER file may be absent or another version.
     """
     if not gmner_path.is_file() or count_text_columns(gmner_path) != 2:

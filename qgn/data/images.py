@@ -1,6 +1,6 @@
 """Finding, checking and opening the post images.
 
-Accepted folder layouts (data notes, section 5): one flat folder of ``<id>.jpg`` files (as MQSPN
+Accepted folder layouts (docs/data.md, "Images"): one flat folder of ``<id>.jpg`` files (as MQSPN
 expects), or the official archive's ``twitter2015_images/`` and ``twitter2017_images/`` sub-folders.
 ``.jpeg`` and ``.png`` are accepted too. Missing or unreadable images are handled by a policy:
 
@@ -16,8 +16,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from qgn.data.records import Post
 from qgn.errors import DataError, QGNError
@@ -79,15 +80,35 @@ def _extension_rank(name: str) -> int:
     return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
 
 
+# EXIF orientations that turn the stored frame by 90 degrees: the viewer's width is the file's height.
+_SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
+def _too_large(path: str | Path, err: Exception) -> DataError:
+    return DataError(f"image too large to decode safely ({err}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                     "if you trust the file", path=str(path))
+
+
 def probe_image(path: str) -> tuple[tuple[int, int] | None, str | None]:
-    """``((W, H), None)`` for a readable image, ``(None, reason)`` otherwise (PIL ``verify``)."""
+    """``((W, H), None)`` for an image that decodes fully, ``(None, reason)`` otherwise.
+
+    ``(W, H)`` is the size a viewer shows: turned by the EXIF orientation, as :func:`load_image`
+    turns the pixels. The whole file is decoded, so a truncated JPEG is found here, before any
+    training starts, and not at some step of an epoch.
+    """
     try:
         with Image.open(path) as image:
-            size = image.size
-            image.verify()
-        return size, None
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION)
+            image.load()
+        if orientation in _SIDEWAYS_ORIENTATIONS:
+            width, height = height, width
+        return (width, height), None
     except FileNotFoundError:
         return None, "file not found"
+    except Image.DecompressionBombError as err:
+        return None, f"too large to decode safely: {err}"
     except _DECODE_ERRORS as err:
         return None, f"{type(err).__name__}: {err}"
 
@@ -153,7 +174,8 @@ def describe_image_problems(posts: Sequence[Post], check: ImageCheck) -> str:
             + f"; looked in: {', '.join(check.folders) or '(no image folder given)'}")
 
 
-def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str = "fail") -> list[Post]:
+def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str = "fail",
+                   report: Any = None) -> list[Post]:
     """Set ``image_path`` (and a missing ``image_size``) on each post; apply ``policy`` to the rest.
 
     Args:
@@ -161,6 +183,7 @@ def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str 
         image_dir: image folder; ``None`` uses only the posts' own ``image_path``.
         policy: ``fail`` (raise :class:`QGNError`), ``skip`` (drop those posts, with a warning) or
             ``text_only`` (keep them with ``image_path = None``, with a warning).
+        report: a :class:`~qgn.data.twitter.ReadReport` that gets the ``skip`` counts.
 
     Returns:
         The kept posts, in their order.
@@ -186,12 +209,16 @@ def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str 
         return posts
     if policy == "skip":
         logger.warning("skipping %d posts without a usable image: %s", len(bad), message)
+        if report is not None:
+            report.skipped_posts += len(bad)
+            report.skipped_entities += sum(len(posts[i].entities) for i in bad)
         return [post for i, post in enumerate(posts) if i not in bad]
     logger.warning("%d posts have no usable image and are kept text-only: %s", len(bad), message)
     return posts
 
 
-def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str | None) -> list[Post]:
+def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str | None,
+                         report: Any = None) -> list[Post]:
     """Resolve images only when the data has some: an ``image_dir``, or JSONL ``image`` fields.
 
     With JSONL image paths and no ``image_dir``, ``policy=None`` keeps the paths unchecked (scoring
@@ -199,16 +226,26 @@ def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy
     """
     if image_dir is None and (policy is None or not any(post.image_path for post in posts)):
         return posts
-    return resolve_images(posts, image_dir, policy or "fail")
+    return resolve_images(posts, image_dir, policy or "fail", report)
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grayscale and palette images are converted); :class:`DataError` if unreadable."""
+    """Open an image the way every part of qgn does: decoded now, turned upright by its EXIF
+    orientation (a phone photo is seen as its owner sees it, and pixel boxes are in that frame),
+    converted to RGB (grayscale, palette, alpha). :class:`DataError` naming the file if it is
+    missing, unreadable, truncated or too large to decode safely (PIL's decompression-bomb limit)."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here rather than in a worker
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except FileNotFoundError:
         raise DataError("image file not found", path=str(path)) from None
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err) from None
     except _DECODE_ERRORS as err:
         raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=str(path)) from err
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """An in-memory PIL image turned by its EXIF orientation and converted to RGB (see :func:`load_image`)."""
+    return ImageOps.exif_transpose(image).convert("RGB")

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
+from qgn.data.files import utf8_lines
 from qgn.data.records import Box, Entity, Post
 from qgn.data.text import split_words
 from qgn.data.twitter import ReadReport
@@ -183,14 +184,13 @@ def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tupl
     path = str(path)
     if not os.path.isfile(path):
         raise DataError(f"{what} not found", path=path)
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON: {err.msg} (column {err.colno})", path, number) from None
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"not valid JSON: {err.msg} (column {err.colno})", path, number) from None
 
 
 def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_images: str | None = None,
@@ -218,9 +218,11 @@ def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_im
             raise where.error(f"id {post.id!r} repeats the post of line {seen[post.id]}")
         seen[post.id] = number
         posts.append(post)
+    if not posts:
+        raise DataError("no posts: the file is empty or blank (expected one JSON object per line)", path=path)
     if report is not None:
         report.layout, report.path = "jsonl", path
-    return maybe_resolve_images(posts, image_dir, missing_images)
+    return maybe_resolve_images(posts, image_dir, missing_images, report)
 
 
 def _number_out(value: float) -> int | float:

@@ -1,6 +1,6 @@
 """The torch data pipeline: posts -> sub-word ids, images -> pixels, entities -> targets, batches.
 
-See ``/work/notes/model-contract.md`` ("Batch" and "Targets") for the shapes. In short, per post:
+The shapes, per post (the model's ``forward`` and the criterion's targets rely on them):
 ``input_ids`` ``[CLS] sub-words [SEP]``; ``word_index`` the word owning each sub-word (-1 for
 specials); ``pixel_values`` ``(3, S, S)`` or ``None`` in text-only mode; ``targets`` one row per
 (entity, box) pair, spans with an *inclusive* end, boxes normalised cxcywh.
@@ -103,15 +103,10 @@ class ImageTransform:
 
 
 def read_image(path: str) -> Image.Image:
-    """Open ``path`` as RGB with the readers' ``load_image`` when present, else with PIL."""
-    try:
-        from qgn.data.images import load_image
-    except ImportError:
-        load_image = None
-    if load_image is not None:
-        return load_image(path)
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """Open ``path`` upright and as RGB (:func:`qgn.data.images.load_image`)."""
+    from qgn.data.images import load_image
+
+    return load_image(path)
 
 
 # ------------------------------------------------------------------------------------ text

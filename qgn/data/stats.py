@@ -1,4 +1,4 @@
-"""Dataset statistics, counted as the data notes (section 2) count them.
+"""Dataset statistics, counted as docs/data.md ("qgn data stats") describes.
 
 "boxes" is the number of xml ``<object>`` elements for the benchmark layouts (v2.0 test: 1,242) and,
 for JSONL, the number of distinct (entity string, box) pairs per post, which is the same number for

@@ -1,6 +1,6 @@
 """Reader for the Twitter-GMNER benchmark layout (v1 ``Twitter10000`` and ``Twitter10000_v2.0``).
 
-Layout (data notes, section 1)::
+Layout (docs/data.md, "Twitter-GMNER")::
 
     DIR/txt/{train,dev,test}.txt     CoNLL-like blocks: ``IMGID:<id>`` then ``token<TAB>BIO-tag``
     DIR/xml/<IMGID>.xml              Pascal-VOC boxes; ``<name>`` is the entity surface string
@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from qgn.data.files import utf8_lines
 from qgn.data.records import Box, Entity, Post
 from qgn.errors import DataError, QGNError
 
@@ -45,6 +46,8 @@ class ReadReport:
         unmatched_names: distinct xml names per post that match no entity of the post.
         unmatched_boxes: xml objects carrying those names (boxes no entity receives).
         stray_i_tags: ``I-X`` tags that did not continue an ``X`` entity (repaired IOB1-style).
+        skipped_posts: posts dropped by the ``skip`` missing-image policy.
+        skipped_entities: gold entities of those posts (a score over the kept posts misses them).
     """
 
     layout: str = ""
@@ -54,6 +57,8 @@ class ReadReport:
     unmatched_names: int | None = None
     unmatched_boxes: int | None = None
     stray_i_tags: int = 0
+    skipped_posts: int = 0
+    skipped_entities: int = 0
 
 
 # ------------------------------------------------------------------------------- CoNLL text
@@ -90,31 +95,33 @@ def read_tagged_blocks(path: str | Path, num_columns: int) -> list[TaggedBlock]:
     path = str(path)
     blocks: list[TaggedBlock] = []
     current: TaggedBlock | None = None
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                current = None  # blank line(s) end the block
-                continue
-            if line.startswith(_ID_PREFIX):
-                post_id = line[len(_ID_PREFIX):].strip()
-                if not post_id:
-                    raise DataError("empty IMGID", path=path, line=number)
-                current = TaggedBlock(post_id, number, [], [[] for _ in range(num_columns - 1)], [])
-                blocks.append(current)
-                continue
-            if current is None:
-                raise DataError(f"token line outside a post (expected 'IMGID:<id>' first): {line!r}",
-                                path=path, line=number)
-            fields = line.split("\t")
-            if len(fields) != num_columns or not fields[0]:
-                raise DataError(f"expected {num_columns} tab-separated fields (token, "
-                                f"{'tag' if num_columns == 2 else 'coarse tag, fine tag'}), got {line!r}",
-                                path=path, line=number)
-            current.tokens.append(fields[0])
-            for column, label in zip(current.columns, fields[1:]):
-                column.append(label.strip())
-            current.lines.append(number)
+    for number, raw in utf8_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            current = None  # blank line(s) end the block
+            continue
+        if line.startswith(_ID_PREFIX):
+            post_id = line[len(_ID_PREFIX):].strip()
+            if not post_id:
+                raise DataError("empty IMGID", path=path, line=number)
+            current = TaggedBlock(post_id, number, [], [[] for _ in range(num_columns - 1)], [])
+            blocks.append(current)
+            continue
+        if current is None:
+            raise DataError(f"token line outside a post (expected 'IMGID:<id>' first): {line!r}",
+                            path=path, line=number)
+        fields = line.split("\t")
+        if len(fields) != num_columns or not fields[0]:
+            raise DataError(f"expected {num_columns} tab-separated fields (token, "
+                            f"{'tag' if num_columns == 2 else 'coarse tag, fine tag'}), got {line!r}",
+                            path=path, line=number)
+        current.tokens.append(fields[0])
+        for column, label in zip(current.columns, fields[1:]):
+            column.append(label.strip())
+        current.lines.append(number)
+    if not blocks:
+        raise DataError("no posts: the file is empty or blank (expected 'IMGID:<id>' blocks of token lines)",
+                        path=path)
     seen: dict[str, int] = {}
     for block in blocks:
         if block.id in seen:
@@ -323,14 +330,19 @@ def read_twitter_gmner(data_dir: str | Path, split: str, image_dir: str | Path |
     warn_stray_total(str(path), stray)
     report.stray_i_tags = len(stray)
     attach_xml(posts, Path(data_dir) / "xml", report, str(path))
-    return maybe_resolve_images(posts, image_dir, missing_images)
+    return maybe_resolve_images(posts, image_dir, missing_images, report)
 
 
-def count_text_columns(path: str | Path) -> int:
-    """Fields per token line of a CoNLL-like file (2 = GMNER, 3 = FMNERG), from its first token line."""
-    with open(path, encoding="utf-8-sig") as handle:
-        for raw in handle:
-            line = raw.rstrip("\r\n")
-            if line.strip() and not line.startswith(_ID_PREFIX):
-                return len(line.split("\t"))
-    return 2
+def count_text_columns(path: str | Path, sample: int = 50) -> int:
+    """Fields per token line of a CoNLL-like file (2 = GMNER, 3 = FMNERG): the most common count
+    among its first ``sample`` token lines (2 on a tie), so that one malformed line near the top
+    is reported as that line's error, not taken for the file's format."""
+    counts: dict[int, int] = {}
+    for _, raw in utf8_lines(path):
+        line = raw.rstrip("\r\n")
+        if line.strip() and not line.startswith(_ID_PREFIX):
+            n = len(line.split("\t"))
+            counts[n] = counts.get(n, 0) + 1
+            if sum(counts.values()) >= sample:
+                break
+    return 3 if counts.get(3, 0) > counts.get(2, 0) else 2

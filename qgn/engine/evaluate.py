@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from qgn.data.records import Post, Prediction
@@ -78,6 +79,9 @@ def register(subparsers: Any) -> None:
                    "with per-category rows")
     p.add_argument("--per-type", action="store_true", help="add per-type rows to the table (always in --json)")
     p.add_argument("--image-dir", help="with --checkpoint: the image folder (flat or twitter2015/2017 sub-folders)")
+    p.add_argument("--no-images", action="store_true",
+                   help="with --checkpoint of an image model: score it on blank images on purpose (a text-only "
+                   "evaluation, marked as such in the output); without it, --image-dir is required")
     p.add_argument("--missing-images", choices=("fail", "skip", "text_only"), default="fail",
                    help="with --checkpoint: what to do with posts whose image is missing (default: fail)")
     p.add_argument("--batch-size", type=int, default=32, help="with --checkpoint: prediction batch size")
@@ -114,12 +118,15 @@ def load_gold(data: str, split: str, fmnerg_xml: str | None = None) -> tuple[lis
     return posts, FMNERG_FINE_TO_COARSE
 
 
-def print_report(report: ScoreReport, args: Any, source: str) -> None:
-    """The table (or ``--json`` object) on stdout; warnings go to stderr through logging."""
+def print_report(report: ScoreReport, args: Any, source: str, images: str | None = None) -> None:
+    """The table (or ``--json`` object) on stdout; warnings go to stderr through logging.
+    ``images`` says what the model saw, for a checkpoint ("images" or "none")."""
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), **({"images": images} if images else {})}, indent=2))
         return
     print(f"{source} vs {args.data} [{args.split}]")
+    if images == "none":
+        print("images: none (--no-images): the image model saw a blank image for every post")
     print(report.format_table(per_type=args.per_type))
 
 
@@ -137,9 +144,22 @@ def _evaluate_checkpoint(args: Any) -> int:
         raise QGNError("--checkpoint needs --data DIR (the gold dataset folder)")
     predictor = load(args.checkpoint, device=args.device)
     config = predictor.config
-    policy = "text_only" if config.text_only else args.missing_images
+    if args.no_images and args.image_dir:
+        raise QGNError("--no-images and --image-dir contradict each other; give one")
+    blank = args.no_images and not config.text_only
+    if not (config.text_only or args.image_dir or args.no_images or Path(args.data).suffix == ".jsonl"):
+        # Without images an image model scores far below itself (blank placeholders): never silently.
+        raise QGNError(f"{args.checkpoint} is an image model: give --image-dir DIR (the post images), or "
+                       "--no-images to score it on blank images on purpose")
+    policy = "text_only" if config.text_only or blank else args.missing_images
     posts = read_dataset(args.data, split=args.split, image_dir=args.image_dir, missing_images=policy,
                          fmnerg_xml_dir=args.fmnerg_xml)
+    if blank:
+        for post in posts:
+            post.image_path = None
+    elif not config.text_only and not any(post.image_path for post in posts):
+        raise QGNError(f"no post of {args.data} [{args.split}] has an image: give --image-dir DIR, or --no-images "
+                       "to score the image model on blank images on purpose")
     dataset = GMNERDataset(posts, predictor.tokenizer, config, image_transform=predictor.image_transform,
                            text_only=config.text_only, placeholder_on_error=policy == "text_only")
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=Collator(predictor.tokenizer.pad_token_id))
@@ -152,5 +172,6 @@ def _evaluate_checkpoint(args: Any) -> int:
     report = evaluate_predictions(posts, predictions, iou_threshold=args.iou_threshold,
                                   fine_to_coarse=fine_to_coarse, match_by=args.match_by,
                                   entity_types=config.entity_types)
-    print_report(report, args, source=args.checkpoint)
+    print_report(report, args, source=args.checkpoint,
+                 images="text-only model" if config.text_only else ("none" if blank else "images"))
     return 0

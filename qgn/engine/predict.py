@@ -5,24 +5,79 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, TextIO
 
 from qgn.errors import DataError, QGNError
 
 
-def _read_batch(path: Path) -> list[tuple[str, str | None, str]]:
-    """``{"id": ..., "text": ..., "image": path}`` lines; image paths relative to the file's folder."""
-    from qgn.data.jsonl import iter_json_lines
+def _batch_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """``(line number, row)`` of each non-blank input line, or ``(line, DataError)`` for a bad one
+    (the others still run). A row is ``{"id", "text" or "tokens", "image"}``; image paths are
+    relative to the file's folder; a repeated id is an error for the whole file."""
+    from qgn.data.files import utf8_lines
 
-    rows = []
-    for number, obj in iter_json_lines(path, what="input file"):
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise DataError('each line needs a "text" string (and optional "id", "image")', str(path), number)
+    if not path.is_file():
+        raise DataError("input file not found", str(path))
+    seen: dict[str, int] = {}
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, DataError(f"not valid JSON: {err.msg} (column {err.colno})", str(path), number)
+            continue
+        if not isinstance(obj, dict) or not (isinstance(obj.get("text"), str) or "tokens" in obj):
+            yield number, DataError('each line needs a "text" string or a "tokens" list (and optional "id", '
+                                    '"image")', str(path), number)
+            continue
+        post_id = str(obj.get("id", number))
+        if post_id in seen:
+            raise DataError(f"id {post_id!r} repeats the post of line {seen[post_id]}; ids must be unique",
+                            str(path), number)
+        seen[post_id] = number
         image = obj.get("image")
+        if image is not None and not isinstance(image, str):
+            yield number, DataError('"image" must be a path string', str(path), number)
+            continue
         if image is not None and not Path(image).is_absolute():
             image = str(path.parent / image)
-        rows.append((str(obj.get("id", number)), image, obj["text"]))
-    return rows
+        yield number, {"id": post_id, "text": obj.get("text"), "tokens": obj.get("tokens"), "image": image}
+
+
+def predict_file(predictor: Any, path: Path, out: TextIO, batch_size: int = 16) -> tuple[int, list[str]]:
+    """Predict every good line of a JSON-lines input into ``out`` (input order), ``batch_size``
+    posts in memory at a time. Returns the number of posts written and one message per bad line."""
+    written, failures = 0, []
+    chunk: list[tuple[Any, Any]] = []
+
+    def flush() -> None:
+        nonlocal written
+        if not chunk:
+            return
+        results = predictor.predict_posts([p for p, _ in chunk], [img for _, img in chunk], batch_size=batch_size)
+        from qgn.api import entity_dict
+
+        for (post, _), preds in zip(chunk, results):
+            out.write(json.dumps({"id": post.id, "entities": [entity_dict(post, e) for e in preds]},
+                                 ensure_ascii=False) + "\n")
+        out.flush()
+        written += len(chunk)
+        chunk.clear()
+
+    for number, row in _batch_rows(path):
+        if isinstance(row, DataError):
+            failures.append(str(row))
+            continue
+        try:
+            chunk.append(predictor.make_post(row["text"], row["image"], post_id=row["id"], tokens=row["tokens"]))
+        except QGNError as err:
+            failures.append(str(err) if isinstance(err, DataError) and err.line else f"{path}:{number}: {err}")
+            continue
+        if len(chunk) >= batch_size:
+            flush()
+    flush()
+    return written, failures
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +89,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="a QGN checkpoint folder (a run's best/)")
     p.add_argument("--image", help="image file of the post")
     p.add_argument("--text", help="text of the post")
-    p.add_argument("--input", help='JSON-lines batch: {"id", "text", "image"} per line')
+    p.add_argument("--input", help='JSON-lines batch: {"id", "text" or "tokens", "image"} per line; "tokens" (a '
+                   "benchmark's words) makes the word indices refer to them, so the output scores with qgn evaluate")
     p.add_argument("--output", help="write JSON lines here instead of stdout (with --input)")
     p.add_argument("--draw", help="write the image with labelled boxes here (single post)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a readable list")
@@ -58,18 +114,20 @@ def _main(args: Any) -> int:
     predictor = load(args.checkpoint, device=args.device, **thresholds)
 
     if args.input:
-        rows = _read_batch(Path(args.input))
-        results = predictor.predict_many([(image, text) for _, image, text in rows], batch_size=args.batch_size)
+        if args.draw or args.image:
+            raise QGNError("--draw and --image are for one post (--text); with --input each line names its image")
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
         try:
-            for (post_id, _, _), entities in zip(rows, results):
-                out.write(json.dumps({"id": post_id, "entities": entities}, ensure_ascii=False) + "\n")
+            written, failures = predict_file(predictor, Path(args.input), out, batch_size=args.batch_size)
         finally:
             if out is not sys.stdout:
                 out.close()
-        if args.output:
-            print(f"wrote predictions for {len(rows)} posts to {args.output}", file=sys.stderr)
-        return 0
+        for message in failures:
+            print(f"qgn predict: skipped {message}", file=sys.stderr)
+        where = f" to {args.output}" if args.output else ""
+        print(f"wrote predictions for {written} posts{where}"
+              + (f"; {len(failures)} lines failed (listed above)" if failures else ""), file=sys.stderr)
+        return 1 if failures else 0
 
     entities = predictor.predict(args.image, args.text)
     if args.json:
@@ -83,11 +141,12 @@ def _main(args: Any) -> int:
     if args.draw:
         if not args.image:
             raise QGNError("--draw needs --image")
-        from PIL import Image
-
+        if Path(args.draw).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+            raise QGNError(f"--draw {args.draw}: give a picture file name ending in .png or .jpg")
+        from qgn.data.images import load_image
         from qgn.visualize import draw_entities
 
-        with Image.open(args.image) as img:
-            draw_entities(img, entities).save(args.draw)
+        # upright, as the model saw it: the boxes are in that frame
+        draw_entities(load_image(args.image), entities).save(args.draw)
         print(f"drew the entities on {args.draw}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ A run file has three sections::
       preset: default
       num_queries: 60
     data:             # DataSettings fields
-      path: ../shared/datasets/twitter-gmner/Twitter10000_v2.0
+      path: /data/Twitter10000_v2.0
       image_dir: /data/twitter-images
     train:            # TrainSettings fields
       epochs: 50
@@ -48,7 +48,7 @@ class DataSettings:
             (false; the demo turns it on: 48 KB a post at 64 px, but 590 KB at 224 px).
     """
 
-    path: str = ""
+    path: str | None = None
     image_dir: str | None = None
     missing_images: str = "fail"
     fmnerg_xml_dir: str | None = None
@@ -75,8 +75,10 @@ class TrainSettings:
         seed: base seed; each process uses ``seed + rank``. deterministic: deterministic kernels.
         eval_batch_size: batch size for dev / test prediction.
         num_workers: DataLoader workers.
-        checkpoint_every_steps: also checkpoint inside an epoch every N optimizer steps (0: only
-            at epoch ends).
+        checkpoint_every_steps: also checkpoint inside an epoch every N optimizer steps (0: off).
+        checkpoint_every_minutes: also checkpoint inside an epoch when this many minutes have
+            passed since the last checkpoint (10; 0: off), so a SIGKILL or power cut loses at most
+            that much work. Ctrl-C saves where it stopped either way.
         max_steps: stop after this many optimizer steps (0: no limit; for smoke tests).
         eval_every_epochs: evaluate on dev every N epochs (1, as the paper); the last epoch is
             always evaluated.
@@ -101,6 +103,7 @@ class TrainSettings:
     eval_batch_size: int = 32
     num_workers: int = 0
     checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 10.0
     max_steps: int = 0
     eval_every_epochs: int = 1
     select_metric: str = "GMNER"
@@ -125,12 +128,55 @@ class RunSettings:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
+    def with_absolute_paths(self) -> "RunSettings":
+        """The data paths (and encoder paths that are local folders) made absolute, so that a
+        run's ``config.yaml`` resumes from any working directory."""
+        absolute = lambda p: str(Path(p).absolute()) if p else p  # noqa: E731
+        data = dataclasses.replace(self.data, path=absolute(self.data.path), image_dir=absolute(self.data.image_dir),
+                                   fmnerg_xml_dir=absolute(self.data.fmnerg_xml_dir))
+        model = self.model
+        for name in ("text_encoder", "vision_encoder"):
+            value = getattr(model, name, None)
+            if value and Path(value).is_dir() and not Path(value).is_absolute():
+                model = model.replace(**{name: absolute(value)})
+        return dataclasses.replace(self, model=model, data=data)
+
 
 def _check_fields(cls: type, values: dict[str, Any], section: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise QGNError(f"unknown {section} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
+    """Each value of the type its field declares (``int``, ``float``, ``bool``, ``str``, or
+    ``X | None``), so that ``--set train.epochs=abc`` is one clear line, not a crash mid-run.
+    Integral floats are accepted for ints (``--set train.epochs=5.0``)."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        names = [n.strip() for n in str(f.type).split("|")]
+        if value is None and "None" in names:
+            continue
+        kinds = [k for n in names if n in _KINDS for k in _KINDS[n]]
+        if not kinds:
+            continue  # lists, dicts: checked where they are used
+        if "int" in names and isinstance(value, float) and value.is_integer():
+            value = out[f.name] = int(value)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, tuple(kinds))
+        if not ok:
+            wanted = " or ".join(n for n in names if n != "None") + (" or null" if "None" in names else "")
+            raise QGNError(f"{section}.{f.name} must be {wanted}, got {value!r}")
+    return out
 
 
 def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
@@ -150,7 +196,15 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
     data, train = dict(raw.get("data") or {}), dict(raw.get("train") or {})
     _check_fields(DataSettings, data, "data")
     _check_fields(TrainSettings, train, "train")
+    data, train = _check_types(DataSettings, data, "data"), _check_types(TrainSettings, train, "train")
     settings = RunSettings(config, DataSettings(**data), TrainSettings(**train), preset)
+    t = settings.train
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "eval_every_epochs"):
+        if getattr(t, name) < 1:
+            raise QGNError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    for name in ("checkpoint_every_steps", "checkpoint_every_minutes", "max_steps", "num_workers"):
+        if getattr(t, name) < 0:
+            raise QGNError(f"train.{name} must be 0 or more, got {getattr(t, name)}")
     if settings.data.missing_images not in ("fail", "skip", "text_only"):
         raise QGNError(f"data.missing_images must be fail, skip or text_only, got {settings.data.missing_images!r}")
     if settings.train.select_metric not in ("GMNER", "MNER", "EEG"):

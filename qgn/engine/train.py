@@ -70,6 +70,26 @@ def _atomic_replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def corrupt_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint folder that do not load (truncated or overwritten)."""
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():
+                        f.get_tensor(key)
+            elif path.suffix in (".bin", ".pt", ".pth"):
+                torch.load(path, map_location="cpu", weights_only=False)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - any failure to load is what we look for
+            bad.append(path)
+    return bad
+
+
 def build_tokenizer(settings: RunSettings, train_posts: list) -> Any:
     config = settings.model
     if settings.data.tokenizer == "words":
@@ -88,8 +108,11 @@ def build_tokenizer(settings: RunSettings, train_posts: list) -> Any:
     return load_tokenizer(config.text_encoder)
 
 
-def read_split(settings: RunSettings, split: str, missing_images: str | None = None) -> list:
-    from qgn.data import read_dataset
+def read_split(settings: RunSettings, split: str, missing_images: str | None = None,
+               skipped: dict[str, dict[str, int]] | None = None) -> list:
+    """One split of the run's data; posts dropped by the ``skip`` image policy are counted in
+    ``skipped[split]`` (posts and their gold entities), so the results can say so."""
+    from qgn.data import ReadReport, read_dataset
 
     data = settings.data
     if not data.path:
@@ -97,6 +120,7 @@ def read_split(settings: RunSettings, split: str, missing_images: str | None = N
     policy = missing_images or data.missing_images
     if settings.model.text_only:
         policy = "text_only"
+    report = ReadReport()
     posts = read_dataset(
         data.path,
         split=split,
@@ -104,17 +128,23 @@ def read_split(settings: RunSettings, split: str, missing_images: str | None = N
         missing_images=policy,
         fmnerg_xml_dir=data.fmnerg_xml_dir,
         entity_types=settings.model.entity_types,
+        report=report,
     )
     without = [p for p in posts if p.image_path is None]
     if without and policy != "text_only":
         if policy == "skip":
             logger.warning("%s: skipping %d of %d posts that have no image", split, len(without), len(posts))
-            return [p for p in posts if p.image_path is not None]
-        hint = "set data.image_dir" if data.image_dir is None else f"looked in {data.image_dir}"
-        raise QGNError(
-            f"{split}: {len(without)} of {len(posts)} posts have no image ({hint}); or choose "
-            "data.missing_images=skip / text_only, or model.text_only=true"
-        )
+            report.skipped_posts += len(without)
+            report.skipped_entities += sum(len(p.entities) for p in without)
+            posts = [p for p in posts if p.image_path is not None]
+        else:
+            hint = "set data.image_dir" if data.image_dir is None else f"looked in {data.image_dir}"
+            raise QGNError(
+                f"{split}: {len(without)} of {len(posts)} posts have no image ({hint}); or choose "
+                "data.missing_images=skip / text_only, or model.text_only=true"
+            )
+    if skipped is not None:
+        skipped[split] = {"posts": report.skipped_posts, "entities": report.skipped_entities}
     return posts
 
 
@@ -174,7 +204,7 @@ class Trainer:
         from accelerate import Accelerator, DataLoaderConfiguration
         from accelerate.utils import set_seed
 
-        self.settings, self.output_dir, self.progress = settings, Path(output_dir), progress
+        self.settings, self.output_dir, self.progress = settings.with_absolute_paths(), Path(output_dir), progress
         # accelerate logs every checkpoint file at INFO; our own log says what matters.
         logging.getLogger("accelerate").setLevel(logging.WARNING)
         train = settings.train
@@ -218,8 +248,9 @@ class Trainer:
         from qgn.modeling import build
 
         s, acc = self.settings, self.accelerator
-        self.train_posts = read_split(s, s.data.train_split)
-        self.dev_posts = read_split(s, s.data.dev_split)
+        self.skipped: dict[str, dict[str, int]] = {}  # posts dropped by missing_images=skip, per split
+        self.train_posts = read_split(s, s.data.train_split, skipped=self.skipped)
+        self.dev_posts = read_split(s, s.data.dev_split, skipped=self.skipped)
         self.tokenizer = build_tokenizer(s, self.train_posts)
         self.model, self.criterion, self.postprocessor = build(s.model)
         # The encoders' configs are now filled in (loaded from a hub name or a local directory),
@@ -239,7 +270,8 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.dev_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, dev_loader, scheduler
         )
-        self.state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None}
+        self.state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None,
+                      "running": {"sums": {}, "count": 0}}
         if resume:
             self._load_checkpoint()
         elif acc.is_main_process:
@@ -253,6 +285,7 @@ class Trainer:
             }
             (self.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         self.tb = self._tensorboard()
+        self._last_save = time.time()  # for checkpoint_every_minutes
 
     def _tensorboard(self) -> Any:
         if not self.accelerator.is_main_process:
@@ -264,23 +297,70 @@ class Trainer:
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
     # -------------------------------------------------------------- checkpoints
+    def _checkpoint_due(self) -> bool:
+        """After an optimizer step: every ``checkpoint_every_steps`` steps, or when
+        ``checkpoint_every_minutes`` have passed since the last save. Processes decide together
+        (the main process's clock, checked every 10 steps), since a save is collective."""
+        t, step = self.settings.train, self.state["global_step"]
+        if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+            return True
+        if not t.checkpoint_every_minutes:
+            return False
+        acc = self.accelerator
+        if acc.num_processes > 1 and step % 10:
+            return False
+        due = time.time() - self._last_save >= 60 * t.checkpoint_every_minutes
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            due = bool(broadcast(torch.tensor([int(due)], device=acc.device), from_process=0).item())
+        return due
+
     def _save_checkpoint(self) -> None:
+        self._last_save = time.time()
         acc = self.accelerator
         tmp = self.output_dir / "checkpoint.tmp"
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process has written its random states before tmp is moved
+        # The epoch's running loss sums go into the state too, so that the epoch's logged mean after
+        # a resume covers its batches from before the stop as well (averaged over processes: the
+        # epoch-end mean of per-process means is linear in them).
+        running = self.state["running"]
+        if running["sums"] and acc.num_processes > 1:
+            names = sorted(running["sums"])
+            values = acc.reduce(torch.tensor([running["sums"][k] for k in names], device=acc.device, dtype=torch.float64),
+                                reduction="mean")
+            running = {"sums": dict(zip(names, values.tolist())), "count": running["count"]}
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(self.state, indent=2) + "\n")
+            state = {**self.state, "running": running}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
             _atomic_replace(tmp, self.checkpoint_dir)
         acc.wait_for_everyone()
 
     def _load_checkpoint(self) -> None:
         if not (self.checkpoint_dir / "trainer_state.json").is_file():
             raise QGNError(f"nothing to resume in {self.output_dir}: no checkpoint/trainer_state.json")
-        self.accelerator.load_state(str(self.checkpoint_dir))
-        self.state = json.loads((self.checkpoint_dir / "trainer_state.json").read_text())
+        try:
+            self.state = json.loads((self.checkpoint_dir / "trainer_state.json").read_text(encoding="utf-8"))
+            self.accelerator.load_state(str(self.checkpoint_dir))
+        except Exception as err:  # accelerate/torch/safetensors raise many kinds for one bad file
+            bad = corrupt_files(self.checkpoint_dir)
+            where = ", ".join(str(p) for p in bad) if bad else str(self.checkpoint_dir)
+            raise QGNError(f"cannot resume: the training state is unreadable ({where}: {type(err).__name__}: "
+                           f"{str(err)[:200]}); nothing was changed, restore the file or start a new run") from None
+        best = self.output_dir / "best"
+        if self.state.get("best_epoch") is not None:
+            # Found now, not after the remaining epochs (finish() loads it).
+            from qgn.modeling import QGNModel
+
+            if not best.is_dir():
+                raise QGNError(f"cannot resume: {best} (the best model so far, epoch {self.state['best_epoch']}) is "
+                               "missing")
+            QGNModel.from_pretrained(best)
+        self.state.setdefault("running", {"sums": {}, "count": 0})  # checkpoints from before it was kept
         logger.info("resuming at epoch %d, batch %d (step %d)", self.state["epoch"] + 1,
                     self.state["batches_done"], self.state["global_step"])
 
@@ -293,6 +373,10 @@ class Trainer:
                 shutil.rmtree(tmp)
             model = acc.unwrap_model(self.model)
             model.save_pretrained(tmp, tokenizer=self.tokenizer, image_processor=self.image_transform)
+            # Verified loadable before it replaces the previous best (a full disk writes short files).
+            from qgn.modeling import QGNModel
+
+            QGNModel.from_pretrained(tmp)
             _atomic_replace(tmp, folder)
         acc.wait_for_everyone()
 
@@ -353,8 +437,8 @@ class Trainer:
         loader = self.train_loader
         if state["batches_done"]:
             loader = acc.skip_first_batches(self.train_loader, state["batches_done"])
-        sums: dict[str, float] = {}
-        count = 0
+        running = state["running"]  # carried over from before a resume, else empty
+        sums: dict[str, float] = running["sums"]
         self.model.train()
         for batch in loader:
             with acc.accumulate(self.model):
@@ -373,14 +457,13 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            count += 1
+            running["count"] += 1
             state["batches_done"] += 1
             if acc.sync_gradients:
                 state["global_step"] += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
-                every = s.train.checkpoint_every_steps
-                if every and state["global_step"] % every == 0:
+                if self._checkpoint_due():
                     self._save_checkpoint()
                 if s.train.max_steps and state["global_step"] >= s.train.max_steps:
                     break
@@ -388,7 +471,7 @@ class Trainer:
         last = stop or epoch + 1 == s.train.epochs
         names = sorted(sums)
         # Each process saw its share of every batch: average the per-process means.
-        means = torch.tensor([sums[k] / max(count, 1) for k in names], device=acc.device)
+        means = torch.tensor([sums[k] / max(running["count"], 1) for k in names], device=acc.device)
         means = acc.reduce(means, reduction="mean") if acc.num_processes > 1 else means
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -405,7 +488,7 @@ class Trainer:
                 self._save_model(self.output_dir / "best")
         record["seconds"] = round(time.time() - started, 2)
         self._log_epoch(record)
-        state["epoch"], state["batches_done"] = epoch + 1, 0
+        state["epoch"], state["batches_done"], state["running"] = epoch + 1, 0, {"sums": {}, "count": 0}
         self._save_checkpoint()
         return stop
 
@@ -423,7 +506,7 @@ class Trainer:
         best_dir = self.output_dir / "best"
         acc.wait_for_everyone()
         best = QGNModel.from_pretrained(best_dir).to(acc.device)
-        test_posts = read_split(s, s.data.test_split)
+        test_posts = read_split(s, s.data.test_split, skipped=self.skipped)
         test_loader = acc.prepare(
             make_loader(test_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
         )
@@ -451,7 +534,9 @@ class Trainer:
                                 "chosen_on": f"dev {s.train.select_metric} micro F1" if s.train.tune_thresholds
                                 else "not tuned (train.tune_thresholds false)"},
                  "dev": summary("dev", chosen), "test": summary("test", chosen),
-                 "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)}}
+                 "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)},
+                 # posts dropped by data.missing_images=skip: their gold entities are not in the scores
+                 "skipped_for_missing_images": dict(self.skipped)}
         if acc.is_main_process:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         acc.wait_for_everyone()
@@ -502,4 +587,8 @@ def _main(args: Any) -> int:
 
     print(f"best epoch {final['best_epoch']} (selected on {final['selected_on']})")
     print(format_summary({"dev": final["dev"], "test": final["test"]}))
+    for split, count in final.get("skipped_for_missing_images", {}).items():
+        if count["posts"]:
+            print(f"note: {split} skipped {count['posts']} posts without a usable image ({count['entities']} gold "
+                  "entities); the scores above leave them out (data.missing_images=skip)")
     return 0

@@ -221,13 +221,17 @@ class QGNModel(nn.Module):
                 raise QGNError(f"{folder} is not a QGN checkpoint: {path.name} is missing")
         try:
             config = QGNConfig.load(config_path)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
             raise QGNError(f"{config_path}: {exc}") from exc
         if config.text_config is None or (not config.text_only and config.vision_config is None):
             raise QGNError(f"{config_path}: text_config/vision_config missing, cannot rebuild the encoders offline")
         model = cls(config, load_pretrained_encoders=False)
+        from safetensors import SafetensorError
+
         try:
             load_model(model, str(weights_path), strict=True)
+        except SafetensorError as exc:  # truncated or overwritten file
+            raise QGNError(f"{weights_path} is corrupt or truncated ({exc}); restore it or retrain") from None
         except RuntimeError as exc:
             raise QGNError(f"{weights_path} does not match {config_path}: {str(exc)[:500]}") from exc
         return model.eval()
