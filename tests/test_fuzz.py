@@ -90,27 +90,17 @@ def test_twitter_fmnerg(folder, text, xml):
     parses_or_qgn_error(lambda: read_twitter_fmnerg(root, "train", root / "xml"))
 
 
-@FUZZ
-@given(content=json_lines())
-def test_jsonl_posts(folder, content):
-    path = folder / "posts.jsonl"
-    path.write_bytes(content)
-    parses_or_qgn_error(lambda: read_jsonl(path))
-
-
-@FUZZ
-@given(content=json_lines())
-def test_prediction_files(folder, content):
-    path = folder / "pred.jsonl"
-    path.write_bytes(content)
-    parses_or_qgn_error(lambda: read_predictions(path))
-
-
-@FUZZ
-@given(content=json_lines())
-def test_predict_input_rows(folder, content):
+def _predict_input_rows(path: Path) -> list:
     from qgn.engine.predict import _batch_rows
 
+    return list(_batch_rows(path))
+
+
+@pytest.mark.parametrize("read", [read_jsonl, read_predictions, _predict_input_rows],
+                         ids=["jsonl_posts", "prediction_files", "predict_input_rows"])
+@FUZZ
+@given(content=json_lines())
+def test_json_lines_readers(folder, read, content):
     path = folder / "input.jsonl"
     path.write_bytes(content)
-    parses_or_qgn_error(lambda: list(_batch_rows(path)))
+    parses_or_qgn_error(lambda: read(path))

@@ -696,3 +696,19 @@ def test_prediction_file_messages_in_full(tmp_path):
         with pytest.raises(DataError) as err:
             read_predictions(path)
         assert str(err.value).startswith(f"{path}:1: ") and str(err.value).endswith(message), str(err.value)
+
+
+def test_defaults_of_the_report_helpers():
+    from qgn.metrics.report import format_report
+
+    posts, preds = breakdown_posts()
+    report = score(posts, preds)
+    assert format_report(report) == report.format_table(per_type=True)  # per-type rows by default
+    assert report.macro_f1() == report.macro_f1("GMNER") == pytest.approx((50 + 0 + 0 + 200 / 7) / 4)
+    fine = score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "city")]},
+                 fine_to_coarse={"city": "location"})
+    assert fine.format_table().startswith("1 posts (0 without predictions)")  # the fine rows are appended
+    # with FMNERG types and no explicit inventory, the map's types are the known ones
+    with pytest.raises(DataError, match=r"post 'f', entity 0: unknown type 'mayor' \(known: city\)"):
+        score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "mayor")]},
+              fine_to_coarse={"city": "location"})
