@@ -110,7 +110,10 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     if overwrite and out.exists():
         for name in ("run", "data", "predictions.png", "demo_result.json"):
             target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
     resume = (run_dir / "checkpoint" / "trainer_state.json").is_file()
     if resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))

@@ -237,7 +237,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here rather than in a worker
-            return ImageOps.exif_transpose(image).convert("RGB")
+            return upright(image)
     except FileNotFoundError:
         raise DataError("image file not found", path=str(path)) from None
     except Image.DecompressionBombError as err:

@@ -120,7 +120,7 @@ def load_gold(data: str, split: str, fmnerg_xml: str | None = None) -> tuple[lis
 
 def print_report(report: ScoreReport, args: Any, source: str, images: str | None = None) -> None:
     """The table (or ``--json`` object) on stdout; warnings go to stderr through logging.
-    ``images`` says what the model saw, for a checkpoint ("images" or "none")."""
+    ``images`` says what a checkpoint saw: "images", "none" (``--no-images``) or "text-only model"."""
     if args.json:
         print(json.dumps({**report.to_dict(), **({"images": images} if images else {})}, indent=2))
         return
