@@ -179,8 +179,9 @@ def parse_post(obj: Any, folder: str, entity_types: Sequence[str] | None, where:
                 text=text, char_offsets=offsets)
 
 
-def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, Any]]:
-    """``(line number, parsed object)`` for each non-blank line; bad JSON -> DataError at file:line."""
+def parse_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` for each non-blank line; a line of bad JSON gives a
+    :class:`DataError` at file:line in place of the object, so a caller may report it and go on."""
     path = str(path)
     if not os.path.isfile(path):
         raise DataError(f"{what} not found", path=path)
@@ -190,7 +191,15 @@ def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tupl
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"not valid JSON: {err.msg} (column {err.colno})", path, number) from None
+            yield number, DataError(f"not valid JSON: {err.msg} (column {err.colno})", path, number)
+
+
+def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` for each non-blank line; bad JSON -> DataError at file:line."""
+    for number, obj in parse_json_lines(path, what):
+        if isinstance(obj, DataError):
+            raise obj
+        yield number, obj
 
 
 def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_images: str | None = None,

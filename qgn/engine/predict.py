@@ -14,18 +14,12 @@ def _batch_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
     """``(line number, row)`` of each non-blank input line, or ``(line, DataError)`` for a bad one
     (the others still run). A row is ``{"id", "text" or "tokens", "image"}``; image paths are
     relative to the file's folder; a repeated id is an error for the whole file."""
-    from qgn.data.files import utf8_lines
+    from qgn.data.jsonl import parse_json_lines
 
-    if not path.is_file():
-        raise DataError("input file not found", str(path))
     seen: dict[str, int] = {}
-    for number, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield number, DataError(f"not valid JSON: {err.msg} (column {err.colno})", str(path), number)
+    for number, obj in parse_json_lines(path, what="input file"):
+        if isinstance(obj, DataError):  # bad JSON: reported, the other lines still run
+            yield number, obj
             continue
         if not isinstance(obj, dict) or not (isinstance(obj.get("text"), str) or "tokens" in obj):
             yield number, DataError('each line needs a "text" string or a "tokens" list (and optional "id", '
