@@ -62,15 +62,17 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> "Predictor":
-        """Load ``checkpoint_dir`` (a ``best/`` folder of a run); ``thresholds`` override the
-        post-processor's (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``)."""
+        """Load ``checkpoint_dir`` (a ``best/`` folder of a run, or a hub repo id ``owner/name[@rev]``
+        resolved through the hub cache); ``thresholds`` override the post-processor's
+        (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``)."""
         from transformers import AutoTokenizer
 
         from qgn.data.pipeline import ImageTransform
+        from qgn.hub import resolve_checkpoint
         from qgn.modeling import QGNModel
         from qgn.modeling.postprocess import PostProcessor
 
-        folder = Path(checkpoint_dir)
+        folder = resolve_checkpoint(checkpoint_dir)
         if not (folder / "config.json").is_file():
             hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
             raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "qgn.engine.train",
     "qgn.engine.evaluate",
     "qgn.engine.predict",
+    "qgn.serving.cli",
 )
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -229,21 +229,23 @@ def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy
     return resolve_images(posts, image_dir, policy or "fail", report)
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
     """Open an image the way every part of qgn does: decoded now, turned upright by its EXIF
     orientation (a phone photo is seen as its owner sees it, and pixel boxes are in that frame),
     converted to RGB (grayscale, palette, alpha). :class:`DataError` naming the file if it is
-    missing, unreadable, truncated or too large to decode safely (PIL's decompression-bomb limit)."""
+    missing, unreadable, truncated or too large to decode safely (PIL's decompression-bomb limit).
+    ``path`` may be an open binary file (an upload); ``name`` is then what errors call it."""
+    name = str(path) if name is None else name
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here rather than in a worker
             return upright(image)
     except FileNotFoundError:
-        raise DataError("image file not found", path=str(path)) from None
+        raise DataError("image file not found", path=name) from None
     except Image.DecompressionBombError as err:
-        raise _too_large(path, err) from None
+        raise _too_large(name, err) from None
     except _DECODE_ERRORS as err:
-        raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=str(path)) from err
+        raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=name) from err
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -372,7 +372,8 @@ class Trainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             model = acc.unwrap_model(self.model)
-            model.save_pretrained(tmp, tokenizer=self.tokenizer, image_processor=self.image_transform)
+            model.save_pretrained(tmp, tokenizer=self.tokenizer, image_processor=self.image_transform,
+                                  data_path=self.settings.data.path)
             # Verified loadable before it replaces the previous best (a full disk writes short files).
             from qgn.modeling import QGNModel
 
@@ -539,6 +540,9 @@ class Trainer:
                  "skipped_for_missing_images": dict(self.skipped)}
         if acc.is_main_process:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+            from qgn.hub import card_from_run
+
+            card_from_run(best_dir, self.output_dir, s.data.path)  # the card now gives the figures
         acc.wait_for_everyone()
         return final
 

@@ -193,10 +193,12 @@ class QGNModel(nn.Module):
         return outputs
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, image_processor: Any = None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, image_processor: Any = None,
+                        data_path: str | None = None) -> None:
         """Write ``config.json`` (the QGNConfig, encoder configs included) and ``model.safetensors``
         into ``directory`` (created), plus the tokenizer / image processor through their own
-        ``save_pretrained`` when given."""
+        ``save_pretrained`` when given, and a model card ``README.md`` (``data_path``: the training
+        data, described in the card; training rewrites the card with the final figures)."""
         from safetensors.torch import save_model
 
         folder = Path(directory)
@@ -207,6 +209,9 @@ class QGNModel(nn.Module):
             tokenizer.save_pretrained(str(folder))
         if image_processor is not None:
             image_processor.save_pretrained(str(folder))
+        from qgn.hub import write_model_card
+
+        write_model_card(folder, self.config, data_path=data_path)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "QGNModel":

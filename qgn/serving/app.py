@@ -1,0 +1,172 @@
+"""The web service: ``GET /`` (the demo page), ``POST /api/predict``, ``GET /healthz``.
+
+One FastAPI app around one loaded :class:`qgn.api.Predictor`. The page is a single static file
+(``static/index.html``: its script and style inline, nothing fetched from elsewhere), so it works
+on a machine with no internet access. Boxes are drawn by the page on a canvas from the JSON answer,
+so the API and the page show the same thing.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations at run time.
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from qgn.errors import QGNError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+MAX_TEXT_CHARS = 10_000  # a post, not a book: longer texts are truncated by the encoder anyway
+
+
+@dataclass
+class Example:
+    """A post offered on the page: its text and its image's bytes (JPEG or PNG)."""
+
+    text: str
+    image: bytes
+    media_type: str = "image/jpeg"
+
+
+def synthetic_examples(count: int = 3) -> list[Example]:
+    """Test posts of the embedded synthetic benchmark (what ``qgn demo`` trains on), rendered in
+    memory; the page offers them when no ``--examples`` file is given."""
+    from qgn.data.synthetic import make_post, render_image
+
+    # generate_synthetic_benchmark's defaults (seed 0, 128x96 images, 25 % size jitter): the demo's own test posts
+    examples, index = [], 0
+    while len(examples) < count:
+        post = make_post(0, "test", index, (128, 96), 0.25)
+        index += 1
+        if any(obj.name for obj in post.objects):  # posts with something to ground
+            examples.append(Example(" ".join(post.tokens), render_image(post, 0)))
+    return examples
+
+
+def read_examples(path: str) -> list[Example]:
+    """``{"text", "image"}`` per line of a JSON-lines file (image paths relative to the file)."""
+    from pathlib import Path
+
+    from qgn.data.jsonl import iter_json_lines
+    from qgn.errors import DataError
+
+    file = Path(path)
+    examples = []
+    for number, row in iter_json_lines(file, what="examples file"):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("image"), str):
+            raise DataError('each line needs "text" and "image" strings', str(file), number)
+        image = Path(row["image"]) if Path(row["image"]).is_absolute() else file.parent / row["image"]
+        if not image.is_file():
+            raise DataError(f"image not found: {image}", str(file), number)
+        media = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
+        examples.append(Example(row["text"], image.read_bytes(), media))
+    return examples
+
+
+def create_app(predictor: Any, examples: list[Example] | None = None,
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, title: str = "QGN") -> Any:
+    """The FastAPI app serving ``predictor``. ``examples`` are offered on the page."""
+    try:
+        from fastapi import FastAPI, File, Form, Request, UploadFile
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
+    except ImportError as err:
+        raise QGNError(f"qgn serve needs the serve extra: pip install 'qgn[serve]' ({err})") from None
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from qgn.api import entity_dict
+    from qgn.data.images import load_image
+
+    examples = list(examples or [])
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    lock = threading.Lock()  # one prediction at a time: the model is shared and torch uses every core
+    page = resources.files("qgn.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = page.replace("{{TITLE}}", title)
+    app = FastAPI(title=f"{title} (qgn serve)", docs_url="/docs", redoc_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    # Every client mistake answers {"error": "..."} with a 4xx, never FastAPI's nested detail or a 500.
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        missing = [str(e["loc"][-1]) for e in exc.errors() if e.get("type") == "missing"]
+        if missing:
+            return error(422, f"missing form field(s): {', '.join(missing)} (send multipart fields image and text)")
+        return error(422, "; ".join(str(e.get("msg")) for e in exc.errors()) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        config = predictor.config
+        return {"status": "ok", "entity_types": list(config.entity_types), "text_only": bool(config.text_only),
+                "device": str(predictor.device)}
+
+    @app.get("/api/examples")
+    def list_examples() -> dict[str, Any]:
+        return {"examples": [{"id": i, "text": e.text, "image": f"/examples/{i}"} for i, e in enumerate(examples)]}
+
+    @app.get("/examples/{index}")
+    def example_image(index: int) -> Response:
+        if not 0 <= index < len(examples):
+            return error(404, f"no example {index}")
+        return Response(examples[index].image, media_type=examples[index].media_type)
+
+    @app.post("/api/predict")
+    def predict(text: str = Form(""), image: UploadFile | None = File(None)) -> Any:
+        # A plain def: FastAPI runs it in its thread pool, so a long prediction does not block the server.
+        if not text.strip():
+            return error(400, "empty text: give the post's text")
+        if len(text) > MAX_TEXT_CHARS:
+            return error(413, f"text too long: {len(text)} characters (at most {MAX_TEXT_CHARS})")
+        picture = None
+        if image is not None and image.filename:
+            data = image.file.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                return error(413, f"image too large: over {max_upload_mb:g} MB (qgn serve --max-upload-mb)")
+            if not data:
+                return error(400, "the uploaded image is empty")
+            try:
+                picture = load_image(io.BytesIO(data), name=image.filename)
+            except QGNError as err:
+                return error(415, f"not a readable image: {err}")
+        elif not predictor.config.text_only:
+            return error(400, "no image: this model grounds entities in an image; send the multipart field image")
+        try:
+            with lock:
+                post, img = predictor.make_post(text, picture)
+                predictions = predictor.predict_posts([post], [img])[0]
+        except QGNError as err:
+            return error(400, str(err))
+        return {"entities": [entity_dict(post, p) for p in predictions],
+                "image_size": list(picture.size) if picture is not None else None}
+
+    return app
+
+
+def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
+          examples_file: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **thresholds: Any) -> None:
+    """Load ``checkpoint`` (``thresholds`` override its post-processing) and serve it with uvicorn
+    until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as err:
+        raise QGNError(f"qgn serve needs the serve extra: pip install 'qgn[serve]' ({err})") from None
+    from qgn.api import load
+
+    predictor = load(checkpoint, device=device, **thresholds)
+    examples = read_examples(examples_file) if examples_file else synthetic_examples()
+    app = create_app(predictor, examples, max_upload_mb=max_upload_mb)
+    logger.info("serving %s on http://%s:%d (page /, API POST /api/predict, health /healthz)", checkpoint, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")

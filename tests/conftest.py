@@ -1,0 +1,34 @@
+"""Fixtures shared by the test files that need a trained checkpoint (serve, predict, export, hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory) -> Path:
+    from qgn.data.synthetic import generate_synthetic_benchmark
+
+    return generate_synthetic_benchmark(tmp_path_factory.mktemp("tiny-bench"), num_train=96, num_dev=8, num_test=8,
+                                        seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_bench, tmp_path_factory) -> Path:
+    """``best/`` of a four-epoch tiny run (about 15 s; with fewer posts or epochs it still predicts
+    no entity at all). Tests that need entities load it with ``score_threshold=0`` (a model
+    trained for seconds is far from any confident span)."""
+    from qgn.engine.settings import settings_from_dict
+    from qgn.engine.train import run_training
+
+    run = tmp_path_factory.mktemp("tiny-run")
+    settings = settings_from_dict({
+        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
+        "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
+        "train": {"epochs": 4, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1,
+                  "tune_thresholds": False},
+    })
+    run_training(settings, run, progress=False)
+    return run / "best"
