@@ -39,39 +39,181 @@ def _batch_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
         yield number, {"id": post_id, "text": obj.get("text"), "tokens": obj.get("tokens"), "image": image}
 
 
-def predict_file(predictor: Any, path: Path, out: TextIO, batch_size: int = 16) -> tuple[int, list[str]]:
-    """Predict every good line of a JSON-lines input into ``out`` (input order), ``batch_size``
-    posts in memory at a time. Returns the number of posts written and one message per bad line."""
+def predict_file(predictor: Any, path: Path, out: TextIO, batch_size: int = 16, rank: int = 0, world: int = 1,
+                 after_row: int = -1, tag_rows: bool = False, progress: bool = False) -> tuple[int, list[str]]:
+    """Predict the good lines of a JSON-lines input into ``out`` in input order, ``batch_size``
+    posts in memory at a time. Returns the number of posts written and one message per bad line.
+
+    Batches are fixed by row (the n-th non-blank line is row n-1; batch k holds rows
+    ``[k * batch_size, (k + 1) * batch_size)``), so any split of the work sees the same batches and
+    writes the same bytes. Process ``rank`` of ``world`` takes batches ``k % world == rank``;
+    rows up to ``after_row`` are done already (resume). ``tag_rows`` writes ``row<TAB>json`` lines
+    (a shard's part file, merged by row later)."""
+    from tqdm.auto import tqdm
+
+    from qgn.api import entity_dict
+
     written, failures = 0, []
-    chunk: list[tuple[Any, Any]] = []
+    chunk: list[tuple[int, Any, Any]] = []
+    label = "predict" if world == 1 else f"predict {rank}/{world}"
+    bar = tqdm(desc=label, unit="post", position=rank, disable=not progress, dynamic_ncols=True)
 
     def flush() -> None:
         nonlocal written
         if not chunk:
             return
-        results = predictor.predict_posts([p for p, _ in chunk], [img for _, img in chunk], batch_size=batch_size)
-        from qgn.api import entity_dict
-
-        for (post, _), preds in zip(chunk, results):
-            out.write(json.dumps({"id": post.id, "entities": [entity_dict(post, e) for e in preds]},
-                                 ensure_ascii=False) + "\n")
-        out.flush()
+        results = predictor.predict_posts([p for _, p, _ in chunk], [img for _, _, img in chunk],
+                                          batch_size=batch_size)
+        for (row, post, _), preds in zip(chunk, results):
+            line = json.dumps({"id": post.id, "entities": [entity_dict(post, e) for e in preds]}, ensure_ascii=False)
+            out.write(f"{row}\t{line}\n" if tag_rows else line + "\n")
+        out.flush()  # a crash loses at most this batch; --resume continues after the last full line
         written += len(chunk)
+        bar.update(len(chunk))
         chunk.clear()
 
-    for number, row in _batch_rows(path):
-        if isinstance(row, DataError):
-            failures.append(str(row))
+    batch_of_chunk = None
+    for row, (number, item) in enumerate(_batch_rows(path)):
+        batch = row // batch_size
+        if row <= after_row or batch % world != rank:
+            continue
+        if batch != batch_of_chunk:
+            flush()
+            batch_of_chunk = batch
+        if isinstance(item, DataError):
+            failures.append(str(item))
             continue
         try:
-            chunk.append(predictor.make_post(row["text"], row["image"], post_id=row["id"], tokens=row["tokens"]))
+            post, image = predictor.make_post(item["text"], item["image"], post_id=item["id"], tokens=item["tokens"])
         except QGNError as err:
             failures.append(str(err) if isinstance(err, DataError) and err.line else f"{path}:{number}: {err}")
             continue
-        if len(chunk) >= batch_size:
-            flush()
+        chunk.append((row, post, image))
     flush()
+    bar.close()
     return written, failures
+
+
+# ----------------------------------------------------------------------------- output files, resume, shards
+def _complete_lines(file: Path) -> int:
+    """Cut ``file`` after its last newline (a line cut short by a crash is dropped); returns its size."""
+    size = file.stat().st_size
+    if size == 0:
+        return 0
+    with open(file, "rb+") as f:
+        at, keep = size, None
+        while at > 0 and keep is None:  # scan back for the last newline, 64 KB at a time
+            step = min(at, 65536)
+            f.seek(at - step)
+            block = f.read(step)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = at - step + cut + 1
+            at -= step
+        keep = keep or 0
+        if keep != size:
+            f.truncate(keep)
+    return keep
+
+
+def _last_line(file: Path) -> str | None:
+    last = None
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                last = line
+    return last
+
+
+def _row_of_id(path: Path, post_id: str, output: Path) -> int:
+    for row, (_, item) in enumerate(_batch_rows(path)):
+        if isinstance(item, dict) and item["id"] == post_id:
+            return row
+    raise QGNError(f"cannot resume: {output} ends with post {post_id!r}, which {path} does not hold; is it the "
+                   "output of this input?")
+
+
+def _done_rows(path: Path, output: Path) -> int:
+    """The last input row that ``output`` (a plain output, in input order) holds; -1 if none."""
+    if not output.is_file() or not _complete_lines(output):
+        return -1
+    last = _last_line(output)
+    if last is None:
+        return -1
+    try:
+        post_id = json.loads(last)["id"]
+    except (ValueError, KeyError, TypeError):
+        raise QGNError(f"cannot resume: the last line of {output} is not a qgn predict line") from None
+    return _row_of_id(path, str(post_id), output)
+
+
+def _done_rows_of_part(part: Path) -> int:
+    if not part.is_file() or not _complete_lines(part):
+        return -1
+    last = _last_line(part)
+    try:
+        return int(last.split("\t", 1)[0]) if last else -1
+    except ValueError:
+        raise QGNError(f"cannot resume: {part} is not a qgn predict part file") from None
+
+
+def _merge_parts(parts: list[Path], output: Path, after_row: int) -> None:
+    """Append the parts' lines to ``output`` in row order (each part is in row order already)."""
+    import heapq
+
+    def lines(part: Path) -> Iterator[tuple[int, str]]:
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                row, _, text = line.partition("\t")
+                if int(row) > after_row:
+                    yield int(row), text
+
+    with open(output, "a", encoding="utf-8") as out:
+        for _, text in heapq.merge(*(lines(p) for p in parts)):
+            out.write(text)
+
+
+def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, rank: int = 0, world: int = 1,
+                    resume: bool = False, progress: bool = True, barrier: Any = None) -> tuple[int, list[str]]:
+    """``qgn predict --input --output`` for process ``rank`` of ``world`` (``barrier()`` waits for
+    them all). One process writes ``output`` directly; several write ``OUTPUT.parts/part-I-of-N``
+    (``row<TAB>line``), which the main process merges into ``output`` in input order at the end.
+    ``resume`` keeps what ``output`` and the parts hold and predicts the rest."""
+    import shutil
+
+    barrier = barrier or (lambda: None)
+    parts_dir = output.with_name(output.name + ".parts")
+    if not resume:
+        if rank == 0:
+            output.unlink(missing_ok=True)
+            if parts_dir.exists():
+                shutil.rmtree(parts_dir)
+        barrier()
+    elif parts_dir.is_dir():  # every process checks (one raising alone would leave the others waiting)
+        other = [p.name for p in parts_dir.iterdir() if not p.name.endswith(f"-of-{world:05d}.jsonl")]
+        if other:
+            raise QGNError(f"cannot resume: {parts_dir} holds the parts of a run with another number of processes "
+                           f"({other[0]}); resume with that number, or start again without --resume")
+    if resume:  # rank 0 cuts a line left short by a crash, then everyone reads where the output ends
+        if rank == 0:
+            _done_rows(path, output)
+        barrier()
+    done = _done_rows(path, output) if resume else -1
+    if world == 1:
+        with open(output, "a", encoding="utf-8") as out:
+            return predict_file(predictor, path, out, batch_size, after_row=done, progress=progress)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    part = parts_dir / f"part-{rank:05d}-of-{world:05d}.jsonl"
+    after = max(done, _done_rows_of_part(part)) if resume else done
+    with open(part, "a", encoding="utf-8") as out:
+        result = predict_file(predictor, path, out, batch_size, rank, world, after_row=after, tag_rows=True,
+                              progress=progress)
+    barrier()
+    if rank == 0:
+        _merge_parts(sorted(parts_dir.glob(f"part-*-of-{world:05d}.jsonl")), output, done)
+        shutil.rmtree(parts_dir)
+    barrier()
+    return result
 
 
 def register(subparsers: Any) -> None:
@@ -91,8 +233,49 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
     p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="posts per batch (default 16); batches are fixed by input line, so a sharded run writes "
+                   "the same bytes as one process")
+    p.add_argument("--resume", action="store_true",
+                   help="with --input and --output: keep what an interrupted run wrote and predict the rest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
+
+
+def _processes(device: str | None) -> tuple[int, int, Any, str | None]:
+    """``(rank, world size, barrier, device)``: one process, or one of several started by
+    ``accelerate launch`` / ``torchrun`` (each on its own GPU when there are GPUs)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None, device
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone, device or str(state.device)
+
+
+def _predict_batch(args: Any, predictor: Any) -> int:
+    rank, world = args.rank, args.world
+    if args.output:
+        written, failures = predict_to_file(predictor, Path(args.input), Path(args.output), args.batch_size, rank,
+                                            world, resume=args.resume, progress=not args.no_progress,
+                                            barrier=args.barrier)
+    else:
+        if world > 1 or args.resume:
+            raise QGNError("give --output FILE: several processes, and --resume, write to a file")
+        written, failures = predict_file(predictor, Path(args.input), sys.stdout, batch_size=args.batch_size)
+    for message in failures:
+        print(f"qgn predict: skipped {message}", file=sys.stderr)
+    if world > 1:
+        print(f"process {rank}/{world}: {written} posts", file=sys.stderr)
+    if rank == 0:
+        where = f" to {args.output}" if args.output else ""
+        what = f"wrote predictions for {written} posts{where}" if world == 1 else \
+            f"merged the predictions of {world} processes into {args.output}"
+        print(what + (f"; {len(failures)} lines failed (listed above)" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _main(args: Any) -> int:
@@ -105,23 +288,18 @@ def _main(args: Any) -> int:
         thresholds["score_threshold"] = args.score_threshold
     if args.no_target_threshold is not None:
         thresholds["no_target_threshold"] = args.no_target_threshold
-    predictor = load(args.checkpoint, device=args.device, **thresholds)
+    rank, world, barrier, device = _processes(args.device)
+    predictor = load(args.checkpoint, device=device, **thresholds)
+    args.rank, args.world, args.barrier = rank, world, barrier
 
     if args.input:
         if args.draw or args.image:
             raise QGNError("--draw and --image are for one post (--text); with --input each line names its image")
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-        try:
-            written, failures = predict_file(predictor, Path(args.input), out, batch_size=args.batch_size)
-        finally:
-            if out is not sys.stdout:
-                out.close()
-        for message in failures:
-            print(f"qgn predict: skipped {message}", file=sys.stderr)
-        where = f" to {args.output}" if args.output else ""
-        print(f"wrote predictions for {written} posts{where}"
-              + (f"; {len(failures)} lines failed (listed above)" if failures else ""), file=sys.stderr)
-        return 1 if failures else 0
+        return _predict_batch(args, predictor)
+    if args.resume:
+        raise QGNError("--resume is for --input with --output")
+    if world > 1:
+        raise QGNError("several processes share out an --input file; one --text post needs one process")
 
     entities = predictor.predict(args.image, args.text)
     if args.json:
