@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES = (
     "qgn.engine.evaluate",
     "qgn.engine.predict",
     "qgn.serving.cli",
+    "qgn.export",
+    "qgn.hub",
 )
 
 

@@ -184,3 +184,28 @@ def card_from_run(best_dir: str | os.PathLike, run_dir: str | os.PathLike, data_
     final_file = run_dir / "final_metrics.json"
     final = json.loads(final_file.read_text(encoding="utf-8")) if final_file.is_file() else None
     return write_model_card(best_dir, QGNConfig.load(best_dir / "config.json"), final, data_path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "push",
+        help="upload a checkpoint (with its model card) to the Hugging Face hub",
+        description="Upload a checkpoint folder to a hub model repo (created if absent) through huggingface_hub. "
+        "Log in first (`hf auth login`) or give --token / HF_TOKEN. Others then load it with "
+        "qgn.load('OWNER/NAME') or --checkpoint OWNER/NAME.",
+    )
+    p.add_argument("--checkpoint", required=True, help="a QGN checkpoint folder (a run's best/)")
+    p.add_argument("--repo-id", required=True, help="OWNER/NAME of the model repo")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (default main)")
+    p.add_argument("--token", help="hub token (default: the logged-in one, or HF_TOKEN)")
+    p.add_argument("--message", default="Upload QGN checkpoint", help="commit message")
+    p.set_defaults(func=_main)
+
+
+def _main(args: Any) -> int:
+    url = push(args.checkpoint, args.repo_id, private=args.private, token=args.token, revision=args.revision,
+               commit_message=args.message)
+    print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
+    return 0

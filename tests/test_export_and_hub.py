@@ -1,0 +1,145 @@
+"""Checkpoints that travel: the ONNX export runs in onnxruntime like PyTorch, the model card, hub
+repo ids resolved offline from a cache in the hub's own layout, and ``qgn push``'s upload call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qgn.api import load
+from qgn.cli import main
+from qgn.data import read_dataset
+from qgn.data.pipeline import Collator, GMNERDataset, model_inputs
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint):
+    return load(tiny_checkpoint, device="cpu", score_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
+    return out
+
+
+def _batch(predictor, posts):
+    dataset = GMNERDataset(posts, predictor.tokenizer, predictor.config, image_transform=predictor.image_transform,
+                           text_only=False)
+    return Collator(predictor.tokenizer.pad_token_id)([dataset[i] for i in range(len(posts))])
+
+
+def test_onnx_matches_pytorch_and_gives_the_same_entities(predictor, onnx_file, tiny_bench):
+    import onnxruntime
+
+    from qgn.export import onnx_outputs
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "word_index", "word_mask",
+                                                      "pixel_values"]
+    posts = read_dataset(str(tiny_bench), split="test", image_dir=str(tiny_bench / "images"))
+    # Another batch size, and other sub-word and word lengths, than the batch the graph was traced with.
+    batches = [_batch(predictor, posts[:5]), _batch(predictor, [min(posts, key=lambda p: len(p.tokens))])]
+    assert batches[0]["word_mask"].shape[1] != batches[1]["word_mask"].shape[1]
+    found_entities = 0
+    for batch in batches:
+        with torch.no_grad():
+            reference = predictor.model(**model_inputs(batch))
+        ours = onnx_outputs(session, model_inputs(batch))
+        for name in ("type_logits", "start_logits", "end_logits", "pred_boxes", "notarget_logits"):
+            assert ours[name].shape == reference[name].shape, name
+            assert torch.allclose(ours[name], reference[name], atol=1e-4, rtol=1e-4), name
+        expected = predictor.postprocessor(reference, batch["posts"])
+        got = predictor.postprocessor(ours, batch["posts"])
+        for a_post, b_post in zip(expected, got):
+            assert [(p.start, p.end, p.type, p.box is None) for p in a_post] == \
+                   [(p.start, p.end, p.type, p.box is None) for p in b_post]
+            for a, b in zip(a_post, b_post):
+                assert a.score == pytest.approx(b.score, abs=1e-4)
+                if a.box is not None:
+                    assert a.box == pytest.approx(b.box, abs=1e-2)
+            found_entities += len(a_post)
+    assert found_entities > 0, "score_threshold 0: the comparison covers real entities"
+
+
+def test_export_refuses_a_name_without_onnx_suffix(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "model.bin")]) == 2
+    assert ".onnx" in capsys.readouterr().err
+
+
+def test_model_card_gives_figures_thresholds_and_loading(tiny_checkpoint):
+    card = (tiny_checkpoint / "README.md").read_text(encoding="utf-8")
+    final = json.loads((tiny_checkpoint.parent / "final_metrics.json").read_text())
+    assert card.startswith("---\nlibrary_name: qgn")
+    assert f"| test | GMNER | {final['test']['GMNER']['precision']:.2f} |" in card
+    assert f"best epoch {final['best_epoch']}" in card
+    assert "`score_threshold`: 0" in card and "`no_target_threshold`: 0.5" in card
+    assert "synthetic grounding benchmark" in card and 'qgn.load("' in card
+
+
+def _hub_cache(tmp_path: Path, checkpoint: Path, repo: str = "acme/qgn-tiny") -> Path:
+    """``HF_HUB_CACHE`` holding ``repo`` the way huggingface_hub writes it: blobs named by hash,
+    snapshots/<commit>/ of symlinks to them, refs/main naming the commit."""
+    cache = tmp_path / "hub"
+    root = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (root / "blobs").mkdir(parents=True)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, root / "blobs" / digest)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", digest))
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return cache
+
+
+def test_a_hub_repo_id_loads_offline_from_the_cache(tiny_checkpoint, tiny_bench, tmp_path):
+    cache = _hub_cache(tmp_path, tiny_checkpoint)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    image = sorted((tiny_bench / "images").iterdir())[0]
+    cmd = [sys.executable, "-m", "qgn.cli", "predict", "--device", "cpu", "--image", str(image), "--text",
+           "Anna met Hugo", "--json", "--score-threshold", "0", "--checkpoint"]
+    from_hub = subprocess.run([*cmd, "acme/qgn-tiny"], env=env, capture_output=True, text=True, timeout=120)
+    assert from_hub.returncode == 0, from_hub.stderr
+    local = subprocess.run([*cmd, str(tiny_checkpoint)], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(from_hub.stdout)["entities"] == json.loads(local.stdout)["entities"]
+    missing = subprocess.run([*cmd, "acme/not-cached"], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not in the cache" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_push_uploads_the_folder_with_its_card(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs))
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            calls.append(("upload", repo_id, sorted(os.listdir(folder_path)), kwargs))
+            return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "README.md").unlink()  # an older checkpoint without a card gets one before the upload
+    assert main(["push", "--checkpoint", str(folder), "--repo-id", "acme/qgn-tiny", "--private"]) == 0
+    assert calls[1] == ("create", "acme/qgn-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[2][0] == "upload" and "README.md" in calls[2][2] and "model.safetensors" in calls[2][2]
+    assert "acme/qgn-tiny/commit/1" in capsys.readouterr().out
+    assert main(["push", "--checkpoint", str(folder), "--repo-id", "not a repo"]) == 2
