@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "qgn.serving.cli",
     "qgn.export",
     "qgn.hub",
+    "qgn.reproduce.cli",
 )
 
 

@@ -55,7 +55,10 @@ def git_revision() -> str:
 def metrics_summary(report: Any) -> dict[str, Any]:
     """GMNER / MNER / EEG precision, recall, F1 and counts, and where GMNER is lost, from a ScoreReport."""
     full = report.to_dict()
-    return {name: full[name] for name in ("GMNER", "MNER", "EEG", "breakdown") if name in full}
+    summary = {name: full[name] for name in ("GMNER", "MNER", "EEG", "breakdown") if name in full}
+    if (full.get("fmnerg") or {}).get("coarse"):  # Twitter-FMNERG: GMNER per coarse category (Table II)
+        summary["fmnerg_coarse"] = full["fmnerg"]["coarse"]
+    return summary
 
 
 def _atomic_replace(tmp: Path, final: Path) -> None:
@@ -518,9 +521,16 @@ class Trainer:
                  for split, loader in (("dev", self.dev_loader), ("test", test_loader))}
         posts = {"dev": self.dev_posts, "test": test_posts}
 
+        # FMNERG gold carries a coarse category on every entity: score per category too (Table II).
+        from qgn.data import FMNERG_FINE_TO_COARSE
+
+        fmnerg = any(e.coarse_type for post in test_posts for e in post.entities)
+        fine_to_coarse = FMNERG_FINE_TO_COARSE if fmnerg else None
+
         def summary(split: str, thresholds: dict[str, Any]) -> dict[str, Any]:
             predictions = select_all(self.postprocessor, found[split], thresholds)
-            return metrics_summary(score(posts[split], predictions, entity_types=s.model.entity_types))
+            return metrics_summary(score(posts[split], predictions, entity_types=s.model.entity_types,
+                                         fine_to_coarse=fine_to_coarse))
 
         chosen = default
         if s.train.tune_thresholds:

@@ -1,0 +1,139 @@
+"""The paper's tables as grids of runs: each row is a set of config switches on top of one config.
+
+A row's runs are ordinary ``qgn train`` run directories, ``DIR/<table>/<row>/seed<k>/``; the full
+model, a row of several tables, lives once in ``DIR/full/seed<k>/`` and every table reads it there.
+Seeds are 1..K and set ``train.seed = k``, so ``--seeds 5`` after ``--seeds 3`` adds seeds 4 and 5.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qgn.errors import QGNError
+from qgn.modeling.configuration_qgn import layer_schedule
+
+TABLES = ("I", "II", "III", "IV", "V", "VI", "fig3")
+FULL = "full"
+DEFAULT_QUERY_SWEEP = (10, 20, 40, 60, 80, 100)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: its label as the paper prints it and the model switches it sets."""
+
+    table: str
+    label: str
+    switches: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_full(self) -> bool:
+        return not self.switches
+
+    @property
+    def slug(self) -> str:
+        return FULL if self.is_full else re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+def _vi(ext_stride: int, ext_start: int, inj_stride: int, inj_start: int) -> dict[str, Any]:
+    # Table VI varies J (the BERT layers fused) and the ViT injection layers; the ViT features are
+    # read at the injection layers (V = {2, 5, 8, 11} follows the injection schedule).
+    inject = layer_schedule(inj_start, inj_stride)
+    return {"text_extract_layers": layer_schedule(ext_start, ext_stride), "vision_inject_layers": inject,
+            "vision_extract_layers": inject}
+
+
+def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP) -> list[Row]:
+    """The rows of ``table`` in the paper's order; the full model's row has no switches."""
+    off = lambda *names: {f"use_{n}": False for n in names}  # noqa: E731
+    rows: dict[str, list[tuple[str, dict[str, Any]]]] = {
+        "I": [("QGN", {})],
+        "II": [("QGN", {})],
+        "III": [("MQA", off("hvla", "mqd")), ("HVLA", off("mqa", "mqd")), ("MQD", off("mqa", "hvla")),
+                ("MQA+HVLA", off("mqd")), ("MQA+MQD", off("hvla")), ("HVLA+MQD", off("mqa")), ("MQA+HVLA+MQD", {})],
+        "IV": [("L_pred", {"lambda_nt": 0.0, "lambda_con": 0.0}), ("L_pred+L_nt", {"lambda_con": 0.0}),
+               ("L_pred+L_con", {"lambda_nt": 0.0}), ("L_pred+L_nt+L_con", {})],
+        "V": [("random queries (full)", {}), ("batch-shared query parameters", {"query_init": "batch_shared"}),
+              ("mean-pooled text queries", {"query_init": "mean_pooled_text"}),
+              ("attention-pooled text queries", {"query_init": "attention_pooled_text"}),
+              ("w/o TQC", off("tqc")), ("w/o JCA", off("jca")), ("w/o VTF", off("vtf")), ("w/o FDE", off("fde")),
+              ("w/o MRE", off("mre"))],
+        "VI": [("3,1,3,2", {})] + [(",".join(map(str, s)), _vi(*s)) for s in
+                                   ((1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2),
+                                    (3, 1, 3, 1))],
+        "fig3": [(f"Nq={n}", {"num_queries": n}) for n in query_sweep],
+    }
+    if table not in rows:
+        raise QGNError(f"unknown table {table!r}; choose from {', '.join(TABLES)}")
+    return [Row(table, label, switches) for label, switches in rows[table]]
+
+
+def paper_tables() -> dict[str, Any]:
+    """The paper's numbers (``paper_tables.json``), by table and row."""
+    return json.loads(resources.files("qgn.reproduce").joinpath("paper_tables.json").read_text(encoding="utf-8"))
+
+
+def parse_tables(text: str) -> list[str]:
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in TABLES]
+    if unknown or not wanted:
+        raise QGNError(f"--tables {text!r}: choose from {', '.join(TABLES)} (comma-separated)")
+    return [t for t in TABLES if t in wanted]  # paper order, no repeats
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a row's switches (on the GMNER or the FMNERG config) and a seed."""
+
+    key: str  # "<config kind>/<row slug>", e.g. "gmner/full", shared by every table that has the row
+    kind: str  # "gmner" or "fmnerg" (Table II trains on the FMNERG config)
+    switches: tuple[tuple[str, Any], ...]
+    seed: int
+    path: Path
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"model.{k}={json.dumps(v)}" for k, v in self.switches] + [f"train.seed={self.seed}"]
+
+
+def run_dir(root: Path, row: Row, seed: int) -> Path:
+    if row.table == "II":
+        return root / "II" / "fmnerg-full" / f"seed{seed}"
+    if row.is_full:
+        return root / FULL / f"seed{seed}"
+    return root / row.table / row.slug / f"seed{seed}"
+
+
+def plan(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP) -> list[Run]:
+    """Every run the tables need, each once (the full model is shared), in a fixed order."""
+    runs: dict[Path, Run] = {}
+    for table in tables:
+        for row in table_rows(table, query_sweep):
+            kind = "fmnerg" if table == "II" else "gmner"
+            for seed in range(1, seeds + 1):
+                path = run_dir(root, row, seed)
+                if path not in runs:
+                    runs[path] = Run(f"{kind}/{row.slug}", kind, tuple(sorted(row.switches.items())), seed, path)
+    return list(runs.values())
+
+
+def status(run: Run) -> str:
+    """``done`` (final_metrics.json written), ``interrupted`` (a checkpoint to resume) or ``new``."""
+    if (run.path / "final_metrics.json").is_file():
+        return "done"
+    if (run.path / "checkpoint" / "trainer_state.json").is_file():
+        return "interrupted"
+    return "new"
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise QGNError(f"--shard {text!r}: give i/n with 0 <= i < n, e.g. 0/4")
+    return int(match[1]), int(match[2])

@@ -1,0 +1,115 @@
+"""``qgn reproduce``: the paper's rows, one run per (row, seed) with the full model shared, skip of
+finished runs, resume of interrupted ones, and tables rebuilt from whatever has finished."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qgn.cli import main
+from qgn.reproduce.grid import paper_tables, plan, table_rows
+
+
+def test_rows_are_the_papers_and_carry_their_numbers():
+    paper = paper_tables()
+    expected = {"III": 7, "IV": 4, "V": 9, "VI": 8}
+    for table, count in expected.items():
+        rows = table_rows(table)
+        assert len(rows) == count
+        assert [r.label for r in rows] == list(paper[table]["rows"]), table
+        assert sum(r.is_full for r in rows) == 1, f"{table} has exactly one full-model row"
+    iii = {r.label: r.switches for r in table_rows("III")}
+    assert iii["MQA"] == {"use_hvla": False, "use_mqd": False} and iii["HVLA+MQD"] == {"use_mqa": False}
+    iv = {r.label: r.switches for r in table_rows("IV")}
+    assert iv["L_pred"] == {"lambda_nt": 0.0, "lambda_con": 0.0} and iv["L_pred+L_con"] == {"lambda_nt": 0.0}
+    vi = {r.label: r.switches for r in table_rows("VI")}
+    # extraction (stride 1, start 1) -> BERT layers 1-4; the ViT features follow the injection layers
+    assert vi["1,1,3,2"]["text_extract_layers"] == [1, 2, 3, 4]
+    assert vi["3,1,3,1"]["vision_inject_layers"] == vi["3,1,3,1"]["vision_extract_layers"] == [1, 4, 7, 10]
+    assert paper["I"]["rows"]["QGN"][2] == 61.18 and paper["II"]["rows"]["All"][3] == 49.15
+
+
+def test_the_full_model_runs_once_for_all_tables(tmp_path):
+    runs = plan(tmp_path, ["I", "III", "IV", "V", "VI", "fig3"], seeds=2)
+    # 1 full + 6 (III) + 3 (IV) + 8 (V) + 7 (VI) + 6 (fig3) rows, 2 seeds each
+    assert len(runs) == 2 * (1 + 6 + 3 + 8 + 7 + 6)
+    assert len({r.path for r in runs}) == len(runs)
+    assert sum(r.path.parent.name == "full" for r in runs) == 2
+
+
+@pytest.fixture()
+def grid_config(tiny_bench, tmp_path) -> Path:
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
+        "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16, "tune_thresholds": False},
+    }))
+    return config
+
+
+def test_grid_runs_skips_resumes_and_aggregates(grid_config, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "grid"
+    args = ["reproduce", "--config", str(grid_config), "--tables", "IV", "--seeds", "1", "--output-dir", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    runs = sorted(str(p.parent.relative_to(out)) for p in out.glob("**/final_metrics.json"))
+    assert runs == ["IV/l-pred-l-con/seed1", "IV/l-pred-l-nt/seed1",
+                                                       "IV/l-pred/seed1", "full/seed1"]
+    saved = yaml.safe_load((out / "IV" / "l-pred" / "seed1" / "config.yaml").read_text())
+    assert saved["model"]["lambda_nt"] == 0.0 and saved["model"]["lambda_con"] == 0.0 and saved["train"]["seed"] == 1
+    tables = json.loads((out / "tables.json").read_text())
+    rows = {r["row"]: r for r in tables["tables"]["IV"]["rows"]}
+    full_f1 = json.loads((out / "full" / "seed1" / "final_metrics.json").read_text())["test"]["GMNER"]["f1"]
+    assert rows["L_pred+L_nt+L_con"]["ours"]["mean"] == pytest.approx(full_f1)
+    assert rows["L_pred+L_nt+L_con"]["delta"] == pytest.approx(0.0)
+    assert rows["L_pred"]["paper"] == {"delta": -12.11, "GMNER": 49.07}
+    md = (out / "tables.md").read_text()
+    assert "| L_pred | " in md and "49.07 | -12.11 |" in md
+
+    # Re-run: the finished runs are skipped (no qgn train at all).
+    import qgn.reproduce.cli as cli
+
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 0)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert started == [] and "4 finished, 0 to resume, 0 to start" in capsys.readouterr().out
+
+    # An interrupted run is resumed with qgn train --resume; one that never saved starts again.
+    (out / "IV" / "l-pred" / "seed1" / "final_metrics.json").unlink()
+    shutil.rmtree(out / "full" / "seed1" / "checkpoint")
+    (out / "full" / "seed1" / "final_metrics.json").unlink()
+    assert main(args) == 0
+    assert sorted(cmd[4] for cmd in started) == ["--config", "--resume"]
+    assert any(cmd[5] == str(out / "IV" / "l-pred" / "seed1") for cmd in started if cmd[4] == "--resume")
+
+    # Aggregate-only rebuilds the tables from what has finished, marking the missing cells.
+    capsys.readouterr()
+    assert main(["reproduce", "--aggregate-only", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| L_pred | missing |" in text and "| L_pred+L_nt+L_con | missing |" in text
+    assert "| L_pred+L_con | " in text and "(n=1)" in text
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(grid_config, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert main(["reproduce", "--config", str(grid_config), "--tables", "III,fig3", "--queries", "4,8", "--seeds",
+                 "2", "--output-dir", str(out), "--dry-run", "--shard", "1/2"]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 18 runs for tables III, fig3 x 2 seed(s); shard 1/2: 9 of them" in text
+    assert "estimate: " in text and "ms a step" in text
+    assert not list(out.glob("**/final_metrics.json")) and not list(out.glob("**/*.yaml"))
+
+
+def test_bad_requests_are_refused_before_any_run(grid_config, tmp_path, capsys):
+    base = ["reproduce", "--config", str(grid_config), "--output-dir", str(tmp_path / "x")]
+    assert main([*base, "--tables", "VII"]) == 2
+    assert main([*base, "--tables", "VI"]) == 2  # tiny 4-layer encoders cannot take Table VI's layers
+    assert "Table VI needs 12-layer encoders" in capsys.readouterr().err
+    assert main([*base, "--shard", "2/2"]) == 2
+    assert main(["reproduce", "--aggregate-only", str(tmp_path)]) == 2
