@@ -55,16 +55,23 @@ def entity_dict(post: Post, pred: Prediction) -> dict[str, Any]:
 class Predictor:
     """A loaded QGN checkpoint ready for inference on (image, text) pairs."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_transform: Any, postprocessor: Any, device: torch.device):
+    def __init__(self, model: Any, tokenizer: Any, image_transform: Any, postprocessor: Any, device: torch.device,
+                 precision: str = "no"):
+        from qgn.engine.precision import autocast_dtype
+
         self.model, self.tokenizer, self.image_transform = model.eval(), tokenizer, image_transform
         self.postprocessor, self.device = postprocessor, device
         self.config = model.config
+        self.precision = precision  # resolved: "no" (fp32), "bf16" or "fp16"
+        self.autocast = autocast_dtype(precision)
 
     @classmethod
-    def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> "Predictor":
+    def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32",
+                        **thresholds: Any) -> "Predictor":
         """Load ``checkpoint_dir`` (a ``best/`` folder of a run, or a hub repo id ``owner/name[@rev]``
         resolved through the hub cache); ``thresholds`` override the post-processor's
-        (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``)."""
+        (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``). ``precision``: ``fp32``,
+        ``bf16`` (autocast, on GPUs and on CPUs with bf16 units) or ``auto`` (bf16 where supported)."""
         from transformers import AutoTokenizer
 
         from qgn.data.pipeline import ImageTransform
@@ -80,7 +87,10 @@ class Predictor:
         model = QGNModel.from_pretrained(folder).to(dev)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         transform = None if model.config.text_only else ImageTransform.load(folder)
-        return cls(model, tokenizer, transform, PostProcessor(model.config, **thresholds), dev)
+        from qgn.engine.precision import resolve_precision
+
+        chosen = resolve_precision(precision, dev.type, "predicting")
+        return cls(model, tokenizer, transform, PostProcessor(model.config, **thresholds), dev, chosen)
 
     # ------------------------------------------------------------------ inputs
     def make_post(self, text: str | None, image: ImageLike = None, post_id: str = "0",
@@ -119,7 +129,8 @@ class Predictor:
         dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
                                text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
-        by_id = predict_loader(self.model, self.postprocessor, loader, device=self.device, progress=False)
+        by_id = predict_loader(self.model, self.postprocessor, loader, device=self.device, progress=False,
+                               autocast=self.autocast)
         return [by_id[post.id] for post in posts]
 
     def predict(self, image: ImageLike, text: str) -> list[dict[str, Any]]:
@@ -152,6 +163,7 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load(checkpoint_dir: str | os.PathLike, device: str | None = None, **thresholds: Any) -> Predictor:
-    """Load a trained QGN checkpoint for inference (see :class:`Predictor`)."""
-    return Predictor.from_pretrained(checkpoint_dir, device=device, **thresholds)
+def load(checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32",
+         **thresholds: Any) -> Predictor:
+    """Load a trained QGN checkpoint for inference (see :meth:`Predictor.from_pretrained`)."""
+    return Predictor.from_pretrained(checkpoint_dir, device=device, precision=precision, **thresholds)

@@ -86,6 +86,8 @@ def register(subparsers: Any) -> None:
                    help="with --checkpoint: what to do with posts whose image is missing (default: fail)")
     p.add_argument("--batch-size", type=int, default=32, help="with --checkpoint: prediction batch size")
     p.add_argument("--device", help="with --checkpoint: cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="with --checkpoint: fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has it)")
     p.set_defaults(func=_main)
 
 
@@ -142,7 +144,7 @@ def _evaluate_checkpoint(args: Any) -> int:
 
     if not args.data:
         raise QGNError("--checkpoint needs --data DIR (the gold dataset folder)")
-    predictor = load(args.checkpoint, device=args.device)
+    predictor = load(args.checkpoint, device=args.device, precision=args.precision)
     config = predictor.config
     if args.no_images and args.image_dir:
         raise QGNError("--no-images and --image-dir contradict each other; give one")
@@ -164,6 +166,7 @@ def _evaluate_checkpoint(args: Any) -> int:
                            text_only=config.text_only, placeholder_on_error=policy == "text_only")
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=Collator(predictor.tokenizer.pad_token_id))
     predictions = predict_loader(predictor.model, predictor.postprocessor, loader, device=predictor.device,
+                                 autocast=predictor.autocast,
                                  description=args.split)
     if args.pred_out:
         write_predictions(predictions, args.pred_out)

@@ -22,6 +22,7 @@ def collect_candidates(
     device: torch.device | str | None = None,
     description: str = "predict",
     progress: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, list[Candidate]]:
     """Run ``model`` over every batch; returns ``{post id: candidates}`` (see
     :meth:`qgn.modeling.postprocess.PostProcessor.candidates`), before any threshold but
@@ -29,6 +30,8 @@ def collect_candidates(
 
     With an ``accelerate.Accelerator`` each process predicts its shard and the results are
     gathered (padding duplicates dropped), so every process returns the whole split.
+    ``autocast`` (e.g. ``torch.bfloat16``) runs the model under autocast; the post-processor
+    always reads fp32 outputs.
     """
     was_training = model.training
     model.eval()
@@ -37,7 +40,13 @@ def collect_candidates(
     for batch in tqdm(loader, desc=description, disable=not show, leave=False):
         if device is not None:
             batch = move_to_device(batch, device)
-        outputs = model(**model_inputs(batch))
+        if autocast is None:
+            outputs = model(**model_inputs(batch))
+        else:
+            kind = next(model.parameters()).device.type
+            with torch.autocast(kind, dtype=autocast):
+                outputs = model(**model_inputs(batch))
+            outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
         found = postprocessor.candidates(outputs, batch["posts"], min_score)
         results.extend((post.id, c) for post, c in zip(batch["posts"], found))
     if accelerator is not None and accelerator.num_processes > 1:
@@ -48,11 +57,11 @@ def collect_candidates(
 
 def predict_loader(model: torch.nn.Module, postprocessor: Any, loader: Any, accelerator: Any = None,
                    device: torch.device | str | None = None, description: str = "predict",
-                   progress: bool = True) -> dict[str, list[Prediction]]:
+                   progress: bool = True, autocast: torch.dtype | None = None) -> dict[str, list[Prediction]]:
     """``{post id: predictions}`` of ``model`` + ``postprocessor`` over ``loader`` (arguments as
     :func:`collect_candidates`)."""
     found = collect_candidates(model, postprocessor, loader, postprocessor.score_threshold, accelerator, device,
-                               description, progress)
+                               description, progress, autocast)
     return {post_id: postprocessor.select(c) for post_id, c in found.items()}
 
 

@@ -231,6 +231,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--draw", help="write the image with labelled boxes here (single post)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a readable list")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
     p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
     p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
     p.add_argument("--batch-size", type=int, default=16,
@@ -289,7 +291,7 @@ def _main(args: Any) -> int:
     if args.no_target_threshold is not None:
         thresholds["no_target_threshold"] = args.no_target_threshold
     rank, world, barrier, device = _processes(args.device)
-    predictor = load(args.checkpoint, device=device, **thresholds)
+    predictor = load(args.checkpoint, device=device, precision=args.precision, **thresholds)
     args.rank, args.world, args.barrier = rank, world, barrier
 
     if args.input:

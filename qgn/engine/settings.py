@@ -71,7 +71,9 @@ class TrainSettings:
         warmup_ratio: linear warm-up over this fraction of the steps, then linear decay (0.05).
         max_grad_norm: gradient clipping (1.0; not in the paper; 0 disables).
         grad_accum_steps: gradient accumulation for small GPUs (1).
-        mixed_precision: ``no``, ``bf16`` or ``fp16`` autocast on GPU; matcher and losses stay fp32.
+        mixed_precision: ``no``, ``bf16``, ``fp16`` or ``auto`` autocast; matcher and losses stay
+            fp32. bf16 also runs on CPUs with AMX / AVX-512 bf16 units; ``auto`` picks bf16 where
+            the GPU or CPU has bf16 units and fp32 elsewhere (``qgn.engine.precision``).
         seed: base seed; each process uses ``seed + rank``. deterministic: deterministic kernels.
         eval_batch_size: batch size for dev / test prediction.
         num_workers: DataLoader workers.
@@ -209,8 +211,8 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
         raise QGNError(f"data.missing_images must be fail, skip or text_only, got {settings.data.missing_images!r}")
     if settings.train.select_metric not in ("GMNER", "MNER", "EEG"):
         raise QGNError(f"train.select_metric must be GMNER, MNER or EEG, got {settings.train.select_metric!r}")
-    if settings.train.mixed_precision not in ("no", "bf16", "fp16"):
-        raise QGNError(f"train.mixed_precision must be no, bf16 or fp16, got {settings.train.mixed_precision!r}")
+    if settings.train.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+        raise QGNError(f"train.mixed_precision must be no, bf16, fp16 or auto, got {settings.train.mixed_precision!r}")
     return settings
 
 

@@ -211,10 +211,16 @@ class Trainer:
         # accelerate logs every checkpoint file at INFO; our own log says what matters.
         logging.getLogger("accelerate").setLevel(logging.WARNING)
         train = settings.train
-        mixed = train.mixed_precision
-        if mixed != "no" and not torch.cuda.is_available():
-            logger.warning("mixed_precision=%s needs a GPU; training in fp32 on CPU", mixed)
-            mixed = "no"
+        from qgn.engine.precision import resolve_precision
+
+        mixed = resolve_precision(train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu", "training")
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState._shared_state
+        if state and state.get("_mixed_precision") != mixed and AcceleratorState().num_processes == 1:
+            # accelerate keeps one state per process and refuses another precision later; a second run
+            # in the same Python session (a notebook, a test) may want one. The process group, if any, stays.
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             # Without CUDA, accelerate only runs several processes (gloo) when told it is on CPU.
             cpu=not torch.cuda.is_available(),

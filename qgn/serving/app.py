@@ -156,7 +156,8 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
 
 
 def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
-          examples_file: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **thresholds: Any) -> None:
+          precision: str = "fp32", examples_file: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+          **thresholds: Any) -> None:
     """Load ``checkpoint`` (``thresholds`` override its post-processing) and serve it with uvicorn
     until interrupted."""
     try:
@@ -165,7 +166,7 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, device: st
         raise QGNError(f"qgn serve needs the serve extra: pip install 'qgn[serve]' ({err})") from None
     from qgn.api import load
 
-    predictor = load(checkpoint, device=device, **thresholds)
+    predictor = load(checkpoint, device=device, precision=precision, **thresholds)
     examples = read_examples(examples_file) if examples_file else synthetic_examples()
     app = create_app(predictor, examples, max_upload_mb=max_upload_mb)
     logger.info("serving %s on http://%s:%d (page /, API POST /api/predict, health /healthz)", checkpoint, host, port)

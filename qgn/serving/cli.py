@@ -20,6 +20,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
     p.add_argument("--examples", help='JSON-lines file of {"text", "image"} posts the page offers (default: a few '
                    "posts of the synthetic demo benchmark)")
     p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
@@ -35,6 +37,7 @@ def _main(args: Any) -> int:
     thresholds = {name: value for name, value in (("score_threshold", args.score_threshold),
                                                   ("no_target_threshold", args.no_target_threshold))
                   if value is not None}
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, examples_file=args.examples,
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
+          examples_file=args.examples,
           max_upload_mb=args.max_upload_mb, **thresholds)
     return 0
