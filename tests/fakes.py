@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 
 
@@ -24,3 +26,10 @@ def random_outputs(batch: int, queries: int, words: int, classes: int, seed: int
         out["pred_boxes"] = torch.rand(batch, queries, 4, generator=g) * 0.5 + 0.25
         out["notarget_logits"] = torch.randn(batch, queries, 2, generator=g)
     return out
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (a fixed one collides with a parallel or stale run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fakes import free_port
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-
-
-def _free_port() -> int:
-    """A TCP port nothing listens on now (a fixed one collides with a parallel or stale run)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _records(run: Path) -> list[dict]:
@@ -43,7 +36,7 @@ def test_two_processes_match_one(tmp_path):
     }))
     args = ["-m", "qgn.cli", "train", "--config", str(config), "--no-progress", "--output-dir"]
     _run([sys.executable, *args, str(tmp_path / "one")], tmp_path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     _run([*torchrun, *args, str(tmp_path / "two")], tmp_path)
 
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")

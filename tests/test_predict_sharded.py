@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from qgn.data import read_dataset
+from fakes import free_port
 
 BATCH = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _predict(checkpoint: Path, source: Path, output: Path, processes: int = 1, resume: bool = False):
@@ -32,7 +26,7 @@ def _predict(checkpoint: Path, source: Path, output: Path, processes: int = 1, r
     if processes > 1:  # the documented command; --multi_gpu is accelerate's name for "spawn with torchrun"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), *args]
+               "--main_process_port", str(free_port()), *args]
     else:
         cmd = [sys.executable, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from PIL import Image
 
 from qgn.api import load
 from qgn.serving.app import create_app, synthetic_examples
+from fakes import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("QGN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
@@ -105,15 +105,9 @@ def test_wrong_method_and_unknown_route_are_json_4xx(client):
 
 
 # --------------------------------------------------------------------------- the browser test
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "qgn.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
          "--device", "cpu", "--score-threshold", "0", "--no-target-threshold", "1"],

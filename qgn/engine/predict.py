@@ -194,11 +194,13 @@ def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, r
         if other:
             raise QGNError(f"cannot resume: {parts_dir} holds the parts of a run with another number of processes "
                            f"({other[0]}); resume with that number, or start again without --resume")
-    if resume:  # rank 0 cuts a line left short by a crash, then everyone reads where the output ends
+    done = -1
+    if resume:  # rank 0 cuts a line left short by a crash first, then the others read where the output ends
         if rank == 0:
-            _done_rows(path, output)
+            done = _done_rows(path, output)
         barrier()
-    done = _done_rows(path, output) if resume else -1
+        if rank != 0:
+            done = _done_rows(path, output)
     if world == 1:
         with open(output, "a", encoding="utf-8") as out:
             return predict_file(predictor, path, out, batch_size, after_row=done, progress=progress)
