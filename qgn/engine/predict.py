@@ -218,6 +218,21 @@ def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, r
     return result
 
 
+def add_inference_arguments(p: Any) -> None:
+    """``--device``, ``--precision`` and the threshold overrides, shared by ``qgn predict`` and ``qgn serve``."""
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
+    p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
+    p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
+
+
+def threshold_overrides(args: Any) -> dict[str, float]:
+    """The thresholds given on the command line (:func:`add_inference_arguments`), for ``qgn.load``."""
+    return {name: value for name, value in (("score_threshold", args.score_threshold),
+                                            ("no_target_threshold", args.no_target_threshold)) if value is not None}
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "predict",
@@ -232,11 +247,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output", help="write JSON lines here instead of stdout (with --input)")
     p.add_argument("--draw", help="write the image with labelled boxes here (single post)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a readable list")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
-    p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
-    p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
+    add_inference_arguments(p)
     p.add_argument("--batch-size", type=int, default=16,
                    help="posts per batch (default 16); batches are fixed by input line, so a sharded run writes "
                    "the same bytes as one process")
@@ -287,11 +298,7 @@ def _main(args: Any) -> int:
 
     if bool(args.input) == bool(args.text is not None):
         raise QGNError("give either --text (with --image) for one post, or --input FILE.jsonl for a batch")
-    thresholds = {}
-    if args.score_threshold is not None:
-        thresholds["score_threshold"] = args.score_threshold
-    if args.no_target_threshold is not None:
-        thresholds["no_target_threshold"] = args.no_target_threshold
+    thresholds = threshold_overrides(args)
     rank, world, barrier, device = _processes(args.device)
     predictor = load(args.checkpoint, device=device, precision=args.precision, **thresholds)
     args.rank, args.world, args.barrier = rank, world, barrier

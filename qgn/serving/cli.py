@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qgn.engine.predict import add_inference_arguments, threshold_overrides
 from qgn.serving.app import DEFAULT_MAX_UPLOAD_MB
 
 
@@ -19,13 +20,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="a QGN checkpoint folder (a run's best/) or a hub repo id")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
+    add_inference_arguments(p)
     p.add_argument("--examples", help='JSON-lines file of {"text", "image"} posts the page offers (default: a few '
                    "posts of the synthetic demo benchmark)")
-    p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
-    p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest image accepted (default {DEFAULT_MAX_UPLOAD_MB:g} MB)")
     p.set_defaults(func=_main)
@@ -34,10 +31,6 @@ def register(subparsers: Any) -> None:
 def _main(args: Any) -> int:
     from qgn.serving.app import serve
 
-    thresholds = {name: value for name, value in (("score_threshold", args.score_threshold),
-                                                  ("no_target_threshold", args.no_target_threshold))
-                  if value is not None}
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
-          examples_file=args.examples,
-          max_upload_mb=args.max_upload_mb, **thresholds)
+          examples_file=args.examples, max_upload_mb=args.max_upload_mb, **threshold_overrides(args))
     return 0
