@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from qgn.engine.precision import cpu_bf16_units  # noqa: E402
 from qgn.modeling.configuration_qgn import QGNConfig  # noqa: E402
 
 # Twitter-GMNER shapes: ~16 words -> ~24 sub-words; padded batches of 32 sub-words and 20 words.
@@ -308,6 +309,7 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "cpu_bf16_units": list(cpu_bf16_units()),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

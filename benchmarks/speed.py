@@ -18,7 +18,14 @@ FLOPs of each sub-module of one forward pass) follows the table. FLOPs are count
 torch.utils.flop_counter (2 per multiply-add) and compared with the measured peak of a 2048^3
 fp32 matmul at the same thread count.
 
-The last line of the output is ``qgn/encoders inference ratio: X`` (batch 16).
+bf16 (``--precision``): on a CPU with bf16 units (AMX or AVX-512 bf16, read from /proc/cpuinfo)
+the default ``auto`` measures every row twice, in fp32 and under ``torch.autocast("cpu",
+torch.bfloat16)`` (training rows: the criterion in fp32, as the trainer runs it), interleaved so
+that drift hits both alike, and the bf16 matmul peak beside the fp32 one. On a CPU without them,
+``auto`` measures fp32 only (emulated bf16 is slower); ``--precision both`` measures it anyway.
+
+The output ends with two lines: ``qgn/encoders inference ratio: X`` (fp32, batch 16) and
+``bf16/fp32 inference speed-up: X`` (full-size QGN, batch 16; ``n/a`` when bf16 was not measured).
 """
 
 from __future__ import annotations
@@ -99,49 +106,84 @@ def flop_variants() -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- measurements
-def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int, warmup: int, repeats: int) -> list[dict[str, Any]]:
-    """Median seconds per forward pass of ``batch`` posts in eval mode, one row per model.
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
-    The models' timed calls are interleaved (A B A B ...) so that the drift of a shared machine
-    hits them alike and their ratio stays meaningful; the memory peak of each model is taken
-    during its own warm-up calls.
+
+def autocast(precision: str):
+    """fp32 (autocast off) or bf16 autocast on the CPU, as the trainer and predictor run it."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int, warmup: int, repeats: int,
+                    precisions: tuple[str, ...] = ("fp32",)) -> list[dict[str, Any]]:
+    """Median seconds per forward pass of ``batch`` posts in eval mode, one row per model and precision.
+
+    The timed calls are interleaved (A B A B ..., every precision of every model in one round) so
+    that the drift of a shared machine hits them alike and their ratios stay meaningful; the memory
+    peak of each pair is taken during its own warm-up calls.
     """
     inputs, _ = C.synthetic_batch(config, batch)
-    peaks = {}
+    runs = [(label, model, precision) for precision in precisions for label, model in models.items()]
+    peaks, times = {}, {}
+
+    def call(model: torch.nn.Module, precision: str) -> Any:
+        with autocast(precision):
+            return model(**inputs)
+
     with torch.inference_mode():
-        for label, model in models.items():
+        for label, model, precision in runs:
             model.eval()
             with C.PeakRSS() as mem:
-                C.time_calls(lambda: model(**inputs), max(warmup, 1), 0)
-            peaks[label] = mem.peak_delta
-        times: dict[str, list[float]] = {label: [] for label in models}
+                C.time_calls(lambda: call(model, precision), max(warmup, 1), 0)
+            peaks[label, precision], times[label, precision] = mem.peak_delta, []
         for _ in range(repeats):
-            for label, model in models.items():
-                times[label] += C.time_calls(lambda: model(**inputs), 0, 1)
-    return [_row(label, "inference", batch, times[label], peaks[label]) for label in models]
+            for label, model, precision in runs:
+                times[label, precision] += C.time_calls(lambda: call(model, precision), 0, 1)
+    return [_row(label, "inference", batch, times[label, precision], peaks[label, precision], precision)
+            for label, _, precision in runs]
 
 
-def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """Median seconds per optimisation step of ``batch`` posts (forward, loss, backward, AdamW)."""
+def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any, batch: int, warmup: int, repeats: int,
+                   precision: str = "fp32") -> dict[str, Any]:
+    """Median seconds per optimisation step of ``batch`` posts (forward, loss, backward, AdamW);
+    under bf16 the forward runs in autocast and the loss in fp32."""
     inputs, targets = C.synthetic_batch(config, batch)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    step = C.train_step_fn(model, loss_fn, optimizer, inputs, targets)
+    step = C.train_step_fn(model, loss_fn, optimizer, inputs, targets, autocast_dtype=DTYPES[precision])
     gc.collect()
     with C.PeakRSS() as mem:  # includes AdamW's two moment buffers, created on the first step
         times = C.time_calls(step, warmup, repeats)
     del optimizer
     model.zero_grad(set_to_none=True)
-    return _row(label, "train", batch, times, mem.peak_delta)
+    return _row(label, "train", batch, times, mem.peak_delta, precision)
 
 
-def _row(label: str, mode: str, batch: int, times: list[float], peak_bytes: int) -> dict[str, Any]:
+def _row(label: str, mode: str, batch: int, times: list[float], peak_bytes: int, precision: str = "fp32") -> dict[str, Any]:
     med = C.median(times)
-    row = dict(model=label, mode=mode, batch=batch, median_s=med, best_s=min(times), posts_per_s=batch / med,
-               peak_rss_mb=peak_bytes / 2**20, times_s=times)
-    print(f"  {label:<14} {mode:<9} batch {batch:>2}: {med * 1000:9.1f} ms  {batch / med:8.2f} posts/s  "
+    row = dict(model=label, mode=mode, precision=precision, batch=batch, median_s=med, best_s=min(times),
+               posts_per_s=batch / med, peak_rss_mb=peak_bytes / 2**20, times_s=times)
+    print(f"  {label:<14} {mode:<9} {precision:<4} batch {batch:>2}: {med * 1000:9.1f} ms  {batch / med:8.2f} posts/s  "
           f"peak +{C.fmt_mb(peak_bytes)} MB", flush=True)
     return row
+
+
+def bf16_units_line(units: tuple[str, ...]) -> str:
+    """Which bf16 units this CPU reports, in words."""
+    if "amx_bf16" in units:
+        kind = "AMX (amx_bf16)" + (" and AVX-512 bf16" if "avx512_bf16" in units else "")
+    elif "avx512_bf16" in units:
+        kind = "AVX-512 bf16 (avx512_bf16), no AMX"
+    else:
+        kind = "neither AMX nor AVX-512 bf16 (bf16 would be emulated, slower than fp32)"
+    return f"CPU bf16 units: {kind}"
+
+
+def choose_precisions(requested: str, units: tuple[str, ...]) -> tuple[str, ...]:
+    """The precisions to measure: ``auto`` is fp32 and bf16 where the CPU has bf16 units."""
+    if requested == "auto":
+        return ("fp32", "bf16") if units else ("fp32",)
+    return {"both": ("fp32", "bf16"), "fp32": ("fp32",), "bf16": ("bf16",)}[requested]
 
 
 def encoder_loss(outputs: tuple[torch.Tensor, torch.Tensor | None], _targets: Any) -> tuple[torch.Tensor, dict]:
@@ -233,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="per-module profile even if the ratio meets the goal")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a field of the full-size QGNConfig, e.g. --set num_decoder_layers=1 (repeatable)")
+    parser.add_argument("--precision", choices=["auto", "both", "fp32", "bf16"], default="auto",
+                        help="auto: fp32, and bf16 too where the CPU has AMX / AVX-512 bf16 units (default)")
     parser.add_argument("--variants", action="store_true",
                         help="only print the forward-FLOP ratio QGN / encoders of a few depth / width variants")
     args = parser.parse_args(argv)
@@ -254,8 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     info = results["machine"]
     print(f"torch {info['torch']}, transformers {info['transformers']}, {info['torch_threads']} threads, "
           f"{info['cpu_count']} CPUs: {info['cpu_model']}")
+    units = tuple(info["cpu_bf16_units"])
+    precisions = results["precisions"] = choose_precisions(args.precision, units)
+    print(bf16_units_line(units) + f"; measuring {' and '.join(precisions)}")
     peak = C.matmul_peak()
-    print(f"measured fp32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s (measured again at the end)\n")
+    print(f"measured fp32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s (measured again at the end)")
+    peak_bf16 = C.matmul_peak(dtype=torch.bfloat16) if "bf16" in precisions else None
+    if peak_bf16:
+        print(f"measured bf16 matmul peak (2048^3): {peak_bf16 / 1e9:.1f} GFLOP/s "
+              f"({peak_bf16 / peak:.1f} x fp32; measured again at the end)")
+    print()
     rows = results["rows"]
 
     # -- full-size: QGN vs the encoders alone
@@ -267,18 +319,25 @@ def main(argv: list[str] | None = None) -> int:
     encoders = C.Encoders(full)
     results["parameters"] = {"qgn_full": C.count_parameters(qgn), "encoders_full": C.count_parameters(encoders)}
     print(f"  QGN {C.count_parameters(qgn) / 1e6:.1f} M parameters, encoders {C.count_parameters(encoders) / 1e6:.1f} M")
-    time_of: dict[tuple[str, str, int], float] = {}
-    best_of: dict[tuple[str, int], float] = {}
+    time_of: dict[tuple[str, str, int, str], float] = {}
+    best_of: dict[tuple[str, int, str], float] = {}
     for batch in (1, 16):
         setting = small if batch == 1 else big
-        for row in bench_inference({"qgn-full": qgn, "encoders-full": encoders}, full, batch, **setting):
+        for row in bench_inference({"qgn-full": qgn, "encoders-full": encoders}, full, batch, **setting,
+                                   precisions=precisions):
             rows.append(row)
-            time_of[(row["model"], "inference", batch)] = row["median_s"]
-            best_of[(row["model"], batch)] = row["best_s"]
-    ratios = {f"batch_{b}": time_of[("qgn-full", "inference", b)] / time_of[("encoders-full", "inference", b)] for b in (1, 16)}
+            time_of[(row["model"], "inference", batch, row["precision"])] = row["median_s"]
+            best_of[(row["model"], batch, row["precision"])] = row["best_s"]
+    first = precisions[0]  # the ratio goal is about fp32; with --precision bf16 alone, bf16's
+    ratios = {f"batch_{b}": time_of[("qgn-full", "inference", b, first)] / time_of[("encoders-full", "inference", b, first)]
+              for b in (1, 16)}
     results["inference_ratio"] = ratios
     results["inference_ratio_best"] = {
-        f"batch_{b}": best_of[("qgn-full", b)] / best_of[("encoders-full", b)] for b in (1, 16)}
+        f"batch_{b}": best_of[("qgn-full", b, first)] / best_of[("encoders-full", b, first)] for b in (1, 16)}
+    if precisions == ("fp32", "bf16"):
+        results["bf16_speedup"] = {
+            f"{model}_batch_{b}": time_of[(model, "inference", b, "fp32")] / time_of[(model, "inference", b, "bf16")]
+            for model in ("qgn-full", "encoders-full") for b in (1, 16)}
 
     # -- FLOPs per post (batch 16 / 16: the padded shape of every post is the same)
     inputs16, targets16 = C.synthetic_batch(full, 16)
@@ -286,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     qgn_flops, _ = C.count_flops(lambda: qgn(**inputs16))
     enc_flops, _ = C.count_flops(lambda: encoders(**inputs16))
     flops = {"qgn_forward_per_post": qgn_flops / 16, "encoders_forward_per_post": enc_flops / 16}
-    batch16_times = {label: (time_of[(label, "inference", 16)], best_of[(label, 16)]) for label in ("qgn-full", "encoders-full")}
+    batch16_times = {(label, p): (time_of[(label, "inference", 16, p)], best_of[(label, 16, p)])
+                     for label in ("qgn-full", "encoders-full") for p in precisions}
     if not quick:  # forward + backward of one training step (the optimizer step is not counted)
         qgn.train()
 
@@ -303,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     if not quick:
         for batch in (1, 16):
             setting = small if batch == 1 else big
-            rows.append(bench_training("qgn-full", qgn, criterion, full, batch, **setting))
-            rows.append(bench_training("encoders-full", encoders, encoder_loss, full, batch, **setting))
+            for precision in precisions:
+                rows.append(bench_training("qgn-full", qgn, criterion, full, batch, **setting, precision=precision))
+                rows.append(bench_training("encoders-full", encoders, encoder_loss, full, batch, **setting,
+                                           precision=precision))
     profile_needed = args.profile or ratios["batch_16"] > RATIO_GOAL
     if profile_needed:
         results["profile"] = module_profile(qgn, full, 16, repeats=3 if quick else 5)
@@ -317,16 +379,22 @@ def main(argv: list[str] | None = None) -> int:
     results["parameters"]["qgn_tiny"] = C.count_parameters(tiny_qgn)
     for batch in (1, 16):
         if not quick:
-            rows.extend(bench_inference({"qgn-tiny": tiny_qgn}, tiny, batch, **small))
-        rows.append(bench_training("qgn-tiny", tiny_qgn, tiny_criterion, tiny, batch, **small))
+            rows.extend(bench_inference({"qgn-tiny": tiny_qgn}, tiny, batch, **small, precisions=precisions))
+        for precision in precisions:
+            rows.append(bench_training("qgn-tiny", tiny_qgn, tiny_criterion, tiny, batch, **small, precision=precision))
 
-    # Peak again at the end, the better of the two: a busy moment at the start would understate it.
+    # Peaks again at the end, the better of the two: a busy moment at the start would understate them.
     peak = results["matmul_peak_gflops"] = max(peak, C.matmul_peak()) / 1e9
-    for label, total in (("qgn", qgn_flops), ("encoders", enc_flops)):
-        median_s, best_s = batch16_times[f"{label}-full"]
-        flops[f"{label}_inference_achieved_gflops"] = total / median_s / 1e9
-        flops[f"{label}_inference_peak_fraction"] = total / median_s / 1e9 / peak
-        flops[f"{label}_inference_peak_fraction_best"] = total / best_s / 1e9 / peak
+    peaks = {"fp32": peak}
+    if peak_bf16:
+        peaks["bf16"] = results["matmul_peak_bf16_gflops"] = max(peak_bf16, C.matmul_peak(dtype=torch.bfloat16)) / 1e9
+    for precision in precisions:
+        suffix = "" if precision == "fp32" else "_bf16"
+        for label, total in (("qgn", qgn_flops), ("encoders", enc_flops)):
+            median_s, best_s = batch16_times[(f"{label}-full", precision)]
+            flops[f"{label}_inference_achieved_gflops{suffix}"] = total / median_s / 1e9
+            flops[f"{label}_inference_peak_fraction{suffix}"] = total / median_s / 1e9 / peaks[precision]
+            flops[f"{label}_inference_peak_fraction_best{suffix}"] = total / best_s / 1e9 / peaks[precision]
     results["other_processes_cpu_share"] = share = contention.share()
     results["warnings"] = [w for w in [C.contention_warning(share, torch.get_num_threads())] if w]
     print_report(results)
@@ -334,14 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     print(f"qgn/encoders inference ratio: {ratios['batch_16']:.2f}")
+    speedup = results.get("bf16_speedup", {}).get("qgn-full_batch_16")
+    print(f"bf16/fp32 inference speed-up: {speedup:.2f}" if speedup else
+          "bf16/fp32 inference speed-up: n/a (bf16 not measured: " +
+          ("no bf16 units on this CPU; --precision both measures it emulated)" if not units else
+           f"--precision {args.precision})"))
     return 0
 
 
 def print_report(results: dict[str, Any]) -> None:
-    print(f"\n{'model':<14} {'mode':<9} {'batch':>5} {'ms/batch':>10} {'best ms':>10} {'posts/s':>9} {'peak RSS +MB':>13}")
+    print(f"\n{'model':<14} {'mode':<9} {'prec':<4} {'batch':>5} {'ms/batch':>10} {'best ms':>10} {'posts/s':>9} "
+          f"{'peak RSS +MB':>13}")
     for r in results["rows"]:
-        print(f"{r['model']:<14} {r['mode']:<9} {r['batch']:>5} {r['median_s'] * 1000:10.1f} {r['best_s'] * 1000:10.1f} "
-              f"{r['posts_per_s']:9.2f} {r['peak_rss_mb']:13,.0f}")
+        print(f"{r['model']:<14} {r['mode']:<9} {r['precision']:<4} {r['batch']:>5} {r['median_s'] * 1000:10.1f} "
+              f"{r['best_s'] * 1000:10.1f} {r['posts_per_s']:9.2f} {r['peak_rss_mb']:13,.0f}")
     ratios, flops, peak = results["inference_ratio"], results["flops"], results["matmul_peak_gflops"]
     print(f"\nQGN / encoders inference time (medians): batch 1 {ratios['batch_1']:.2f}, batch 16 {ratios['batch_16']:.2f} "
           f"(goal <= {RATIO_GOAL})")
@@ -351,9 +425,18 @@ def print_report(results: dict[str, Any]) -> None:
     if "qgn_train_per_post" in flops:
         print(f"training FLOPs per post (forward + backward): {flops['qgn_train_per_post'] / 1e9:.2f} GFLOP "
               f"({flops['qgn_train_per_post'] / flops['qgn_forward_per_post']:.2f} x forward)")
-    print(f"QGN inference at batch 16: {flops['qgn_inference_achieved_gflops']:.1f} GFLOP/s = "
-          f"{flops['qgn_inference_peak_fraction']:.0%} of the measured fp32 matmul peak ({peak:.0f} GFLOP/s); "
-          f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}")
+    if "qgn_inference_achieved_gflops" in flops:
+        print(f"QGN inference at batch 16: {flops['qgn_inference_achieved_gflops']:.1f} GFLOP/s = "
+              f"{flops['qgn_inference_peak_fraction']:.0%} of the measured fp32 matmul peak ({peak:.0f} GFLOP/s); "
+              f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}")
+    if "qgn_inference_achieved_gflops_bf16" in flops:
+        print(f"QGN inference at batch 16 in bf16: {flops['qgn_inference_achieved_gflops_bf16']:.1f} GFLOP/s = "
+              f"{flops['qgn_inference_peak_fraction_bf16']:.0%} of the measured bf16 matmul peak "
+              f"({results['matmul_peak_bf16_gflops']:.0f} GFLOP/s); encoders alone "
+              f"{flops['encoders_inference_peak_fraction_bf16']:.0%}")
+    for key, value in results.get("bf16_speedup", {}).items():
+        model, batch = key.rsplit("_batch_", 1)
+        print(f"bf16 / fp32 inference speed-up, {model}, batch {batch}: {value:.2f} x")
     if "profile" in results:
         print_profile(results["profile"])
     share = results.get("other_processes_cpu_share")

