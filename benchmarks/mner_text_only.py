@@ -271,7 +271,8 @@ def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dic
         # - no-entity weight 0.5 (like the demo's), not DETR's 0.1: unmatched queries learn to
         #   stay silent sooner (dev F1 after epochs 1-2 63.4 / 71.4 vs 61.5 / 66.6).
         "model": {"text_encoder": encoder, "text_only": True, "hidden_size": width,
-                  "num_attention_heads": width // 64, "ffn_dim": 4 * width, "max_text_length": args.max_length, "num_queries": args.num_queries,
+                  "num_attention_heads": width // 64, "ffn_dim": 4 * width, "max_text_length": args.max_length,
+                  "num_queries": args.num_queries,
                   "num_fusion_layers": 1, "num_decoder_layers": 1, "num_refinement_layers": 1,
                   "no_entity_weight": 0.5},
         "data": {"path": str(args.data), "missing_images": "text_only"},

@@ -149,6 +149,43 @@ def test_auxiliary_layers_add_their_own_losses(config):
     assert again.item() == pytest.approx(sum(alone), rel=1e-5)
 
 
+def test_one_to_many_matches_each_target_k_times_in_auxiliary_layers_only(config):
+    from qgn.modeling.criterion import repeat_targets
+
+    posts = two_posts()
+    twice = repeat_targets(posts[0], 2)
+    n = len(posts[0]["labels"])
+    assert n > 0
+    for key in ("labels", "start", "end", "has_box", "entity_index"):
+        assert torch.equal(twice[key], torch.cat([posts[0][key], posts[0][key]]))
+    assert torch.equal(twice["boxes"], torch.cat([posts[0]["boxes"], posts[0]["boxes"]]))
+
+    layers = [random_outputs(2, 6, 7, C, seed=s) for s in (30, 31)]
+    combined = {**layers[-1], "aux_outputs": layers[:-1]}
+    k2 = SetCriterion(config.replace(aux_one_to_many=2))
+    seen = []
+    matcher = k2.matcher.forward
+
+    def recording(outputs, targets):
+        indices = matcher(outputs, targets)
+        seen.append([len(q) for q, _ in indices])
+        return indices
+
+    k2.matcher.forward = recording
+    total, parts = k2(combined, posts)
+    targets_per_post = [len(t["labels"]) for t in posts]
+    assert seen[0] == targets_per_post  # the final layer: one query per target
+    assert seen[1] == [min(2 * n, 6) for n in targets_per_post]  # the auxiliary layer: two per target
+    # the total is the final layer's loss plus the auxiliary layer's against the repeated targets
+    one = SetCriterion(config)
+    expected = one(layers[-1], posts)[0] + one(layers[0], [repeat_targets(t, 2) for t in posts])[0]
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx(
+        {k: v.item() for k, v in one(layers[-1], posts)[1].items()})
+    with pytest.raises(ValueError, match="aux_one_to_many"):
+        config.replace(aux_one_to_many=0)
+
+
 def peaked_spans(out, spans):
     """Make query q decode ``spans[q]`` (inclusive start, end) by a wide margin."""
     for q, (start, end) in enumerate(spans):

@@ -103,6 +103,11 @@ class QGNConfig:
             each with its own Hungarian matching (DETR's auxiliary losses). Off by default to stay
             with the paper; on in the tiny preset, where it makes training from scratch converge
             much faster. Only computed in training mode.
+        aux_one_to_many: match each target this many times in the auxiliary layers (1 = plain
+            one-to-one matching, DETR's; needs ``aux_loss``). With k > 1 every gold entity is
+            matched to up to k queries of each earlier layer, which gives those layers k times
+            the positive supervision; the final layer stays one-to-one, so inference still has one
+            query per entity (H-DETR's hybrid-layer scheme, Jia et al. 2023).
 
     Query-patch alignment loss (not in the paper; MDETR's contrastive alignment, Kamath et al.
     2021, with image patches in place of text tokens):
@@ -192,6 +197,7 @@ class QGNConfig:
     use_mre: bool = True
     num_refinement_layers: int = 2
     aux_loss: bool = False
+    aux_one_to_many: int = 1
     # query-patch alignment (not in the paper)
     lambda_align: float = 0.0
     lambda_align_words: float = 0.0
@@ -232,6 +238,8 @@ class QGNConfig:
             raise ValueError(f"query_init must be one of {QUERY_INITS}, got {self.query_init!r}")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+        if self.aux_one_to_many < 1:
+            raise ValueError(f"aux_one_to_many must be >= 1 (1 = one-to-one), got {self.aux_one_to_many}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "

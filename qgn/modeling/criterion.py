@@ -50,6 +50,16 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum() / _global_count(weight.sum(), values.device, minimum=1e-12)
 
 
+def repeat_targets(target: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """``target`` with every per-target row repeated ``k`` times (``[t0..tn, t0..tn, ...]``), so
+    a Hungarian matching against it gives each gold target up to ``k`` queries. Per-post entries
+    (whatever does not have one row per target) are kept as they are."""
+    rows = len(target["labels"])
+    return {key: value.repeat(k, *([1] * (value.dim() - 1)))
+            if torch.is_tensor(value) and value.dim() > 0 and len(value) == rows else value
+            for key, value in target.items()}
+
+
 class SetCriterion(nn.Module):
     """Losses of QGN. ``forward(outputs, targets, indices=None) -> (total, parts)``.
 
@@ -304,8 +314,16 @@ class SetCriterion(nn.Module):
             "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device),
         }
         total, parts = self._single(outputs, targets, indices, counts)
+        aux_targets, aux_counts = targets, counts
+        k = self.config.aux_one_to_many
+        if k > 1 and outputs.get("aux_outputs"):  # one-to-many in the auxiliary layers (H-DETR)
+            aux_targets = [repeat_targets(t, k) for t in targets]
+            aux_counts = {
+                "targets": _global_count(sum(len(t["labels"]) for t in aux_targets), device),
+                "boxes": _global_count(sum(int(t["has_box"].sum()) for t in aux_targets), device),
+            }
         for aux in outputs.get("aux_outputs", ()):
-            total = total + self._single(aux, targets, None, counts)[0]
+            total = total + self._single(aux, aux_targets, None, aux_counts)[0]
         self._patch_cache = {}
         return total, parts
 
