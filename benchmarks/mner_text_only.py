@@ -353,9 +353,10 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def print_report(results: dict) -> None:
-    seeds, runs = results["seeds"], results["runs"]
+    runs = results["runs"]
+    seeds = [r["seed"] for r in runs]  # the seeds finished so far
     print(f"\nMNER on Twitter-GMNER v2.0 text ({results['epochs']} epochs, {results['encoder']}, "
-          f"{results['precision']}, seeds {', '.join(map(str, seeds))})")
+          f"{results['precision']}, seeds {', '.join(map(str, seeds))} of {len(results['seeds'])})")
     m = results["machine"]
     print(f"machine: {m['cpu_model']} ({m['cpu_count']} CPUs, bf16 units: {', '.join(m['cpu_bf16_units']) or 'none'}), "
           f"{m['torch_threads']} torch threads" + (f", GPU {m['gpu']}" if m.get("gpu") else ""))
