@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from qgn.engine.precision import cpu_bf16_units  # noqa: E402
+from qgn.engine.precision import autocast_dtype, cpu_bf16_units  # noqa: E402
 from qgn.modeling.configuration_qgn import QGNConfig  # noqa: E402
 
 # Twitter-GMNER shapes: ~16 words -> ~24 sub-words; padded batches of 32 sub-words and 20 words.
@@ -175,6 +175,13 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[
             sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def autocast(precision: str, device_type: str = "cpu") -> torch.autocast:
+    """Autocast for a precision name (``"bf16"``; ``"fp32"`` / ``"no"``: autocast off), as the
+    trainer and predictor run it."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def median(values: list[float]) -> float:

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _common as C  # noqa: E402  (puts the checkout on sys.path too)
 # The Twitter-GMNER v2.0 annotations (NUSTM/GMNER); --data, or QGN_TWITTER_GMNER, says where.
 DEFAULT_DATA = Path(os.environ.get("QGN_TWITTER_GMNER", "Twitter10000_v2.0"))
 TYPES = ["PER", "LOC", "ORG", "OTHER"]
@@ -192,9 +194,8 @@ def decode_bio(tags: list[str]):
     return spans
 
 
-def autocast(precision: str):
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+def autocast(precision: str) -> torch.autocast:
+    return C.autocast(precision, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
@@ -432,14 +433,11 @@ def main() -> None:
             limited.mkdir(parents=True, exist_ok=True)
             write_jsonl(posts, limited / f"{s}.jsonl")
         args.data = limited
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from _common import machine_info
-
     seeds = [args.seed + k for k in range(args.seeds)]
     results: dict = {"encoder": label, "encoder_path": encoder, "epochs": args.epochs, "seeds": seeds,
                      "precision": "bf16" if precision == "bf16" else "fp32", "lr": args.lr, "head_lr": args.head_lr,
                      "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
-                     "machine": machine_info(), "qgn_overrides": args.qgn_overrides, "runs": []}
+                     "machine": C.machine_info(), "qgn_overrides": args.qgn_overrides, "runs": []}
     for seed in seeds:
         run: dict = {"seed": seed}
         if args.only != "tagger":

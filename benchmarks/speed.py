@@ -106,12 +106,7 @@ def flop_variants() -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- measurements
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def autocast(precision: str):
-    """fp32 (autocast off) or bf16 autocast on the CPU, as the trainer and predictor run it."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+autocast = C.autocast
 
 
 def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int, warmup: int, repeats: int,
@@ -150,7 +145,7 @@ def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any
     inputs, targets = C.synthetic_batch(config, batch)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    step = C.train_step_fn(model, loss_fn, optimizer, inputs, targets, autocast_dtype=DTYPES[precision])
+    step = C.train_step_fn(model, loss_fn, optimizer, inputs, targets, autocast_dtype=C.autocast_dtype(precision))
     gc.collect()
     with C.PeakRSS() as mem:  # includes AdamW's two moment buffers, created on the first step
         times = C.time_calls(step, warmup, repeats)
@@ -328,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             time_of[(row["model"], "inference", batch, row["precision"])] = row["median_s"]
             best_of[(row["model"], batch, row["precision"])] = row["best_s"]
-    first = precisions[0]  # the ratio goal is about fp32; with --precision bf16 alone, bf16's
+    first = precisions[0]  # fp32, which the ratio goal is about; bf16 with --precision bf16 alone
     ratios = {f"batch_{b}": time_of[("qgn-full", "inference", b, first)] / time_of[("encoders-full", "inference", b, first)]
               for b in (1, 16)}
     results["inference_ratio"] = ratios

@@ -50,6 +50,12 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * weight).sum() / _global_count(weight.sum(), values.device, minimum=1e-12)
 
 
+def _target_counts(targets: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
+    """The loss normalisers of a batch: its targets and its targets with a box, global over processes."""
+    return {"targets": _global_count(sum(len(t["labels"]) for t in targets), device),
+            "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device)}
+
+
 def repeat_targets(target: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     """``target`` with every per-target row repeated ``k`` times (``[t0..tn, t0..tn, ...]``), so
     a Hungarian matching against it gives each gold target up to ``k`` queries. Per-post entries
@@ -309,19 +315,13 @@ class SetCriterion(nn.Module):
         """
         device = outputs["type_logits"].device
         self._patch_cache = {}
-        counts = {
-            "targets": _global_count(sum(len(t["labels"]) for t in targets), device),
-            "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device),
-        }
+        counts = _target_counts(targets, device)
         total, parts = self._single(outputs, targets, indices, counts)
         aux_targets, aux_counts = targets, counts
         k = self.config.aux_one_to_many
         if k > 1 and outputs.get("aux_outputs"):  # one-to-many in the auxiliary layers (H-DETR)
             aux_targets = [repeat_targets(t, k) for t in targets]
-            aux_counts = {
-                "targets": _global_count(sum(len(t["labels"]) for t in aux_targets), device),
-                "boxes": _global_count(sum(int(t["has_box"].sum()) for t in aux_targets), device),
-            }
+            aux_counts = _target_counts(aux_targets, device)
         for aux in outputs.get("aux_outputs", ()):
             total = total + self._single(aux, aux_targets, None, aux_counts)[0]
         self._patch_cache = {}
