@@ -401,6 +401,35 @@ def test_save_and_load_round_trip(tmp_path):
     assert ImageTransform.load(tmp_path / "ckpt").image_size == 64
 
 
+def test_box_refinement_starts_as_the_identity_and_reads_the_image_inside_the_box():
+    from qgn.modeling.heads import BoxRefinement
+
+    config = tiny(box_refine=True)
+    model = build(config).eval()
+    batch = make_batch(config)
+    with torch.no_grad():
+        refined = model(**batch)["pred_boxes"]
+        refine, model.heads.box_refine = model.heads.box_refine, None
+        plain = model(**batch)["pred_boxes"]
+        model.heads.box_refine = refine
+    torch.testing.assert_close(refined, plain)  # zero last layer: training starts from the head's boxes
+    model.train()
+    loss_of(model, model(**batch)).backward()
+    assert refine.mlp.layers[-1].weight.grad.abs().sum() > 0
+
+    # the correction depends on the image inside the box and nowhere else
+    head = BoxRefinement(8, points=3)
+    torch.nn.init.normal_(head.mlp.layers[-1].weight)
+    queries = torch.randn(1, 2, 8)
+    logits = torch.logit(torch.tensor([[[0.25, 0.25, 0.3, 0.3], [0.75, 0.75, 0.3, 0.3]]]))  # top-left, bottom-right
+    vision = torch.randn(1, 1 + 8 * 8, 8)
+    changed = vision.clone()
+    changed[:, 1:].view(1, 8, 8, 8)[:, :4, :4] += 5.0  # the top-left quarter of the patch grid
+    with torch.no_grad():
+        before, after = head(queries, logits, vision), head(queries, logits, changed)
+    assert not torch.allclose(before[0, 0], after[0, 0]) and torch.allclose(before[0, 1], after[0, 1])
+
+
 def test_from_pretrained_on_a_non_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(QGNError, match="config.json"):
         QGNModel.from_pretrained(tmp_path)

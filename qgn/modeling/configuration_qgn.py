@@ -135,6 +135,11 @@ class QGNConfig:
         align_dim: width of the alignment projections (64, MDETR's).
         align_temperature: temperature of the alignment softmax (0.07, MDETR's).
 
+    Box refinement (not in the paper; :class:`qgn.modeling.heads.BoxRefinement`):
+        box_refine: after the box head, sample the final visual tokens at 3 x 3 points over the
+            predicted box (its edges and middle) and let an MLP correct the box from them and the
+            query (False). The box head alone is only as precise as the patch grid it reads.
+
     Text-only mode:
         text_only: no image branch at all (no vision encoder, no HVLA, MQD without vision); the
             box and no-target heads are off and every entity is predicted without a box.
@@ -205,6 +210,8 @@ class QGNConfig:
     align_box_prior: bool = False
     align_dim: int = 64
     align_temperature: float = 0.07
+    # box refinement (not in the paper)
+    box_refine: bool = False
     # text-only mode
     text_only: bool = False
     # matcher

@@ -8,6 +8,9 @@
 * no-target: 2-layer MLP -> 2 logits (class 1 = the entity has no box).
 Box and no-target heads do not exist in text-only mode.
 
+:class:`BoxRefinement` (not in the paper, only with ``box_refine``) takes a second look at the
+image inside each predicted box and corrects it.
+
 :class:`AlignmentHead` (not in the paper, only with ``lambda_align > 0``) scores queries against
 visual patches for the alignment loss (see :class:`qgn.modeling.configuration_qgn.QGNConfig`).
 """
@@ -58,11 +61,14 @@ class PredictionHeads(nn.Module):
         else:
             self.box_head = MLP(d, d, 4, num_layers=3)
             self.notarget_head = MLP(d, d, 2, num_layers=2)
+        self.box_refine = BoxRefinement(d) if config.box_refine and not config.text_only else None
 
     def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                box_reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                box_reference: torch.Tensor | None = None,
+                vision: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``box_reference`` (B, Nq, 2), optional: a centre (cx, cy) in [0, 1] per query that the
-        box head predicts an offset from, in logit space (Deformable DETR's reference points)."""
+        box head predicts an offset from, in logit space (Deformable DETR's reference points).
+        ``vision`` (B, Nv, d), class token first: the tokens :class:`BoxRefinement` samples."""
         outputs = {
             "type_logits": self.type_head(queries),
             "start_logits": self.start_head(queries, words, word_mask),
@@ -73,9 +79,60 @@ class PredictionHeads(nn.Module):
             if box_reference is not None:
                 centre = torch.logit(box_reference.to(box.dtype).clamp(1e-3, 1 - 1e-3))
                 box = box + torch.cat([centre, torch.zeros_like(centre)], dim=-1)
+            if self.box_refine is not None:
+                if vision is None:
+                    raise ValueError("box_refine needs the vision tokens")
+                box = self.box_refine(queries, box, vision)
             outputs["pred_boxes"] = box.sigmoid()
             outputs["notarget_logits"] = self.notarget_head(queries)
         return outputs
+
+
+class BoxRefinement(nn.Module):
+    """A second look inside each predicted box (RoIAlign-style, as in two-stage detectors and
+    Sparse R-CNN): the patch grid is sampled bilinearly at ``points`` x ``points`` positions
+    spread over the box, edges included, and an MLP reads them with the query and adds a
+    correction to the box logits.
+
+    The box from the query alone is only as precise as the alignment's patch grid (an 8 px cell
+    of a 64 px image in the demo); what the image looks like at the box's edges tells which way
+    to move them. The sampling positions are detached (Deformable DETR does the same between its
+    refinement stages), and the last layer starts at zero, so training starts from the box
+    head's own boxes.
+
+    forward(queries (B, Nq, d), box_logits (B, Nq, 4) before the sigmoid, vision (B, Nv, d) with
+    the class token first) -> corrected box logits (B, Nq, 4).
+    """
+
+    def __init__(self, hidden_size: int, points: int = 3):
+        super().__init__()
+        self.points = points
+        self.sample_proj = nn.Linear(hidden_size, hidden_size // 4)
+        self.mlp = MLP(hidden_size + points * points * (hidden_size // 4), hidden_size, 4, num_layers=2)
+        self.start_as_identity_()
+        # offsets from the centre in box widths/heights: -1/2 .. 1/2 (the edges and the middle)
+        self.register_buffer("offsets", torch.linspace(-0.5, 0.5, points), persistent=False)
+
+    def start_as_identity_(self) -> None:
+        """Zero the last layer: no correction until training finds one."""
+        nn.init.zeros_(self.mlp.layers[-1].weight)
+        nn.init.zeros_(self.mlp.layers[-1].bias)
+
+    def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        batch, num_queries, _ = queries.shape
+        grid = math.isqrt(vision.shape[1] - 1)
+        patches = self.sample_proj(vision[:, 1:])  # (B, G, d/4)
+        patches = patches.transpose(1, 2).reshape(batch, -1, grid, grid)
+        cx, cy, w, h = box_logits.detach().float().sigmoid().unbind(-1)  # (B, Nq) each
+        offsets = self.offsets.to(cx.dtype)
+        xs = cx[..., None] + offsets * w[..., None]  # (B, Nq, k)
+        ys = cy[..., None] + offsets * h[..., None]
+        points = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, Nq, k, k, 2)
+        # grid_sample's coordinates: -1 and 1 are the outer edges of the image (align_corners=False)
+        points = (points * 2 - 1).reshape(batch, num_queries * self.points ** 2, 1, 2).to(patches.dtype)
+        sampled = F.grid_sample(patches, points, mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = sampled.reshape(batch, -1, num_queries, self.points ** 2).permute(0, 2, 3, 1).flatten(2)
+        return box_logits + self.mlp(torch.cat([queries, sampled.to(queries.dtype)], dim=-1))
 
 
 class AlignmentHead(nn.Module):

@@ -112,6 +112,8 @@ class QGNModel(nn.Module):
         for name, module in self.named_children():
             if name not in ENCODER_NAMES:
                 xavier_init_(module)
+        if self.heads.box_refine is not None:
+            self.heads.box_refine.start_as_identity_()  # after xavier_init_, which would undo it
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -183,7 +185,7 @@ class QGNModel(nn.Module):
             align = self.alignment(queries, vision)  # (B, Nq + 1, G + 1)
             if c.align_box_prior:
                 reference = self.alignment.reference_points(align)
-        outputs = self.heads(queries, words, word_mask, box_reference=reference)
+        outputs = self.heads(queries, words, word_mask, box_reference=reference, vision=vision)
         outputs["word_mask"] = word_mask
         if align is not None and c.align_presence:
             evidence = torch.stack([align[:, :-1, :-1].logsumexp(-1), align[:, :-1, -1]], dim=-1)
