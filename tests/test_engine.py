@@ -588,3 +588,16 @@ def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys, caplog):
     import yaml
 
     assert yaml.safe_load((out / "run" / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("name", ["twitter_gmner", "twitter_fmnerg"])
+def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
+    from qgn.engine.settings import load_run_file
+    from qgn.modeling.configuration_qgn import QGNConfig
+
+    model, default = settings_from_dict(load_run_file(name)).model, QGNConfig()
+    levers = ("lambda_align", "lambda_align_words", "align_presence", "align_box_prior", "box_refine",
+              "aux_loss", "aux_one_to_many", "notarget_unmatched_weight", "cost_span", "cost_l1", "cost_giou",
+              "weight_ce")
+    assert {k: getattr(model, k) for k in levers} == {k: getattr(default, k) for k in levers}
+    assert not default.box_refine and default.lambda_align == 0 and default.aux_one_to_many == 1

@@ -39,6 +39,30 @@ def _batch(predictor, posts):
 
 
 def test_onnx_matches_pytorch_and_gives_the_same_entities(predictor, onnx_file, tiny_bench):
+    _assert_onnx_matches(predictor, onnx_file, tiny_bench)
+
+
+def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_bench, tmp_path):
+    """The demo's checkpoints use the alignment heads, the alignment box prior and box refinement
+    (grid sampling): they export too."""
+    from transformers import AutoTokenizer
+
+    from qgn.data.pipeline import ImageTransform
+    from qgn.modeling import QGNConfig, QGNModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    config = QGNConfig.tiny(vocab_size=len(tokenizer), num_queries=8, score_threshold=0.0, lambda_align=1.0,
+                            lambda_align_words=1.0, align_presence=True, align_box_prior=True, box_refine=True)
+    torch.manual_seed(0)
+    model = QGNModel(config).eval()
+    torch.nn.init.normal_(model.heads.box_refine.mlp.layers[-1].weight, std=0.1)  # a correction to export
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=ImageTransform.load(tiny_checkpoint))
+    out = tmp_path / "demo.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--output", str(out)]) == 0
+    _assert_onnx_matches(load(tmp_path / "ckpt", device="cpu"), out, tiny_bench)
+
+
+def _assert_onnx_matches(predictor, onnx_file, tiny_bench):
     import onnxruntime
 
     from qgn.export import onnx_outputs
