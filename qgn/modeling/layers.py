@@ -171,7 +171,9 @@ def pool_words(subwords: torch.Tensor, word_index: torch.Tensor, num_words: int)
 
 def xavier_init_(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every ``nn.Linear`` / attention projection in
-    ``module`` (QGN's own layers; never called on the pretrained encoders)."""
+    ``module`` (QGN's own layers; never called on the pretrained encoders). Submodules that must
+    start as the identity (a correction added to another head's output) say so with a
+    ``start_as_identity_()`` method, called afterwards so Xavier does not undo it."""
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
             nn.init.xavier_uniform_(sub.weight)
@@ -182,6 +184,9 @@ def xavier_init_(module: nn.Module) -> None:
                 nn.init.xavier_uniform_(sub.in_proj_weight)
             if sub.in_proj_bias is not None:
                 nn.init.zeros_(sub.in_proj_bias)
+    for sub in module.modules():
+        if callable(getattr(sub, "start_as_identity_", None)):
+            sub.start_as_identity_()
 
 
 def sine_position_2d(num_tokens: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -112,8 +112,6 @@ class QGNModel(nn.Module):
         for name, module in self.named_children():
             if name not in ENCODER_NAMES:
                 xavier_init_(module)
-        if self.heads.box_refine is not None:
-            self.heads.box_refine.start_as_identity_()  # after xavier_init_, which would undo it
 
     # ------------------------------------------------------------------ forward
     def forward(
