@@ -32,3 +32,15 @@ def tiny_checkpoint(tiny_bench, tmp_path_factory) -> Path:
     })
     run_training(settings, run, progress=False)
     return run / "best"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the browser test, installed with apt-get when it is missing (README's
+    test command runs on a fresh machine); the test fails, never skips, when that cannot be done."""
+    from browser import ChromiumUnavailable, chromium_path
+
+    try:
+        return chromium_path()
+    except ChromiumUnavailable as err:
+        pytest.fail(str(err), pytrace=False)

@@ -19,7 +19,6 @@ from qgn.api import load
 from qgn.serving.app import create_app, synthetic_examples
 from fakes import free_port
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("QGN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
@@ -130,16 +129,15 @@ def server(tiny_checkpoint):
     process.wait(timeout=30)
 
 
-def test_the_page_in_a_real_browser(server, tmp_path):
+def test_the_page_in_a_real_browser(server, chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    assert os.path.exists(CHROMIUM), "the browser test needs Debian's chromium (apt-get install chromium)"
     upload = tmp_path / "post.jpg"
     upload.write_bytes(synthetic_examples(1)[0].image)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
