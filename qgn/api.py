@@ -86,7 +86,7 @@ class Predictor:
         dev = resolve_device(device)
         model = QGNModel.from_pretrained(folder).to(dev)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        transform = None if model.config.text_only else ImageTransform.load(folder)
+        transform = None if model.config.text_only else ImageTransform.load(folder, model.config.image_geometry)
         from qgn.engine.precision import resolve_precision
 
         chosen = resolve_precision(precision, dev.type, "predicting")

@@ -31,7 +31,11 @@ IMAGE_OUTPUTS = ("pred_boxes", "notarget_logits")
 
 
 def input_names(config: Any) -> tuple[str, ...]:
-    return TEXT_INPUTS if config.text_only else (*TEXT_INPUTS, "pixel_values")
+    if config.text_only:
+        return TEXT_INPUTS
+    # a padded image (image_geometry "pad") says which pixels are its own
+    padded = getattr(config, "image_geometry", "stretch") == "pad"
+    return (*TEXT_INPUTS, "pixel_values", "pixel_mask") if padded else (*TEXT_INPUTS, "pixel_values")
 
 
 def output_names(config: Any) -> tuple[str, ...]:
@@ -51,9 +55,10 @@ def _graph_module(model: Any) -> Any:
             self.model = model
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor,
-                    word_mask: torch.Tensor, pixel_values: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                    word_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                    pixel_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
             outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, word_index=word_index,
-                                 word_mask=word_mask, pixel_values=pixel_values)
+                                 word_mask=word_mask, pixel_values=pixel_values, pixel_mask=pixel_mask)
             return tuple(outputs[name] for name in names)
 
     return Graph().eval()
@@ -98,7 +103,8 @@ def export_onnx(checkpoint: str, output: str | Path, opset: int | None = None) -
     subwords = torch.export.Dim("subwords", min=2, max=predictor.config.max_text_length)
     words = torch.export.Dim("words", min=1, max=predictor.config.max_text_length)
     shapes = {"input_ids": {0: batch, 1: subwords}, "attention_mask": {0: batch, 1: subwords},
-              "word_index": {0: batch, 1: subwords}, "word_mask": {0: batch, 1: words}, "pixel_values": {0: batch}}
+              "word_index": {0: batch, 1: subwords}, "word_mask": {0: batch, 1: words}, "pixel_values": {0: batch},
+              "pixel_mask": {0: batch}}
     chatter = io.StringIO()  # the exporter prints its progress; keep it for -v
     with torch.no_grad(), contextlib.redirect_stdout(chatter):
         torch.onnx.export(_graph_module(predictor.model), args, str(output), dynamo=True, input_names=list(names),

@@ -106,7 +106,16 @@ def test_items_align_words_and_build_targets(tokenizer, config, tmp_path):
     t = item["targets"]
     assert t["labels"].tolist() == [0, 0, 1] and t["start"].tolist() == [0, 0, 3] and t["end"].tolist() == [1, 1, 3]
     assert t["has_box"].tolist() == [True, True, False] and t["entity_index"].tolist() == [0, 0, 1]
-    assert torch.allclose(t["boxes"], torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.25, 0.5, 0.5], [0, 0, 0, 0]]))
+    # image_geometry "pad" (the default): the 40 x 30 image fills the top 64 x 48 of the square input,
+    # so heights are 3/4 of the stretched ones, and only those pixels are the image's
+    assert config.image_geometry == "pad"
+    assert torch.allclose(t["boxes"], torch.tensor([[0.25, 0.375, 0.5, 0.75], [0.75, 0.1875, 0.5, 0.375], [0, 0, 0, 0]]))
+    assert item["pixel_mask"].shape == (64, 64) and item["pixel_mask"][:48].all() and not item["pixel_mask"][48:].any()
+    assert (item["pixel_values"][:, 48:] == 0).all()
+    stretched = GMNERDataset(posts, tokenizer, config.replace(image_geometry="stretch"))[0]
+    assert stretched["pixel_mask"] is None
+    assert torch.allclose(stretched["targets"]["boxes"],
+                          torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.25, 0.5, 0.5], [0, 0, 0, 0]]))
 
 
 def test_missing_image_gets_placeholder_and_boxes_use_known_size(tokenizer, config, tmp_path):
@@ -114,7 +123,8 @@ def test_missing_image_gets_placeholder_and_boxes_use_known_size(tokenizer, conf
     item = dataset[1]
     assert item["image_missing"]
     assert torch.allclose(item["pixel_values"], dataset.image_transform(Image.new("RGB", (64, 64))))
-    assert torch.allclose(item["targets"]["boxes"], torch.tensor([[0.2, 0.3, 0.2, 0.2]]))
+    # the known 100 x 50 size fills the top half of the padded square
+    assert torch.allclose(item["targets"]["boxes"], torch.tensor([[0.2, 0.15, 0.2, 0.1]]))
     no_size = Post("c", ["Brad"], [Entity(0, 1, "PER", [(1, 1, 2, 2)])])
     with pytest.raises(DataError, match="image size is unknown"):
         GMNERDataset([no_size], tokenizer, config)[0]
@@ -178,7 +188,9 @@ def test_collate_model_inputs_and_device(tokenizer, config, tmp_path):
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
     assert [p.id for p in batch["posts"]] == ["a", "b", "empty"] and batch["image_missing"] == [False, True, True]
     assert batch["targets"][2]["boxes"].shape == (0, 4)
-    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "word_index", "word_mask", "pixel_values"}
+    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "word_index", "word_mask", "pixel_values",
+                                        "pixel_mask"}
+    assert batch["pixel_mask"].shape == (3, 64, 64) and batch["pixel_mask"].dtype == torch.bool
     moved = move_to_device(batch, "meta")
     assert moved["input_ids"].device.type == "meta" and moved["targets"][0]["boxes"].device.type == "meta"
     assert moved["posts"] is batch["posts"] and batch["input_ids"].device.type == "cpu"

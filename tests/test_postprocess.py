@@ -45,7 +45,17 @@ def post(words: int, size=(200, 100), pid="p") -> Post:
 
 @pytest.fixture
 def config() -> QGNConfig:
-    return QGNConfig.tiny()
+    return QGNConfig.tiny(image_geometry="stretch")  # boxes normalised to the whole image
+
+
+def test_padded_geometry_maps_boxes_back_to_the_image():
+    # 200 x 100 padded to the 64 px square: the image is its top 64 x 32, half the height
+    out = blank_outputs(1, 2, 3)
+    set_query(out, 0, 0, "PER", 1, 1, box=[0.5, 0.25, 0.5, 0.2])
+    set_query(out, 0, 1, "ORG", 2, 2, box=[0.5, 0.45, 0.2, 0.3])  # reaches into the padding
+    (first, second), = PostProcessor(QGNConfig.tiny(image_geometry="pad"))(out, [post(3, size=(200, 100))])
+    assert first.box == pytest.approx((50.0, 30.0, 150.0, 70.0))
+    assert second.box == pytest.approx((80.0, 60.0, 120.0, 100.0))  # cut at the image's bottom edge
 
 
 def test_hand_made_outputs_give_expected_entities(config):

@@ -2,8 +2,10 @@
 
 The shapes, per post (the model's ``forward`` and the criterion's targets rely on them):
 ``input_ids`` ``[CLS] sub-words [SEP]``; ``word_index`` the word owning each sub-word (-1 for
-specials); ``pixel_values`` ``(3, S, S)`` or ``None`` in text-only mode; ``targets`` one row per
-(entity, box) pair, spans with an *inclusive* end, boxes normalised cxcywh.
+specials); ``pixel_values`` ``(3, S, S)`` or ``None`` in text-only mode; ``pixel_mask`` ``(S, S)``
+bool, True on the image's own pixels (with ``image_geometry="pad"`` only); ``targets`` one row per
+(entity, box) pair, spans with an *inclusive* end, boxes normalised cxcywh in the frame of the
+model's square input (:func:`qgn.modeling.box_ops.image_frame`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from torch.utils.data import Dataset
 
 from qgn.data.records import Post
 from qgn.errors import DataError, QGNError
-from qgn.modeling.box_ops import normalize_boxes
+from qgn.modeling.box_ops import IMAGE_GEOMETRIES, content_size, image_frame, normalize_boxes
 
 logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FORWARD_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values")
+FORWARD_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "pixel_mask")
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
@@ -40,11 +42,15 @@ def _processor_class() -> type:
 
 # ---------------------------------------------------------------------------------- images
 class ImageTransform:
-    """PIL image -> ``FloatTensor (3, S, S)``: whole-image resize (no crop), /255, CLIP mean/std.
+    """PIL image -> ``FloatTensor (3, S, S)``: resize (never a crop), /255, CLIP mean/std.
 
-    No crop because gold boxes are normalised to the *whole* original image; a crop would cut
-    boxes off. Wraps a transformers CLIP image processor (PIL backend) configured that way, so the
-    checkpoint folder holds a standard ``preprocessor_config.json``.
+    ``geometry`` (``QGNConfig.image_geometry``): ``stretch`` resizes the whole image to S x S;
+    ``pad`` resizes its longer side to S, keeping the aspect ratio, and pads the right and bottom
+    with zeros (the mean colour after normalisation); :meth:`with_mask` also returns which pixels
+    are the image's. No crop because a crop (CLIP's own preprocessing takes the centre square)
+    would cut gold boxes, and the entities in them, off. Wraps a transformers CLIP image
+    processor (PIL backend), so the checkpoint folder holds a standard
+    ``preprocessor_config.json``; the geometry is the model config's.
     """
 
     def __init__(
@@ -54,7 +60,11 @@ class ImageTransform:
         std: Sequence[float] = CLIP_STD,
         resample: int = int(Image.Resampling.BILINEAR),
         processor: Any = None,
+        geometry: str = "stretch",
     ):
+        if geometry not in IMAGE_GEOMETRIES:
+            raise QGNError(f"image geometry must be one of {IMAGE_GEOMETRIES}, got {geometry!r}")
+        self.geometry = geometry
         if processor is None:
             processor = _processor_class()(
                 do_resize=True,
@@ -76,10 +86,26 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """``image`` (any PIL mode) -> ``(3, S, S)`` float32."""
+        return self.with_mask(image)[0]
+
+    def with_mask(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image`` (any PIL mode) -> ``(pixels (3, S, S) float32, mask (S, S) bool)``, the mask
+        True on the image's own pixels (everywhere for ``stretch``)."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        out = self.processor(image, return_tensors="pt", input_data_format="channels_last")
-        return out["pixel_values"][0].float()
+        side = self.image_size
+        if self.geometry == "stretch":
+            out = self.processor(image, return_tensors="pt", input_data_format="channels_last")
+            return out["pixel_values"][0].float(), torch.ones(side, side, dtype=torch.bool)
+        width, height = content_size(image.size, side)
+        resample = Image.Resampling(int(getattr(self.processor, "resample", Image.Resampling.BILINEAR)))
+        resized = image.resize((width, height), resample) if (width, height) != image.size else image
+        out = self.processor(resized, do_resize=False, return_tensors="pt", input_data_format="channels_last")
+        pixels = torch.zeros(3, side, side)
+        pixels[:, :height, :width] = out["pixel_values"][0].float()
+        mask = torch.zeros(side, side, dtype=torch.bool)
+        mask[:height, :width] = True
+        return pixels, mask
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``preprocessor_config.json`` into ``directory`` (a checkpoint folder)."""
@@ -88,8 +114,9 @@ class ImageTransform:
     save_pretrained = save
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ImageTransform":
-        """Read the transform saved by :meth:`save` from ``directory``."""
+    def load(cls, directory: str | os.PathLike, geometry: str = "stretch") -> "ImageTransform":
+        """Read the transform saved by :meth:`save` from ``directory``; ``geometry`` is the
+        model config's ``image_geometry``."""
         folder = Path(directory)
         if not (folder / PROCESSOR_FILE).is_file():
             raise QGNError(f"{folder}: no {PROCESSOR_FILE} (not a checkpoint of an image model?)")
@@ -97,7 +124,7 @@ class ImageTransform:
         size = processor.size
         if getattr(processor, "do_center_crop", False) or size["height"] != size["width"]:
             raise QGNError(f"{folder / PROCESSOR_FILE}: expected a square resize without centre crop")
-        return cls(int(size["height"]), processor=processor)
+        return cls(int(size["height"]), processor=processor, geometry=geometry)
 
     from_pretrained = load
 
@@ -191,13 +218,14 @@ def check_entities(post: Post, label_index: Mapping[str, int]) -> None:
 
 def build_targets(
     post: Post, num_words: int, label_index: Mapping[str, int], image_size: tuple[int, int] | None,
-    need_boxes: bool = True,
+    need_boxes: bool = True, frame: Sequence[float] = (1.0, 1.0),
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Targets of one post (contract "Targets") and the number of entities cut by truncation.
 
     An entity with k boxes gives k rows sharing its span; one without a box gives one row with
-    ``has_box`` False. ``image_size`` ``(W, H)`` normalises boxes; when it is unknown, boxes are
-    zeros if ``need_boxes`` is False (text-only mode) and an error otherwise.
+    ``has_box`` False. ``image_size`` ``(W, H)`` normalises boxes, into the fraction ``frame`` of
+    the model's input the image covers (:func:`qgn.modeling.box_ops.image_frame`); when the size
+    is unknown, boxes are zeros if ``need_boxes`` is False (text-only mode) and an error otherwise.
     """
     labels, starts, ends, boxes, has_box, entity_index = [], [], [], [], [], []
     dropped = 0
@@ -218,7 +246,7 @@ def build_targets(
             if box is None or image_size is None:
                 boxes.append(torch.zeros(4))
             else:
-                boxes.append(normalize_boxes(torch.tensor(box, dtype=torch.float32), image_size))
+                boxes.append(normalize_boxes(torch.tensor(box, dtype=torch.float32), image_size, frame))
     targets = {
         "labels": torch.tensor(labels, dtype=torch.long),
         "start": torch.tensor(starts, dtype=torch.long),
@@ -253,13 +281,19 @@ class GMNERDataset(Dataset):
                  text_only: bool = False, placeholder_on_error: bool = False,
                  images: Sequence[Image.Image | None] | None = None, cache_pixels: bool = False):
         self.posts = list(posts)
-        self._pixels: dict[int, tuple[torch.Tensor, bool]] | None = {} if cache_pixels else None
+        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.config = config
         self.text_only = bool(text_only or config.text_only)
         if images is not None and len(images) != len(self.posts):
             raise QGNError(f"got {len(images)} images for {len(self.posts)} posts")
         self.images = images
-        self.image_transform = None if self.text_only else (image_transform or ImageTransform(config.image_size))
+        geometry = getattr(config, "image_geometry", "stretch")
+        self.image_transform = None if self.text_only else (
+            image_transform or ImageTransform(config.image_size, geometry=geometry))
+        if self.image_transform is not None and self.image_transform.geometry != geometry:
+            raise QGNError(f"the image transform pads or stretches ({self.image_transform.geometry}) unlike the "
+                           f"model config's image_geometry={geometry!r}")
+        self.geometry = geometry
         self.placeholder_on_error = placeholder_on_error
         self.label_index = {name: i for i, name in enumerate(config.entity_types)}
         for post in self.posts:
@@ -277,22 +311,28 @@ class GMNERDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         post, encoded = self.posts[i], self.encoded[i]
-        pixel_values, missing = None, False
+        pixel_values = pixel_mask = None
+        missing = False
         if not self.text_only:
             if self._pixels is not None and i in self._pixels:
-                pixel_values, missing = self._pixels[i]
+                pixel_values, pixel_mask, missing = self._pixels[i]
             else:
                 image, missing = self._image(i)
                 if post.image_size is None and not missing:
                     post.image_size = image.size
-                pixel_values = self.image_transform(image)
+                pixel_values, pixel_mask = self.image_transform.with_mask(image)
                 if self._pixels is not None:
-                    self._pixels[i] = (pixel_values, missing)
+                    self._pixels[i] = (pixel_values, pixel_mask, missing)
+            if self.geometry == "stretch":
+                pixel_mask = None  # the whole square is the image: nothing to mask
+        frame = (1.0, 1.0)
+        if self.image_transform is not None and post.image_size is not None:
+            frame = image_frame(post.image_size, self.image_transform.image_size, self.geometry)
         targets, _ = build_targets(post, encoded.num_words, self.label_index, post.image_size,
-                                   need_boxes=not self.text_only)
+                                   need_boxes=not self.text_only, frame=frame)
         return {"post": post, "input_ids": encoded.input_ids, "word_index": encoded.word_index,
-                "num_words": encoded.num_words, "pixel_values": pixel_values, "image_missing": missing,
-                "targets": targets}
+                "num_words": encoded.num_words, "pixel_values": pixel_values, "pixel_mask": pixel_mask,
+                "image_missing": missing, "targets": targets}
 
     def _image(self, i: int) -> tuple[Image.Image, bool]:
         """The post's RGB image and whether it is a placeholder."""
@@ -323,6 +363,7 @@ class Collator:
 
     Returns ``input_ids``/``attention_mask``/``word_index`` ``(B, S)``, ``word_mask`` ``(B, W)``
     with ``W = max(1, max words)``, ``pixel_values`` ``(B, 3, S, S)`` (absent in text-only mode),
+    ``pixel_mask`` ``(B, S, S)`` bool (only when some item has one: padded images),
     ``targets`` (list), ``posts`` (list) and ``image_missing`` (list of bool).
     """
 
@@ -352,6 +393,11 @@ class Collator:
             if not all(with_pixels):
                 raise ValueError("cannot collate posts with and without pixel_values")
             batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+            masks = [item.get("pixel_mask") for item in items]
+            if any(m is not None for m in masks):
+                side = batch["pixel_values"].shape[-1]
+                full = torch.ones(side, side, dtype=torch.bool)
+                batch["pixel_mask"] = torch.stack([full if m is None else m for m in masks])
         batch["targets"] = [item["targets"] for item in items]
         batch["posts"] = [item["post"] for item in items]
         batch["image_missing"] = [bool(item.get("image_missing", False)) for item in items]

@@ -221,7 +221,16 @@ class Trainer:
             # accelerate keeps one state per process and refuses another precision later; a second run
             # in the same Python session (a notebook, a test) may want one. The process group, if any, stays.
             AcceleratorState._reset_state(reset_partial_state=False)
+        from accelerate import DistributedDataParallelKwargs
+
+        from qgn.engine.ddp import parameters_left_unused
+
+        # Only configs that leave parameters out of the loss (Table IV's "L_pred only", ...) pay for
+        # DDP's per-step search for unused parameters; without it their second step fails.
+        self.unused_parameters = parameters_left_unused(settings.model)
         self.accelerator = Accelerator(
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if self.unused_parameters
+            else None,
             # Without CUDA, accelerate only runs several processes (gloo) when told it is on CPU.
             cpu=not torch.cuda.is_available(),
             mixed_precision=mixed,
@@ -234,6 +243,8 @@ class Trainer:
             ),
         )
         acc = self.accelerator
+        if acc.num_processes > 1 and self.unused_parameters:
+            logger.info("DDP finds unused parameters every step: %s", "; ".join(self.unused_parameters))
         if train.batch_size % acc.num_processes:
             raise QGNError(f"train.batch_size {train.batch_size} must be divisible by {acc.num_processes} processes")
         set_seed(train.seed, device_specific=True)  # seed + process rank
@@ -264,7 +275,8 @@ class Trainer:
         self.model, self.criterion, self.postprocessor = build(s.model)
         # The encoders' configs are now filled in (loaded from a hub name or a local directory),
         # so the saved settings rebuild the same model without a download.
-        self.image_transform = None if s.model.text_only else ImageTransform(s.model.image_size)
+        self.image_transform = None if s.model.text_only else ImageTransform(s.model.image_size,
+                                                                             geometry=s.model.image_geometry)
 
         train_loader = make_loader(self.train_posts, self.tokenizer, s, self.image_transform, s.train.batch_size, True)
         dev_loader = make_loader(self.dev_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
@@ -290,6 +302,7 @@ class Trainer:
                 "torch": torch.__version__,
                 "num_processes": acc.num_processes,
                 "mixed_precision": acc.mixed_precision,
+                "ddp_find_unused_parameters": bool(self.unused_parameters),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             (self.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")

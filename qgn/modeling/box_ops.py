@@ -72,23 +72,61 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     return iou - (enclosing - union) / enclosing.clamp(min=_EPS)
 
 
-def normalize_boxes(boxes_xyxy: torch.Tensor, image_size: Sequence[float]) -> torch.Tensor:
-    """Pixel xyxy ``(..., 4)`` -> normalised cxcywh in ``[0, 1]`` for an image of ``(W, H)``.
+IMAGE_GEOMETRIES = ("stretch", "pad")
+
+
+def content_size(image_size: Sequence[float], side: int) -> tuple[int, int]:
+    """``(w, h)`` in pixels of an image of ``(W, H)`` once its longer side is resized to ``side``
+    with its aspect ratio kept (``image_geometry="pad"``); each at least one pixel."""
+    width, height = float(image_size[0]), float(image_size[1])
+    longer = max(width, height)
+    if longer <= 0:
+        raise ValueError(f"image size must be positive, got {tuple(image_size)}")
+    return max(1, int(round(width * side / longer))), max(1, int(round(height * side / longer)))
+
+
+def image_frame(image_size: Sequence[float], side: int | None = None, geometry: str = "stretch") -> tuple[float, float]:
+    """The fraction ``(fx, fy)`` of the model's square input that the image's pixels cover.
+
+    ``stretch`` squashes the whole image onto the square, so it covers all of it: ``(1, 1)``.
+    ``pad`` resizes the longer side to ``side`` and pads the right and bottom (as SAM's processor
+    does), so the image covers the top-left ``content_size / side``. Normalised boxes are in the
+    square's frame: a pixel ``x`` of the image is ``x / W * fx`` there, and this is also how a
+    predicted box maps back, exactly, to the original image's pixels.
+    """
+    if geometry == "stretch":
+        return 1.0, 1.0
+    if geometry != "pad":
+        raise ValueError(f"image_geometry must be one of {IMAGE_GEOMETRIES}, got {geometry!r}")
+    if side is None:
+        raise ValueError("image_geometry='pad' needs the model's input side")
+    w, h = content_size(image_size, int(side))
+    return w / int(side), h / int(side)
+
+
+def normalize_boxes(boxes_xyxy: torch.Tensor, image_size: Sequence[float],
+                    frame: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+    """Pixel xyxy ``(..., 4)`` -> normalised cxcywh in ``[0, 1]`` for an image of ``(W, H)``
+    that covers the fraction ``frame`` of the model's input (:func:`image_frame`).
 
     Boxes are clamped to the image first, so a box drawn a pixel past the border stays valid.
     """
     width, height = float(image_size[0]), float(image_size[1])
     scale = boxes_xyxy.new_tensor([width, height, width, height])
     clamped = torch.min(boxes_xyxy.clamp(min=0), scale)
-    return box_xyxy_to_cxcywh(clamped / scale)
+    fx, fy = float(frame[0]), float(frame[1])
+    return box_xyxy_to_cxcywh(clamped / scale * boxes_xyxy.new_tensor([fx, fy, fx, fy]))
 
 
-def denormalize_boxes(boxes_cxcywh: torch.Tensor, image_size: Sequence[float]) -> torch.Tensor:
-    """Normalised cxcywh ``(..., 4)`` -> pixel xyxy clamped to an image of ``(W, H)``."""
+def denormalize_boxes(boxes_cxcywh: torch.Tensor, image_size: Sequence[float],
+                      frame: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+    """Normalised cxcywh ``(..., 4)`` -> pixel xyxy clamped to an image of ``(W, H)``; the
+    inverse of :func:`normalize_boxes` (a box reaching into the padding is cut at the image)."""
     width, height = float(image_size[0]), float(image_size[1])
-    scale = boxes_cxcywh.new_tensor([width, height, width, height])
+    fx, fy = float(frame[0]), float(frame[1])
+    scale = boxes_cxcywh.new_tensor([width / fx, height / fy, width / fx, height / fy])
     xyxy = box_cxcywh_to_xyxy(boxes_cxcywh) * scale
-    return torch.min(xyxy.clamp(min=0), scale)
+    return torch.min(xyxy.clamp(min=0), boxes_cxcywh.new_tensor([width, height, width, height]))
 
 
 def patch_centres(grid: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from qgn.modeling.box_ops import IMAGE_GEOMETRIES
+
 QUERY_INITS = ("random", "batch_shared", "mean_pooled_text", "attention_pooled_text")
 GMNER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
@@ -50,8 +52,13 @@ class QGNConfig:
             built from it with random weights instead of being loaded from ``text_encoder``;
             checkpoints always store it, so loading a checkpoint never downloads anything.
         vision_config: the same for the ``CLIPVisionConfig``.
-        image_size: square side the image is resized to (no crop, so normalised boxes map back
-            to the whole original image). 224 for ViT-B/32.
+        image_size: side of the square the vision encoder sees (224 for ViT-B/32).
+        image_geometry: how an image of any shape becomes that square (never a crop, which would
+            cut boxes off). ``pad`` (default): the longer side is resized to ``image_size``, the
+            aspect ratio kept, the rest padded on the right and bottom and masked (the ViT,
+            every attention over visual tokens and the alignment losses never see padding as
+            content). ``stretch``: the whole image squashed to the square, as qgn did before
+            (checkpoints saved without this field load as ``stretch``). Not in the paper.
         max_text_length: sub-word limit of the text encoder input; longer posts are truncated
             with a warning.
 
@@ -175,6 +182,7 @@ class QGNConfig:
     text_config: dict[str, Any] | None = None
     vision_config: dict[str, Any] | None = None
     image_size: int = 224
+    image_geometry: str = "pad"
     max_text_length: int = 128
     # width and queries
     hidden_size: int = 768
@@ -241,6 +249,8 @@ class QGNConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise ``ValueError`` with a readable message on an inconsistent configuration."""
+        if self.image_geometry not in IMAGE_GEOMETRIES:
+            raise ValueError(f"image_geometry must be one of {IMAGE_GEOMETRIES}, got {self.image_geometry!r}")
         if self.query_init not in QUERY_INITS:
             raise ValueError(f"query_init must be one of {QUERY_INITS}, got {self.query_init!r}")
         if self.num_queries < 1:
@@ -301,7 +311,11 @@ class QGNConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QGNConfig":
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            data = json.load(f)
+        # Checkpoints from before the field existed were trained on stretched images.
+        if isinstance(data, dict):
+            data.setdefault("image_geometry", "stretch")
+        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "QGNConfig":
         return dataclasses.replace(self, **changes)

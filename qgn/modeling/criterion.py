@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgn.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, patch_centres
+from qgn.modeling.layers import MASKED_LOGIT
 from qgn.modeling.matcher import HungarianMatcher
 from qgn.modeling.postprocess import best_spans
 
@@ -221,13 +222,20 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def _contrastive(logits: torch.Tensor, positive: torch.Tensor, row_used: torch.Tensor,
-                     num_rows: torch.Tensor) -> torch.Tensor:
+                     num_rows: torch.Tensor, patch_padding: torch.Tensor | None = None) -> torch.Tensor:
         """Symmetric multi-positive InfoNCE over ``logits`` (B, R + 1, G + 1) whose last row and
         column are the "nothing" slots. Rows ``row_used`` go to their positive columns (the last
         one for an entity without a box); every patch column goes to the rows whose entity covers
         it, or to the last row. -log(softmax mass on the positives); the row part is summed and
-        divided by ``num_rows``, the column part averaged over patches; the halves averaged."""
+        divided by ``num_rows``, the column part averaged over patches; the halves averaged.
+        Patches of ``patch_padding`` (B, G) (a padded image's border) are no place: they are no
+        row's candidates (the model gave them ``MASKED_LOGIT``) and have no column loss."""
         grid_cells = logits.shape[2] - 1
+        if patch_padding is not None:
+            padded = torch.cat([patch_padding.to(logits.device).bool(),
+                                patch_padding.new_zeros(logits.shape[0], 1).bool().to(logits.device)], dim=1)
+            # finite, not -inf: a padded column's own softmax must stay defined (its loss is weighed 0)
+            logits = logits.masked_fill(padded[:, None, :], MASKED_LOGIT)
         positive = positive.clone()
         covered = positive[:, :-1, :grid_cells].any(1)  # (B, G) patches of some entity
         positive[:, -1, :grid_cells] = ~covered
@@ -235,7 +243,10 @@ class SetCriterion(nn.Module):
         row_loss = torch.logsumexp(logits, -1) - torch.logsumexp(masked, -1)
         col_loss = (torch.logsumexp(logits, 1) - torch.logsumexp(masked, 1))[:, :grid_cells]
         rows = row_loss[row_used].sum() / num_rows
-        cols = _weighted_mean(col_loss, torch.ones_like(col_loss))
+        col_weight = torch.ones_like(col_loss)
+        if patch_padding is not None:
+            col_weight = (~patch_padding.to(logits.device).bool()).to(col_loss.dtype)
+        cols = _weighted_mean(col_loss, col_weight)
         return (rows + cols) / 2
 
     def loss_align(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
@@ -254,7 +265,8 @@ class SetCriterion(nn.Module):
             positive[b, q, :-1] = self._patches_of(t, grid, logits.device)[j]
             positive[b, q, -1] = ~t["has_box"].to(logits.device).bool()[j]
             row_used[b, q] = True
-        return {"loss_align": self._contrastive(logits, positive, row_used, counts["targets"])}
+        return {"loss_align": self._contrastive(logits, positive, row_used, counts["targets"],
+                                                outputs.get("patch_padding"))}
 
     def loss_align_words(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """Word-patch contrastive alignment at the encoders (GLIP's word-region alignment, with
@@ -280,7 +292,8 @@ class SetCriterion(nn.Module):
                 positive[b, start:end + 1, -1] |= ~has_box[k]
                 row_used[b, start:end + 1] = True
         num_words = _global_count(row_used.sum(), logits.device)
-        return {"loss_align_words": self._contrastive(logits, positive, row_used, num_words)}
+        return {"loss_align_words": self._contrastive(logits, positive, row_used, num_words,
+                                                      outputs.get("patch_padding"))}
 
     # ----------------------------------------------------------------- dispatch
     def active_losses(self, outputs: Mapping[str, torch.Tensor]) -> list[str]:

@@ -212,6 +212,7 @@ def run_vision_tower(
     pixel_values: torch.Tensor,
     extract_layers: Sequence[int],
     after_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    token_padding: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Run the CLIP vision tower module by module.
 
@@ -221,6 +222,8 @@ def run_vision_tower(
         extract_layers: 1-based layers whose output tokens are returned, in this order.
         after_layer: ``f(i, tokens) -> tokens`` called after layer ``i`` (1-based), before its
             tokens are extracted; HVLA's text injection.
+        token_padding: (B, Nv) bool, True for tokens that are padding (patches of a padded
+            image's border), which the self-attention then never attends to; ``None``: none.
     Returns:
         One (B, Nv, Dv) tensor per extracted layer; Nv = 1 + (H / patch)^2 (class token first).
     """
@@ -230,8 +233,13 @@ def run_vision_tower(
     features: list[torch.Tensor | None] = [None] * len(extract_layers)
     # transformers 4.x layers take a positional causal mask and return a tuple; 5.x neither.
     causal = bool(layers) and _layer_takes_causal_mask(layers[0])
+    mask = None
+    if token_padding is not None:
+        # an additive (B, 1, 1, Nv) key mask, the form CLIP's eager and SDPA attention both take
+        mask = torch.zeros(token_padding.shape, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(token_padding.to(hidden.device), torch.finfo(hidden.dtype).min)[:, None, None, :]
     for i, layer in enumerate(layers, start=1):
-        out = layer(hidden, None, causal_attention_mask=None) if causal else layer(hidden, None)
+        out = layer(hidden, mask, causal_attention_mask=None) if causal else layer(hidden, mask)
         hidden = out[0] if isinstance(out, (tuple, list)) else out
         if after_layer is not None:
             hidden = after_layer(i, hidden)

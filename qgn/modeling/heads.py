@@ -142,9 +142,11 @@ class AlignmentHead(nn.Module):
     is appended to the patches and another to the rows, so a row of an entity that is not in the
     image, and a patch that belongs to no mentioned entity, each have a positive to go to.
 
-    forward(rows (B, R, d), vision (B, Nv, d) with the class token first)
+    forward(rows (B, R, d), vision (B, Nv, d) with the class token first, patch_padding (B, G)
+            bool | None: grid patches that are padding)
         -> logits (B, R + 1, G + 1): cosine / temperature of [rows; no row] x [patches; no patch],
-        G = Nv - 1 grid patches (the class token is not a place).
+        G = Nv - 1 grid patches (the class token is not a place); padding patches get
+        ``MASKED_LOGIT``, so no softmax over the patches gives them weight.
     """
 
     def __init__(self, hidden_size: int, align_dim: int, temperature: float):
@@ -162,8 +164,12 @@ class AlignmentHead(nn.Module):
         weights = logits[:, :-1, :-1].softmax(-1)  # (B, R, G)
         return weights @ patch_centres(math.isqrt(weights.shape[-1]), logits.device, weights.dtype)
 
-    def forward(self, rows: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, vision: torch.Tensor, patch_padding: torch.Tensor | None = None) -> torch.Tensor:
         batch = rows.shape[0]
         r = torch.cat([self.row_proj(rows), self.no_row.expand(batch, 1, -1)], dim=1)
         v = torch.cat([self.patch_proj(vision[:, 1:]), self.no_patch.expand(batch, 1, -1)], dim=1)
-        return F.normalize(r, dim=-1) @ F.normalize(v, dim=-1).transpose(1, 2) / self.temperature
+        logits = F.normalize(r, dim=-1) @ F.normalize(v, dim=-1).transpose(1, 2) / self.temperature
+        if patch_padding is not None:
+            column = torch.cat([patch_padding, patch_padding.new_zeros(batch, 1)], dim=1).bool()
+            logits = logits.masked_fill(column[:, None, :], MASKED_LOGIT)
+        return logits

@@ -112,8 +112,9 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Transformer decoder layer: self-attention, cross-attention to ``memory``, FFN (post-LN).
 
-    Target positions are never masked (queries, visual tokens), so self-attention has no mask.
-    forward(x (B, Lq, D), memory (B, Lm, D), memory_padding (B, Lm) bool | None) -> (B, Lq, D)
+    forward(x (B, Lq, D), memory (B, Lm, D), memory_padding (B, Lm) bool | None,
+            padding (B, Lq) bool | None: positions of ``x`` that are padding, ignored as keys of
+            the self-attention (the padded border of visual tokens)) -> (B, Lq, D)
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
@@ -123,8 +124,8 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForwardBlock(dim, ffn_dim, dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor,
-                memory_padding: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.self_attn(x)
+                memory_padding: torch.Tensor | None = None, padding: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.self_attn(x, kv_padding=padding)
         x = self.cross_attn(x, memory, memory_padding)
         return self.ffn(x)
 

@@ -121,6 +121,7 @@ class QGNModel(nn.Module):
         word_index: torch.Tensor,
         word_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Predict entities for a batch (inputs and outputs: docs/architecture.md).
 
@@ -131,6 +132,10 @@ class QGNModel(nn.Module):
             word_mask: (B, W) True for real words.
             pixel_values: (B, 3, H, H) CLIP-normalised images, H = ``config.image_size``;
                 required unless text-only (ignored in text-only mode).
+            pixel_mask: (B, H, H), nonzero on the image's own pixels and 0 on the padding of an
+                image padded to the square (``image_geometry="pad"``); ``None``: no padding. A
+                patch with no pixel of the image is padding: the ViT, every attention over
+                visual tokens and the alignment never use it.
         Returns:
             ``type_logits`` (B, Nq, C+1); ``start_logits`` and ``end_logits`` (B, Nq, W), -1e4
             where ``word_mask`` is False; ``word_mask`` (B, W) bool (echoed); unless text-only
@@ -146,7 +151,7 @@ class QGNModel(nn.Module):
                                      output_hidden_states=self.hvla is not None)
         text = self.text_projection(text_out.last_hidden_state)  # F_t (B, S, d)
 
-        vision = None
+        vision = vision_padding = None
         if self.vision_encoder is not None:
             if pixel_values is None:
                 raise QGNError("this QGN model needs pixel_values (it is not text-only)")
@@ -154,33 +159,60 @@ class QGNModel(nn.Module):
             if self.hvla is not None:
                 fused = self.hvla.fuse_text(text_out.hidden_states)  # F_fused (B, S, Dv), eq. 3
                 injector = self.hvla.injector(fused, text_padding)
-            layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector)
+            vision_padding = self._vision_padding(pixel_mask, pixel_values)
+            layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector,
+                                      token_padding=vision_padding)
             vision = self.vision_projection(layers)  # F~_v (B, Nv, d)
 
         word_align = None
         if self.word_alignment is not None and self.training:
-            word_align = self.word_alignment(pool_words(text, word_index, word_mask.shape[1]), vision)
+            word_align = self.word_alignment(pool_words(text, word_index, word_mask.shape[1]), vision,
+                                             self._patch_padding(vision_padding))
         queries = self.queries(text, text_padding)  # Q (B, Nq, d)
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
         decoder = self.mqd if self.mqd is not None else self.plain_decoder
-        queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask)
-        outputs = self._predict(queries, words, word_mask, vision)
+        queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask,
+                                                       vision_padding)
+        patch_padding = self._patch_padding(vision_padding)
+        outputs = self._predict(queries, words, word_mask, vision, patch_padding)
+        if patch_padding is not None and self.training:
+            outputs["patch_padding"] = patch_padding
         if word_align is not None:
             outputs["align_word_logits"] = word_align
         if self.config.aux_loss and self.training and intermediate:
             # the same heads on every earlier decoder layer (DETR's auxiliary decoding losses)
-            outputs["aux_outputs"] = [self._predict(q, w, word_mask, v) for q, w, v in intermediate]
+            outputs["aux_outputs"] = [self._predict(q, w, word_mask, v, patch_padding) for q, w, v in intermediate]
+            if patch_padding is not None:
+                for aux in outputs["aux_outputs"]:
+                    aux["patch_padding"] = patch_padding
         return outputs
 
+    def _vision_padding(self, pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """(B, Nv) bool, True for the visual tokens whose patch holds no pixel of the image (the
+        class token never is), or ``None`` when nothing is padded."""
+        if pixel_mask is None:
+            return None
+        patch = self.vision_encoder.config.patch_size
+        if tuple(pixel_mask.shape[-2:]) != tuple(pixel_values.shape[-2:]):
+            raise QGNError(f"pixel_mask {tuple(pixel_mask.shape)} does not match pixel_values {tuple(pixel_values.shape)}")
+        content = torch.nn.functional.max_pool2d(pixel_mask[:, None].to(pixel_values.dtype), patch, patch)
+        padding = content.flatten(1) <= 0  # (B, G)
+        return torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
+
+    @staticmethod
+    def _patch_padding(vision_padding: torch.Tensor | None) -> torch.Tensor | None:
+        """The grid part of ``vision_padding`` (B, G), class token left out."""
+        return None if vision_padding is None else vision_padding[:, 1:]
+
     def _predict(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                 vision: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                 vision: torch.Tensor | None, patch_padding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The heads on one set of queries, plus what the query-patch alignment adds to them
         (``align_presence``, ``align_box_prior``; ``align_logits`` in training)."""
         c = self.config
         align = reference = None
         if self.alignment is not None and (self.training or c.align_presence or c.align_box_prior):
-            align = self.alignment(queries, vision)  # (B, Nq + 1, G + 1)
+            align = self.alignment(queries, vision, patch_padding)  # (B, Nq + 1, G + 1)
             if c.align_box_prior:
                 reference = self.alignment.reference_points(align)
         outputs = self.heads(queries, words, word_mask, box_reference=reference, vision=vision)

@@ -17,6 +17,10 @@ We read the text and vision that MRE refines from M_vt (not from F~_t / F~_v) so
 the predictions even when FDE is off; with VTF off the two are the same tensors.
 The word features MRE returns are also what the span heads score against.
 
+Visual tokens that are padding (the border of an image padded to the square,
+``image_geometry="pad"``) are masked as keys in every attention over the vision: VTF, FDE's
+cross-attention, MRE's synchronized vision layers and its final merge.
+
 Text-only mode: VTF runs over the text alone (no modality embedding) and MRE has no vision
 branch. ``use_mqd=False`` replaces the whole module with :class:`PlainQueryDecoder`.
 """
@@ -34,17 +38,20 @@ from qgn.modeling.layers import AttentionBlock, DecoderLayer, EncoderLayer, pool
 VISION, TEXT = 0, 1  # modality embedding rows
 
 
-def _memory(vision: torch.Tensor | None, text: torch.Tensor,
-            text_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[vision; text]`` (B, Nv + S, d) and its padding mask (vision tokens are never padding)."""
+def _memory(vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor,
+            vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[vision; text]`` (B, Nv + S, d) and its padding mask (``vision_padding`` (B, Nv) bool, or
+    no visual token is padding)."""
     if vision is None:
         return text, text_padding
-    vision_padding = text_padding.new_zeros(vision.shape[:2])
-    return torch.cat([vision, text], dim=1), torch.cat([vision_padding, text_padding], dim=1)
+    if vision_padding is None:
+        vision_padding = text_padding.new_zeros(vision.shape[:2])
+    return torch.cat([vision, text], dim=1), torch.cat([vision_padding.to(text_padding.dtype), text_padding], dim=1)
 
 
 class VisionTextFusion(nn.Module):
-    """VTF. forward(vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S)) -> M_vt (B, Nv + S, d)"""
+    """VTF. forward(vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S),
+    vision_padding (B, Nv) | None) -> M_vt (B, Nv + S, d)"""
 
     def __init__(self, config: Any, num_vision_tokens: int | None):
         super().__init__()
@@ -62,7 +69,8 @@ class VisionTextFusion(nn.Module):
             for _ in range(config.num_fusion_layers)
         )
 
-    def forward(self, vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
+    def forward(self, vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor,
+                vision_padding: torch.Tensor | None = None) -> torch.Tensor:
         length = text.shape[1]
         if length > self.text_position.shape[0]:
             raise QGNError(f"{length} sub-words exceed max_text_length={self.text_position.shape[0]}")
@@ -73,7 +81,7 @@ class VisionTextFusion(nn.Module):
                                f"{None if self.vision_position is None else self.vision_position.shape[0]}")
             vision = vision + self.vision_position + self.vision_grid + self.modality[VISION]
             text = text + self.modality[TEXT]
-        memory, padding = _memory(vision, text, text_padding)
+        memory, padding = _memory(vision, text, text_padding, vision_padding)
         for layer in self.layers:
             memory = layer(memory, padding)
         return memory
@@ -82,7 +90,8 @@ class VisionTextFusion(nn.Module):
 class MultimodalRefinement(nn.Module):
     """MRE.
 
-    forward(queries (B, Nq, d), words (B, W, d), word_mask (B, W) bool, vision (B, Nv, d) | None)
+    forward(queries (B, Nq, d), words (B, W, d), word_mask (B, W) bool, vision (B, Nv, d) | None,
+            vision_padding (B, Nv) bool | None)
         -> (H~_q (B, Nq, d), refined words (B, W, d), updated vision (B, Nv, d) | None)
     """
 
@@ -98,7 +107,8 @@ class MultimodalRefinement(nn.Module):
             self.vision_layers = self.vision_merge = None
 
     def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                vision: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                vision: torch.Tensor | None, vision_padding: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         num_words = words.shape[1]
         # queries are never padding, so no row of the joint attention is fully masked
         padding = torch.cat([~word_mask, word_mask.new_zeros(queries.shape[:2])], dim=1)
@@ -106,9 +116,9 @@ class MultimodalRefinement(nn.Module):
             joint = joint_layer(torch.cat([words, queries], dim=1), padding)
             words, queries = joint[:, :num_words], joint[:, num_words:]
             if vision is not None and self.vision_layers is not None:
-                vision = self.vision_layers[k](vision, joint, padding)
+                vision = self.vision_layers[k](vision, joint, padding, vision_padding)
         if vision is not None and self.vision_merge is not None:
-            queries = self.vision_merge(queries, vision)  # residual fusion of the updated vision
+            queries = self.vision_merge(queries, vision, vision_padding)  # residual fusion of the updated vision
         return queries, words, vision
 
 
@@ -117,7 +127,7 @@ class MultimodalQueryDecoding(nn.Module):
     is then ``None`` and holds no parameters).
 
     forward(queries (B, Nq, d), vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S) bool,
-            word_index (B, S) long, word_mask (B, W) bool)
+            word_index (B, S) long, word_mask (B, W) bool, vision_padding (B, Nv) bool | None)
         -> (queries (B, Nq, d), words (B, W, d), intermediate: list of (queries, words, vision)
             after each fusion-decoder layer, for the auxiliary losses, final vision tokens
             (B, Nv, d) | None: the updated vision of MRE, else the vision part of M_vt)
@@ -134,13 +144,13 @@ class MultimodalQueryDecoding(nn.Module):
         self.mre = MultimodalRefinement(config, with_vision) if config.use_mre else None
 
     def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
-                text_padding: torch.Tensor, word_index: torch.Tensor,
-                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
+                text_padding: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor,
+                vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
         if self.vtf is not None:
-            memory = self.vtf(vision, text, text_padding)
-            padding = _memory(vision, text, text_padding)[1]
+            memory = self.vtf(vision, text, text_padding, vision_padding)
+            padding = _memory(vision, text, text_padding, vision_padding)[1]
         else:
-            memory, padding = _memory(vision, text, text_padding)
+            memory, padding = _memory(vision, text, text_padding, vision_padding)
         num_vision = 0 if vision is None else vision.shape[1]
         words = pool_words(memory[:, num_vision:], word_index, word_mask.shape[1])
         vision = memory[:, :num_vision] if num_vision else None
@@ -150,7 +160,7 @@ class MultimodalQueryDecoding(nn.Module):
                 queries = layer(queries, memory, padding)
                 intermediate.append((queries, words, vision))
         if self.mre is not None:
-            queries, words, vision = self.mre(queries, words, word_mask, vision)
+            queries, words, vision = self.mre(queries, words, word_mask, vision, vision_padding)
         elif intermediate:
             intermediate.pop()  # the last decoder layer's output is the final prediction
         return queries, words, intermediate, vision
@@ -168,8 +178,8 @@ class PlainQueryDecoder(nn.Module):
         self.layer = DecoderLayer(config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout)
 
     def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
-                text_padding: torch.Tensor, word_index: torch.Tensor,
-                word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
-        memory, padding = _memory(vision, text, text_padding)
+                text_padding: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor,
+                vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
+        memory, padding = _memory(vision, text, text_padding, vision_padding)
         queries = self.layer(queries, memory, padding)
         return queries, pool_words(text, word_index, word_mask.shape[1]), [], vision

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from qgn.data.records import Post, Prediction
-from qgn.modeling.box_ops import denormalize_boxes
+from qgn.modeling.box_ops import denormalize_boxes, image_frame
 from qgn.modeling.matcher import masked_log_softmax
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class PostProcessor:
         if max_span_words is not None and max_span_words < 1:
             raise ValueError(f"max_span_words must be >= 1, got {max_span_words}")
         self.max_span_words = max_span_words
+        # boxes are normalised in the frame of the model's square input (config.image_geometry)
+        self.image_side = int(getattr(config, "image_size", 1))
+        self.geometry = str(getattr(config, "image_geometry", "stretch"))
         self._warned_no_size = False
 
     def best_spans(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
@@ -119,7 +122,8 @@ class PostProcessor:
                                post.id)
                 self._warned_no_size = True
             return None
-        x1, y1, x2, y2 = denormalize_boxes(box.float().cpu(), post.image_size).tolist()
+        frame = image_frame(post.image_size, self.image_side, self.geometry)
+        x1, y1, x2, y2 = denormalize_boxes(box.float().cpu(), post.image_size, frame).tolist()
         return (x1, y1, x2, y2)
 
 
