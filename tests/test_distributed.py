@@ -41,7 +41,9 @@ def test_two_processes_match_one(tmp_path):
 
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert [r["epoch"] for r in one] == [r["epoch"] for r in two] == [1, 2]
-    assert json.loads((tmp_path / "two" / "run_info.json").read_text())["num_processes"] == 2
+    info = json.loads((tmp_path / "two" / "run_info.json").read_text())
+    # the full model reaches every parameter: it does not pay for DDP's search for unused ones
+    assert info["num_processes"] == 2 and info["ddp_find_unused_parameters"] is False
     for a, b in zip(one, two):
         assert a["step"] == b["step"]
         for name, value in a["train"].items():
@@ -60,3 +62,65 @@ def test_two_processes_match_one(tmp_path):
     for metric in ("GMNER", "MNER", "EEG"):
         assert final_two["test"][metric]["n_pred"] == final_one["test"][metric]["n_pred"], metric
         assert final_two["test"][metric]["f1"] == pytest.approx(final_one["test"][metric]["f1"], abs=1e-6), metric
+
+
+def test_l_pred_only_trains_under_two_processes(tmp_path):
+    """Table IV's "L_pred only" row leaves the no-target head out of the loss; DDP must be told,
+    or the second step fails ("Expected to have finished reduction in the prior iteration")."""
+    from qgn.data.synthetic import generate_synthetic_benchmark
+
+    bench = generate_synthetic_benchmark(tmp_path / "data", num_train=16, num_dev=4, num_test=4, seed=5)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"preset": "tiny", "num_queries": 4, "lambda_nt": 0.0, "lambda_con": 0.0},
+        "data": {"path": str(bench), "image_dir": str(bench / "images"), "tokenizer": "words"},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "eval_batch_size": 4, "tune_thresholds": False},
+    }))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    _run([*torchrun, "-m", "qgn.cli", "train", "--config", str(config), "--no-progress", "--output-dir",
+          str(tmp_path / "run")], tmp_path)
+    assert _records(tmp_path / "run")[0]["step"] == 4  # 16 posts, global batch 4: four steps
+    assert json.loads((tmp_path / "run" / "run_info.json").read_text())["ddp_find_unused_parameters"] is True
+
+
+def _paper_sized_tiny(**switches):
+    """The tiny model's widths on 12-layer encoders with the paper's layer schedules, so that every
+    row of the grid (Table VI's too) builds."""
+    from qgn.modeling import QGNConfig
+
+    return QGNConfig.tiny(vocab_size=50, text_config={"num_hidden_layers": 12}, vision_config={"num_hidden_layers": 12},
+                          text_extract_layers=[1, 4, 7, 10], vision_inject_layers=[2, 5, 8, 11],
+                          vision_extract_layers=[2, 5, 8, 11], aux_loss=False, num_queries=6).replace(**switches)
+
+
+@pytest.mark.parametrize("table", ["III", "IV", "V", "VI", "fig3"])
+def test_unused_parameter_rule_matches_a_real_backward_pass(table):
+    """``parameters_left_unused`` names exactly the rows whose loss leaves a parameter without a
+    gradient (one backward pass of each row of the grid), so DDP is told for those and only those."""
+    import torch
+
+    from qgn.engine.ddp import parameters_left_unused
+    from qgn.modeling import build
+    from qgn.reproduce.grid import table_rows
+
+    g = torch.Generator().manual_seed(0)
+    targets = [{"labels": torch.tensor([0, 2]), "start": torch.tensor([0, 2]), "end": torch.tensor([1, 2]),
+                "boxes": torch.tensor([[.4, .4, .2, .2], [0., 0., 0., 0.]]), "has_box": torch.tensor([True, False]),
+                "entity_index": torch.tensor([0, 1])}] * 2
+    unused_rows = []
+    for row in table_rows(table):
+        config = _paper_sized_tiny(**row.switches)
+        torch.manual_seed(0)
+        model, criterion, _ = build(config)
+        model.train()
+        outputs = model(input_ids=torch.randint(5, 50, (2, 7), generator=g), attention_mask=torch.ones(2, 7),
+                        word_index=torch.tensor([[-1, 0, 1, 2, 3, 4, -1]] * 2),
+                        word_mask=torch.ones(2, 5, dtype=torch.bool),
+                        pixel_values=torch.randn(2, 3, config.image_size, config.image_size, generator=g))
+        loss, _ = criterion(outputs, targets)
+        loss.backward()
+        without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert bool(without) == bool(parameters_left_unused(config)), (row.label, without[:5])
+        if without:
+            unused_rows.append(row.label)
+    assert unused_rows == {"IV": ["L_pred"], "VI": ["3,1,3,3"]}.get(table, [])
