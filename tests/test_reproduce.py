@@ -16,7 +16,7 @@ from qgn.reproduce.grid import paper_tables, plan, table_rows
 
 def test_rows_are_the_papers_and_carry_their_numbers():
     paper = paper_tables()
-    expected = {"III": 7, "IV": 4, "V": 9, "VI": 8}
+    expected = {"III": 7, "IV": 4, "V": 9, "VI": 9}
     for table, count in expected.items():
         rows = table_rows(table)
         assert len(rows) == count
@@ -27,18 +27,28 @@ def test_rows_are_the_papers_and_carry_their_numbers():
     iv = {r.label: r.switches for r in table_rows("IV")}
     assert iv["L_pred"] == {"lambda_nt": 0.0, "lambda_con": 0.0} and iv["L_pred+L_con"] == {"lambda_nt": 0.0}
     vi = {r.label: r.switches for r in table_rows("VI")}
-    # extraction (stride 1, start 1) -> BERT layers 1-4; the ViT features follow the injection layers
-    assert vi["1,1,3,2"]["text_extract_layers"] == [1, 2, 3, 4]
-    assert vi["3,1,3,1"]["vision_inject_layers"] == vi["3,1,3,1"]["vision_extract_layers"] == [1, 4, 7, 10]
+    # extraction (stride 1, start 1) -> BERT layers 1-4; only the injection moves, V stays the config's
+    assert vi["1,1,3,2"] == {"text_extract_layers": [1, 2, 3, 4]}
+    assert vi["3,3,3,2"] == {"text_extract_layers": [3, 6, 9, 12]}
+    assert vi["3,1,3,1"] == {"vision_inject_layers": [1, 4, 7, 10]}
+    assert vi["3,1,3,3"] == {"vision_inject_layers": [3, 6, 9, 12]}
+    follow = {r.label: r for r in table_rows("VI", vi_visual="follow")}
+    assert follow["3,1,3,1"].switches == {"vision_inject_layers": [1, 4, 7, 10], "vision_extract_layers": [1, 4, 7, 10]}
+    assert follow["3,1,3,1"].slug != table_rows("VI")[7].slug and follow["3,1,3,2"].is_full
     assert paper["I"]["rows"]["QGN"][2] == 61.18 and paper["II"]["rows"]["All"][3] == 49.15
+    assert paper["VI"]["rows"]["3,1,3,3"] == {"delta": -1.86, "GMNER": 59.32}
 
 
 def test_the_full_model_runs_once_for_all_tables(tmp_path):
     runs = plan(tmp_path, ["I", "III", "IV", "V", "VI", "fig3"], seeds=2)
-    # 1 full + 6 (III) + 3 (IV) + 8 (V) + 7 (VI) + 6 (fig3) rows, 2 seeds each
-    assert len(runs) == 2 * (1 + 6 + 3 + 8 + 7 + 6)
+    # 1 full + 6 (III) + 3 (IV) + 8 (V) + 8 (VI) + 5 (fig3: Nq = 60 is the full model) rows, 2 seeds each
+    assert len(runs) == 2 * (1 + 6 + 3 + 8 + 8 + 5)
     assert len({r.path for r in runs}) == len(runs)
     assert sum(r.path.parent.name == "full" for r in runs) == 2
+    assert not [r for r in runs if "nq-60" in str(r.path)]
+    # with a config of another Nq, Nq = 60 is a row of its own and that Nq is the full model
+    other = plan(tmp_path, ["fig3"], seeds=1, base_model={"num_queries": 20})
+    assert sorted(r.path.parent.name for r in other) == ["full", "nq-10", "nq-100", "nq-40", "nq-60", "nq-80"]
 
 
 @pytest.fixture()
@@ -101,7 +111,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(grid_config, tmp_path, capsys)
     assert main(["reproduce", "--config", str(grid_config), "--tables", "III,fig3", "--queries", "4,8", "--seeds",
                  "2", "--output-dir", str(out), "--dry-run", "--shard", "1/2"]) == 0
     text = capsys.readouterr().out
-    assert "plan: 18 runs for tables III, fig3 x 2 seed(s); shard 1/2: 9 of them" in text
+    # the config's Nq is 8: Fig. 3's Nq = 8 is the full model, run once
+    assert "plan: 16 runs for tables III, fig3 x 2 seed(s); shard 1/2: 8 of them" in text
     assert "estimate: " in text and "ms a step" in text
     assert not list(out.glob("**/final_metrics.json")) and not list(out.glob("**/*.yaml"))
 
@@ -113,3 +124,49 @@ def test_bad_requests_are_refused_before_any_run(grid_config, tmp_path, capsys):
     assert "Table VI needs 12-layer encoders" in capsys.readouterr().err
     assert main([*base, "--shard", "2/2"]) == 2
     assert main(["reproduce", "--aggregate-only", str(tmp_path)]) == 2
+
+
+def _twelve_layer_tiny(**switches):
+    from qgn.modeling import QGNConfig
+
+    return QGNConfig.tiny(vocab_size=50, text_config={"num_hidden_layers": 12}, vision_config={"num_hidden_layers": 12},
+                          text_extract_layers=[1, 4, 7, 10], vision_inject_layers=[2, 5, 8, 11],
+                          vision_extract_layers=[2, 5, 8, 11]).replace(**switches)
+
+
+def _vit_depth(config) -> int:
+    from qgn.modeling import QGNModel
+
+    vision = QGNModel(config).vision_encoder
+    return len(getattr(vision, "vision_model", vision).encoder.layers)
+
+
+def test_table_vi_keeps_the_vit_and_its_visual_layers():
+    """Table VI varies where text goes in, not what the ViT is: every row reads V = {2, 5, 8, 11} and
+    runs the ViT as deep as the full model (11 layers, the last one read), or 12 where text is injected
+    after layer 12 (row 3 1 3 3). ``--vi-visual-layers follow`` is the other reading, with its own runs."""
+    full_depth = _vit_depth(_twelve_layer_tiny())
+    assert full_depth == 11
+    for row in table_rows("VI"):
+        config = _twelve_layer_tiny(**row.switches)
+        assert config.vision_extract_layers == [2, 5, 8, 11], row.label
+        assert _vit_depth(config) == max(full_depth, *config.vision_inject_layers), row.label
+    follow = {r.label: r for r in table_rows("VI", vi_visual="follow")}
+    assert _vit_depth(_twelve_layer_tiny(**follow["3,1,1,2"].switches)) == 5  # reads layers 2-5
+    fixed = plan(Path("g"), ["VI"], 1)
+    moved = plan(Path("g"), ["VI"], 1, vi_visual="follow")
+    assert {r.path for r in fixed} & {r.path for r in moved} == {Path("g/full/seed1")}
+
+
+def test_fig3_reads_the_full_models_runs_for_its_nq(tmp_path):
+    """Fig. 3's point at the config's Nq is the full model: no run of its own, its figure is the full
+    model's (tables built from finished runs only)."""
+    from qgn.reproduce.aggregate import collect
+
+    for name, f1 in (("full", 50.0), ("fig3/nq-10", 40.0)):
+        folder = tmp_path / name / "seed1"
+        folder.mkdir(parents=True)
+        (folder / "final_metrics.json").write_text(json.dumps({"test": {"GMNER": {"f1": f1}}}))
+    rows = {r["row"]: r for r in collect(tmp_path, ["fig3"], 1, (10, 60))["tables"]["fig3"]["rows"]}
+    assert rows["Nq=60"]["ours"]["mean"] == 50.0 and rows["Nq=60"]["switches"] == {}
+    assert rows["Nq=10"]["ours"]["mean"] == 40.0 and rows["Nq=10"]["delta"] == -10.0

@@ -48,17 +48,19 @@ def _coarse_f1(final: dict[str, Any], category: str) -> float | None:
     return None
 
 
-def collect(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP
-            ) -> dict[str, Any]:
-    """``{table: {"title", "rows": [...]}}`` with our statistics and the paper's numbers per row."""
+def collect(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+            base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> dict[str, Any]:
+    """``{table: {"title", "rows": [...]}}`` with our statistics and the paper's numbers per row
+    (``base_model``, ``vi_visual``: as :func:`qgn.reproduce.grid.table_rows`, to find the runs)."""
     paper = paper_tables()
-    out: dict[str, Any] = {"source_of_paper_numbers": paper["source"], "seeds": seeds, "tables": {}}
+    out: dict[str, Any] = {"source_of_paper_numbers": paper["source"], "seeds": seeds, "vi_visual_layers": vi_visual,
+                           "tables": {}}
     full_row = Row("III", "full")
     full = _stats([f["test"]["GMNER"]["f1"] for f in _finals(root, full_row, seeds)])
     for table in tables:
         info = paper[table]
         rows = []
-        for row in table_rows(table, query_sweep):
+        for row in table_rows(table, query_sweep, base_model, vi_visual):
             finals = _finals(root, row, seeds)
             entry: dict[str, Any] = {"row": row.label, "switches": row.switches, "runs_finished": len(finals)}
             if table == "I":
@@ -100,6 +102,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [f"## {block['title']}", ""]
         if block.get("note"):
             lines += [f"Note: {block['note']}", ""]
+        if table == "VI":
+            lines += ["ViT features read at " + ("the injection layers (--vi-visual-layers follow)"
+                                                 if result.get("vi_visual_layers") == "follow"
+                                                 else "the config's vision_extract_layers in every row") + ".", ""]
         if table == "I":
             row = block["rows"][0]
             lines += ["| column | ours | paper (QGN) |", "|---|---|---|"]
@@ -123,9 +129,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP
-                 ) -> tuple[Path, Path]:
-    result = collect(root, tables, seeds, query_sweep)
+def write_tables(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+                 base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> tuple[Path, Path]:
+    result = collect(root, tables, seeds, query_sweep, base_model, vi_visual)
     md, js = root / "tables.md", root / "tables.json"
     md.write_text(to_markdown(result), encoding="utf-8")
     js.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ import yaml
 
 from qgn.errors import QGNError
 from qgn.reproduce.aggregate import write_tables
-from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, Run, parse_shard, parse_tables, plan, status
+from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, VI_VISUAL_LAYERS, Run, parse_shard, parse_tables, plan, status
 
 logger = logging.getLogger(__name__)
 PLAN_FILE = "reproduce.json"  # what the grid was made of, so --aggregate-only needs nothing else
@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
                    help="comma-separated: I, II, III, IV, V, VI, fig3 (default: all but II, which needs FMNERG data)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (train.seed = 1..K; default 3)")
     p.add_argument("--queries", default=",".join(map(str, DEFAULT_QUERY_SWEEP)), help="Fig. 3's Nq values")
+    p.add_argument("--vi-visual-layers", choices=VI_VISUAL_LAYERS, default="fixed",
+                   help="Table VI: read the ViT features at the config's vision_extract_layers in every row (fixed, "
+                        "the paper's V = {2,5,8,11}; default) or at each row's injection layers (follow)")
     p.add_argument("--output-dir", help="where the runs and tables go")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting of every GMNER run (repeatable)")
@@ -91,8 +94,8 @@ def _run_config(base: dict[str, Any], run: Run) -> dict[str, Any]:
 
 
 def _check_layers(raw: dict[str, Any], run: Run) -> None:
-    """Table VI's schedules name BERT and ViT layers up to 11: refuse a config whose encoders are
-    shallower now, rather than hours into the grid."""
+    """Table VI's schedules name BERT and ViT layers up to 12 (rows 3 3 3 2 and 3 1 3 3): refuse a
+    config whose encoders are shallower now, rather than hours into the grid."""
     model = raw["model"]
     for key, depth_of in (("text_extract_layers", "text_config"), ("vision_inject_layers", "vision_config"),
                           ("vision_extract_layers", "vision_config")):
@@ -219,8 +222,9 @@ def _main(args: Any) -> int:
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
 
-    runs = plan(root, tables, args.seeds, queries)
     bases = {"gmner": _base_config(args.config, args.overrides, root)}
+    # A row that sets what the config already has is the full model and shares its runs (Fig. 3's Nq = 60).
+    runs = plan(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers)
     if any(r.kind == "fmnerg" for r in runs):
         bases["fmnerg"] = _base_config(args.fmnerg_config, args.fmnerg_overrides, root)
     configs: dict[Path, Path] = {}
@@ -235,7 +239,9 @@ def _main(args: Any) -> int:
     mine = [r for i, r in enumerate(runs) if i % shards == shard]
     counts = {s: sum(status(r) == s for r in mine) for s in ("done", "interrupted", "new")}
     (root / PLAN_FILE).write_text(json.dumps({"tables": tables, "seeds": args.seeds, "queries": list(queries),
-                                              "config": args.config, "overrides": args.overrides}, indent=2) + "\n")
+                                              "config": args.config, "overrides": args.overrides,
+                                              "vi_visual_layers": args.vi_visual_layers,
+                                              "base_model": bases["gmner"]["model"]}, indent=2) + "\n")
     print(f"plan: {len(runs)} runs for tables {', '.join(tables)} x {args.seeds} seed(s)"
           + (f"; shard {shard}/{shards}: {len(mine)} of them" if shards > 1 else "")
           + f"; {counts['done']} finished, {counts['interrupted']} to resume, {counts['new']} to start")
@@ -250,7 +256,7 @@ def _main(args: Any) -> int:
         return 0
     todo = [r for r in mine if status(r) != "done"]
     failures = _execute(todo, configs, devices, progress=not args.no_progress)
-    md, _ = write_tables(root, tables, args.seeds, queries)
+    md, _ = write_tables(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers)
     print(md.read_text(encoding="utf-8"))
     print(f"tables: {md} and {root / 'tables.json'}")
     for message in failures:
@@ -263,7 +269,8 @@ def _aggregate_only(root: Path) -> int:
     if not file.is_file():
         raise QGNError(f"{root} holds no {PLAN_FILE}: not a qgn reproduce folder")
     meta = json.loads(file.read_text(encoding="utf-8"))
-    md, js = write_tables(root, meta["tables"], meta["seeds"], tuple(meta["queries"]))
+    md, js = write_tables(root, meta["tables"], meta["seeds"], tuple(meta["queries"]), meta.get("base_model"),
+                          meta.get("vi_visual_layers", "fixed"))
     print(md.read_text(encoding="utf-8"))
     print(f"tables: {md} and {js}")
     return 0

@@ -20,6 +20,10 @@ from qgn.modeling.configuration_qgn import layer_schedule
 TABLES = ("I", "II", "III", "IV", "V", "VI", "fig3")
 FULL = "full"
 DEFAULT_QUERY_SWEEP = (10, 20, 40, 60, 80, 100)
+# Table VI: where the ViT features are read. "fixed": at the config's vision_extract_layers (the paper's
+# V = {2, 5, 8, 11}; the paper varies where text is injected, not what is read); "follow": at the
+# injection layers, an option (it also changes how deep the ViT runs).
+VI_VISUAL_LAYERS = ("fixed", "follow")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Row:
     table: str
     label: str
     switches: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # appended to the run folder's name, so that another variant never reuses its runs
 
     @property
     def is_full(self) -> bool:
@@ -36,19 +41,34 @@ class Row:
 
     @property
     def slug(self) -> str:
-        return FULL if self.is_full else re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+        if self.is_full:
+            return FULL
+        slug = re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+        return f"{slug}-{self.variant}" if self.variant else slug
 
 
-def _vi(ext_stride: int, ext_start: int, inj_stride: int, inj_start: int) -> dict[str, Any]:
-    # Table VI varies J (the BERT layers fused) and the ViT injection layers; the ViT features are
-    # read at the injection layers (V = {2, 5, 8, 11} follows the injection schedule).
+def _vi(ext_stride: int, ext_start: int, inj_stride: int, inj_start: int, visual: str) -> dict[str, Any]:
+    # Table VI varies J (the BERT layers fused) and the ViT injection layers; the ViT features stay at
+    # the config's V unless visual == "follow" (then V = the injection layers).
     inject = layer_schedule(inj_start, inj_stride)
-    return {"text_extract_layers": layer_schedule(ext_start, ext_stride), "vision_inject_layers": inject,
-            "vision_extract_layers": inject}
+    switches = {"text_extract_layers": layer_schedule(ext_start, ext_stride), "vision_inject_layers": inject}
+    return {**switches, "vision_extract_layers": inject} if visual == "follow" else switches
 
 
-def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP) -> list[Row]:
-    """The rows of ``table`` in the paper's order; the full model's row has no switches."""
+VI_SCHEDULES = ((1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2), (3, 1, 3, 1),
+                (3, 1, 3, 3))  # the paper's rows after the full model's 3 1 3 2, in its order
+
+
+def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP, base_model: dict[str, Any] | None = None,
+               vi_visual: str = "fixed") -> list[Row]:
+    """The rows of ``table`` in the paper's order; the full model's row has no switches.
+
+    A switch that sets what ``base_model`` (the run config's ``model`` section; the paper's defaults
+    when ``None``) already has is dropped, so a row equal to the full model is the full model and
+    shares its runs (Fig. 3's Nq = 60 with the paper configs).
+    """
+    if vi_visual not in VI_VISUAL_LAYERS:
+        raise QGNError(f"Table VI visual layers must be one of {', '.join(VI_VISUAL_LAYERS)}, got {vi_visual!r}")
     off = lambda *names: {f"use_{n}": False for n in names}  # noqa: E731
     rows: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "I": [("QGN", {})],
@@ -62,14 +82,21 @@ def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP) -
               ("attention-pooled text queries", {"query_init": "attention_pooled_text"}),
               ("w/o TQC", off("tqc")), ("w/o JCA", off("jca")), ("w/o VTF", off("vtf")), ("w/o FDE", off("fde")),
               ("w/o MRE", off("mre"))],
-        "VI": [("3,1,3,2", {})] + [(",".join(map(str, s)), _vi(*s)) for s in
-                                   ((1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2),
-                                    (3, 1, 3, 1))],
+        "VI": [("3,1,3,2", {})] + [(",".join(map(str, s)), _vi(*s, vi_visual)) for s in VI_SCHEDULES],
         "fig3": [(f"Nq={n}", {"num_queries": n}) for n in query_sweep],
     }
     if table not in rows:
         raise QGNError(f"unknown table {table!r}; choose from {', '.join(TABLES)}")
-    return [Row(table, label, switches) for label, switches in rows[table]]
+    if base_model is None:
+        from qgn.modeling.configuration_qgn import QGNConfig
+
+        base_model = QGNConfig().to_dict()
+    variant = "v-follows-injection" if table == "VI" and vi_visual == "follow" else ""
+    out = []
+    for label, switches in rows[table]:
+        changed = {k: v for k, v in switches.items() if k not in base_model or base_model[k] != v}
+        out.append(Row(table, label, changed, variant if changed else ""))
+    return out
 
 
 def paper_tables() -> dict[str, Any]:
@@ -108,11 +135,13 @@ def run_dir(root: Path, row: Row, seed: int) -> Path:
     return root / row.table / row.slug / f"seed{seed}"
 
 
-def plan(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP) -> list[Run]:
-    """Every run the tables need, each once (the full model is shared), in a fixed order."""
+def plan(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+         base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> list[Run]:
+    """Every run the tables need, each once (the full model is shared), in a fixed order
+    (``base_model``, ``vi_visual``: as :func:`table_rows`)."""
     runs: dict[Path, Run] = {}
     for table in tables:
-        for row in table_rows(table, query_sweep):
+        for row in table_rows(table, query_sweep, base_model, vi_visual):
             kind = "fmnerg" if table == "II" else "gmner"
             for seed in range(1, seeds + 1):
                 path = run_dir(root, row, seed)
