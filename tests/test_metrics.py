@@ -712,3 +712,67 @@ def test_defaults_of_the_report_helpers():
     with pytest.raises(DataError, match=r"post 'f', entity 0: unknown type 'mayor' \(known: city\)"):
         score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "mayor")]},
               fine_to_coarse={"city": "location"})
+
+
+def test_breakdown_with_string_matching_counts_one_correct_per_true_positive():
+    """Two gold "Apple" ORG entities and one right prediction: TP 1, and the breakdown says 1 correct
+    (the other gold has no prediction left to it), not 2."""
+    post = Post("s", ["Apple", "and", "Apple"], [Entity(0, 1, "ORG"), Entity(2, 3, "ORG")])
+    report = score([post], {"s": [Prediction(2, 3, "ORG")]}, match_by="string")
+    assert report.gmner.tp == report.mner.tp == 1
+    assert report.breakdown == {"correct": 1, "missed": 1, "wrong_type": 0, "grounded_without_box": 0,
+                                "grounded_wrong_box": 0, "boxless_with_box": 0, "spurious": 0}
+    # one right and one of another type: the second gold is found with the wrong type
+    other = score([post], {"s": [Prediction(2, 3, "ORG"), Prediction(0, 1, "PER")]}, match_by="string")
+    assert (other.breakdown["correct"], other.breakdown["wrong_type"], other.breakdown["missed"]) == (1, 1, 0)
+    # two predictions of the string, one with a wrong box: one correct, one grounded with the wrong box
+    boxed = Post("b", ["Apple", "and", "Apple"], [Entity(0, 1, "ORG", [(0, 0, 10, 10)]),
+                                                   Entity(2, 3, "ORG", [(50, 50, 60, 60)])], image_size=(99, 99))
+    found = score([boxed], {"b": [Prediction(0, 1, "ORG", (50, 50, 60, 60)), Prediction(0, 1, "ORG", (80, 80, 90, 90))]},
+                  match_by="string")
+    assert (found.gmner.tp, found.mner.tp) == (1, 2)
+    assert (found.breakdown["correct"], found.breakdown["grounded_wrong_box"]) == (1, 1)
+
+
+def _breakdown_sums(report):
+    b, gold = report.breakdown, [k for k in report.breakdown if k != "spurious"]
+    region = b["boxless_with_box"] + b["grounded_without_box"] + b["grounded_wrong_box"]
+    return sum(b[k] for k in gold), b["correct"], b["correct"] + region, b["spurious"]
+
+
+@PROPERTY_SETTINGS
+@given(posts_and_predictions(), st.sampled_from(["span", "string"]), st.randoms(use_true_random=False))
+def test_breakdown_sums_to_the_scores_in_both_match_modes(data, match_by, rng):
+    """On varied posts (shared strings, duplicates, wrong types and boxes, predictions of no gold):
+    the gold categories sum to #gold, ``correct`` is the GMNER TP, ``correct`` plus the region errors
+    the MNER TP, and ``spurious`` counts the predictions whose key is no gold's."""
+    posts, predictions = data
+    report = score(posts, predictions, match_by=match_by)
+    n_gold, correct, typed, spurious = _breakdown_sums(report)
+    assert (n_gold, correct, typed) == (report.gmner.n_gold, report.gmner.tp, report.mner.tp)
+
+    def key(post, start, end):
+        return (start, end) if match_by == "span" else " ".join(post.tokens[start:end])
+
+    by_id = {post.id: post for post in posts}
+    expected_spurious = sum(1 for pid, preds in predictions.items() for p in preds
+                            if key(by_id[pid], p.start, p.end) not in {key(by_id[pid], e.start, e.end)
+                                                                        for e in by_id[pid].entities})
+    assert spurious == expected_spurious <= report.gmner.n_pred - report.mner.tp
+    # the same whatever the order of the predictions
+    shuffled = {pid: rng.sample(preds, len(preds)) for pid, preds in predictions.items()}
+    assert score(posts, shuffled, match_by=match_by).breakdown == report.breakdown
+
+
+def test_breakdown_sums_on_shared_strings_by_hand():
+    """The sums on a post with three golds of one string (two types), in both match modes."""
+    post = Post("x", ["Paris", "v", "Paris", "v", "Paris"],
+                [Entity(0, 1, "LOC", [(0, 0, 10, 10)]), Entity(2, 3, "LOC"), Entity(4, 5, "PER")], image_size=(50, 50))
+    preds = {"x": [Prediction(4, 5, "LOC", (0, 0, 10, 10)), Prediction(0, 1, "LOC"), Prediction(2, 3, "ORG")]}
+    for match_by in ("span", "string"):
+        report = score([post], preds, match_by=match_by)
+        assert _breakdown_sums(report)[:3] == (3, report.gmner.tp, report.mner.tp), match_by
+    by_string = score([post], preds, match_by="string").breakdown
+    # string: LOC golds x2 vs LOC preds x2 -> 2 correct (box-less gold gets the box-less pred, grounded gets the box);
+    # the PER gold has the ORG prediction of its string left: wrong type
+    assert (by_string["correct"], by_string["wrong_type"], by_string["missed"]) == (2, 1, 0)

@@ -97,7 +97,10 @@ class ScoreReport:
             (no prediction with its span), ``wrong_type`` (its span, never its type),
             ``grounded_without_box`` / ``grounded_wrong_box`` (span and type right, the entity has
             a box, the prediction none / none with IoU >= threshold) or ``boxless_with_box``; and
-            ``spurious`` predictions have a span of no gold entity.
+            ``spurious`` predictions have a span of no gold entity ("span": the match key, the
+            surface string under ``match_by="string"``). Matched one-to-one as the scores are:
+            ``correct`` is the GMNER TP, ``correct`` plus the three region errors the MNER TP, and
+            the six gold categories sum to #gold (see :func:`_breakdown`).
     """
 
     overall: dict[str, MetricRow]
@@ -200,30 +203,59 @@ def _max_matching(n_pred: int, n_gold: int, ok: Callable[[int, int], bool]) -> i
     return int((maximum_bipartite_matching(csr_matrix(edges), perm_type="column") >= 0).sum())
 
 
+def _matched_golds(n_pred: int, n_gold: int, ok: Callable[[int, int], bool]) -> list[int]:
+    """The golds of a maximum one-to-one matching, chosen in gold order: gold ``j`` is kept when the
+    kept ones and ``j`` can all be matched at once. Matchable sets of golds form a matroid, so this
+    keeps :func:`_max_matching` many, and which ones never depends on the order of the predictions."""
+    kept: list[int] = []
+    for j in range(n_gold):
+        trial = [*kept, j]
+        if _max_matching(n_pred, len(trial), lambda i, k: ok(i, trial[k])) == len(trial):
+            kept.append(j)
+    return kept
+
+
 def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Callable[[int, int], Hashable],
                region_ok: Callable[[Prediction, Entity], bool]) -> Counter[str]:
-    """One post's contribution to :attr:`ScoreReport.breakdown`. Each gold entity is judged by the
-    predictions with its key, in this order: none -> missed; none of its type -> wrong_type; one
-    right -> correct; else the region error of the predictions of its type."""
+    """One post's contribution to :attr:`ScoreReport.breakdown`, one-to-one like the scorer, so that
+    ``correct`` is the GMNER TP, ``correct`` plus the three region errors the MNER TP, and the gold
+    categories sum to #gold, in both match modes.
+
+    The golds and predictions of one key (span, or string) and type are matched as the scorer
+    matches them: ``correct`` for the golds of a maximum matching on the region; of the others, as
+    many as there are further predictions of their key and type get the region error of those
+    predictions (``boxless_with_box``, ``grounded_without_box``, ``grounded_wrong_box``). A gold left
+    without a prediction of its type is ``wrong_type`` while predictions of its key that no gold of
+    their type took remain, else ``missed``. Ties go to the golds in their order in the post."""
     counts: Counter[str] = Counter()
     by_key = _group(preds, lambda p: key(p.start, p.end))
-    gold_keys = {key(e.start, e.end) for e in entities}
-    counts["spurious"] += sum(len(group) for k, group in by_key.items() if k not in gold_keys)
-    for entity in entities:
-        same_span = by_key.get(key(entity.start, entity.end), [])
-        typed = [p for p in same_span if p.type == entity.type]
-        if not same_span:
-            counts["missed"] += 1
-        elif not typed:
-            counts["wrong_type"] += 1
-        elif any(region_ok(p, entity) for p in typed):
-            counts["correct"] += 1
-        elif not entity.boxes:
-            counts["boxless_with_box"] += 1
-        elif all(p.box is None for p in typed):
-            counts["grounded_without_box"] += 1
-        else:
-            counts["grounded_wrong_box"] += 1
+    golds_by_key = _group(entities, lambda e: key(e.start, e.end))
+    counts["spurious"] += sum(len(group) for k, group in by_key.items() if k not in golds_by_key)
+    for k, golds in golds_by_key.items():
+        same_key = by_key.get(k, [])
+        spare = len(same_key)  # predictions of this key that no gold of their own type takes
+        without_typed: list[Entity] = []
+        for type_, typed_golds in _group(golds, lambda e: e.type).items():
+            typed = [p for p in same_key if p.type == type_]
+            used = min(len(typed), len(typed_golds))  # the MNER TP of this key and type
+            spare -= used
+            right = _matched_golds(len(typed), len(typed_golds), lambda i, j: region_ok(typed[i], typed_golds[j]))
+            counts["correct"] += len(right)
+            others = [g for j, g in enumerate(typed_golds) if j not in right]
+            for entity in others[:used - len(right)]:
+                if not entity.boxes:
+                    counts["boxless_with_box"] += 1
+                elif all(p.box is None for p in typed):
+                    counts["grounded_without_box"] += 1
+                else:
+                    counts["grounded_wrong_box"] += 1
+            without_typed += others[used - len(right):]
+        for entity in sorted(without_typed, key=golds.index):
+            if spare > 0:
+                counts["wrong_type"] += 1
+                spare -= 1
+            else:
+                counts["missed"] += 1
     return counts
 
 
