@@ -233,9 +233,9 @@ def test_a_best_model_that_does_not_load_never_replaces_the_previous_one(trained
 
 
 def test_bad_settings_and_devices_are_one_clear_line(bench, trained_run, tmp_path, capsys):
-    for setting, message in (("train.epochs=abc", "train.epochs must be int, got 'abc'"),
+    for setting, message in (("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
                              ("train.epochs=0", "train.epochs must be at least 1"),
-                             ("train.lr=fast", "train.lr must be float")):
+                             ("train.lr=fast", "train.lr must be a number")):
         assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--set", setting]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "demo").exists(), "a bad setting fails before any work"

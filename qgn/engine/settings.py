@@ -18,6 +18,8 @@ are parsed as YAML, so numbers, booleans, lists and null work as expected.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -151,33 +153,83 @@ def _check_fields(cls: type, values: dict[str, Any], section: str) -> None:
         raise QGNError(f"unknown {section} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
-_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+def _describe(kind: Any) -> str:
+    """A field type in the words of a YAML user: ``list[int]`` -> "a list of integers"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return "anything"
+    if kind is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"a list of {_PLURALS.get(args[0], _describe(args[0])) if args else 'values'}"
+    if origin is dict or kind is dict:
+        return "a mapping (e.g. {key: value})"
+    return _NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _conform(value: Any, kind: Any) -> tuple[bool, Any]:
+    """``(True, value)`` when ``value`` fits the type ``kind`` (an integral float is taken as an
+    int, an int as a float; a bool is never a number), else ``(False, value)``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return True, value
+    if kind is type(None):
+        return value is None, value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            ok, out = _conform(value, option)
+            if ok:
+                return True, out
+        return False, value
+    if origin is typing.Literal:
+        return value in args, value
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if kind is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple, set) or kind in (list, tuple, set):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = []
+        for item in value:
+            ok, out = _conform(item, args[0]) if args else (True, item)
+            if not ok:
+                return False, value
+            items.append(out)
+        return True, items
+    if origin is dict or kind is dict:
+        return isinstance(value, dict), value
+    return True, value  # a type this check does not know: left to the field's own validation
 
 
 def _check_types(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
-    """Each value of the type its field declares (``int``, ``float``, ``bool``, ``str``, or
-    ``X | None``), so that ``--set train.epochs=abc`` is one clear line, not a crash mid-run.
-    Integral floats are accepted for ints (``--set train.epochs=5.0``)."""
+    """Each value of the type its dataclass field declares (read from the annotations, so a field
+    added later is checked too), so that ``--set model.num_queries=abc`` is one clear line, not a
+    crash mid-run. Integral floats are accepted for ints (``--set train.epochs=5.0``)."""
+    hints = typing.get_type_hints(cls)
     out = dict(values)
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
+    for name, value in values.items():
+        if name not in hints:
             continue
-        value = values[f.name]
-        names = [n.strip() for n in str(f.type).split("|")]
-        if value is None and "None" in names:
-            continue
-        kinds = [k for n in names if n in _KINDS for k in _KINDS[n]]
-        if not kinds:
-            continue  # lists, dicts: checked where they are used
-        if "int" in names and isinstance(value, float) and value.is_integer():
-            value = out[f.name] = int(value)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, tuple(kinds))
+        ok, out[name] = _conform(value, hints[name])
         if not ok:
-            wanted = " or ".join(n for n in names if n != "None") + (" or null" if "None" in names else "")
-            raise QGNError(f"{section}.{f.name} must be {wanted}, got {value!r}")
+            raise QGNError(f"{section}.{name} must be {_describe(hints[name])}, got {value!r}")
     return out
 
 
@@ -191,10 +243,14 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
     if preset not in ("default", "tiny"):
         raise QGNError(f"model.preset must be 'default' or 'tiny', got {preset!r}")
     _check_fields(QGNConfig, model, "model")
+    model = _check_types(QGNConfig, model, "model")
     try:
         config = QGNConfig.tiny(**model) if preset == "tiny" else QGNConfig(**model)
     except (TypeError, ValueError) as err:
-        raise QGNError(f"invalid model settings: {err}") from err
+        # QGNConfig.validate names the field first: say which section it is in.
+        message = str(err)
+        named = message.split(" ", 1)[0] in {f.name for f in dataclasses.fields(QGNConfig)}
+        raise QGNError(f"model.{message}" if named else f"invalid model settings: {message}") from None
     data, train = dict(raw.get("data") or {}), dict(raw.get("train") or {})
     _check_fields(DataSettings, data, "data")
     _check_fields(TrainSettings, train, "train")

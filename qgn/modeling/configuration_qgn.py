@@ -257,11 +257,27 @@ class QGNConfig:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if self.aux_one_to_many < 1:
             raise ValueError(f"aux_one_to_many must be >= 1 (1 = one-to-one), got {self.aux_one_to_many}")
+        for name in ("image_size", "max_text_length", "hidden_size", "num_attention_heads", "ffn_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) (a probability), got {self.dropout}")
+        for name in ("no_target_threshold", "score_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1] (a probability), got {getattr(self, name)}")
+        weights = ("cost_class", "cost_span", "cost_l1", "cost_giou", "cost_no_box", "lambda_pred", "lambda_nt",
+                   "lambda_con", "weight_ce", "weight_boundary", "weight_l1", "weight_giou", "no_entity_weight",
+                   "notarget_unmatched_weight")
+        for name in weights:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (a weight), got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
+        if isinstance(self.entity_types, str) or not all(isinstance(t, str) and t for t in self.entity_types):
+            raise ValueError(f"entity_types must be a list of type names (e.g. [PER, LOC]), got {self.entity_types!r}")
         if not self.entity_types or len(set(self.entity_types)) != len(self.entity_types):
             raise ValueError(f"entity_types must be non-empty and unique: {self.entity_types}")
         for name in ("text_extract_layers", "vision_inject_layers", "vision_extract_layers"):
