@@ -535,8 +535,13 @@ class Trainer:
         )
         default = current_thresholds(s.model)
         lowest = min(SCORE_THRESHOLDS + (default["score_threshold"],))
+        # One precision for choosing and for reporting: the training's (bf16 autocast in the paper
+        # configs), in which the dev scores that chose the epoch were computed; so the dev figures
+        # below are those that chose it, and `qgn evaluate --checkpoint --precision` with it repeats them.
+        from qgn.engine.precision import autocast_dtype
+
         found = {split: collect_candidates(best, self.postprocessor, loader, lowest, acc, description=split,
-                                           progress=self.progress)
+                                           progress=self.progress, autocast=autocast_dtype(acc.mixed_precision))
                  for split, loader in (("dev", self.dev_loader), ("test", test_loader))}
         posts = {"dev": self.dev_posts, "test": test_posts}
 
@@ -560,6 +565,7 @@ class Trainer:
                 config.replace(**chosen).save(best_dir / CONFIG_FILE)
             logger.info("post-processing chosen on dev: %s (defaults: %s)", chosen, default)
         final = {"best_epoch": self.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
+                 "scored_in": "fp32" if acc.mixed_precision == "no" else acc.mixed_precision,
                  "thresholds": {"chosen": chosen, "default": default,
                                 "chosen_on": f"dev {s.train.select_metric} micro F1" if s.train.tune_thresholds
                                 else "not tuned (train.tune_thresholds false)"},
