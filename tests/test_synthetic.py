@@ -279,3 +279,161 @@ def test_read_dataset_agrees_with_the_files(bench: Path) -> None:
             assert sorted(tuple(int(v) for v in b) for b in entity.boxes) == sorted(named.get(name, []))
         with Image.open(post.image_path) as image:
             assert tuple(post.image_size) == image.size
+
+
+# ------------------------------------------------------------------------------------ variants
+from qgn.data.synthetic import VARIANTS, get_variant, variant_looks  # noqa: E402
+
+VARIANT_NAMES = [name for name in VARIANTS if name != "default"]
+
+
+def test_default_variant_is_the_benchmark_without_variants() -> None:
+    for index in range(50):
+        plain, named = make_post(0, "train", index, (128, 96), 0.25), make_post(0, "train", index, variant="default")
+        assert (plain.tokens, plain.tags, plain.size, plain.objects) == (named.tokens, named.tags, named.size,
+                                                                           named.objects)
+    assert variant_looks("default") is NAME_LOOKS
+    with pytest.raises(QGNError, match="unknown synthetic variant"):
+        get_variant("squares")
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variants_keep_the_rules(name: str) -> None:
+    """Every variant: objects wear their names' looks, distractors other names' looks, boxes
+    disjoint inside the image; absent entities, teams drawn twice and entity-less posts exist."""
+    looks = variant_looks(name)
+    worn = {look: n for n, (_, look) in looks.items()}
+    assert len(worn) == len(looks)  # one look per name
+    stats = Counter()
+    for index in range(400):
+        post = make_post(0, "train", index, variant=name)
+        mentioned = {n for n, _ in entity_strings(post.tokens, post.tags)}
+        drawn = Counter(o.name for o in post.objects if o.name is not None)
+        stats["entities"] += len(mentioned)
+        stats["absent"] += len(mentioned - set(drawn))
+        stats["twice"] += sum(c == 2 for c in drawn.values())
+        stats["empty"] += not mentioned
+        for obj in post.objects:
+            if obj.name is None:
+                stats["distractors"] += 1
+                assert worn[obj.look] not in mentioned
+            else:
+                assert obj.name in mentioned and obj.look == looks[obj.name][1]
+            assert 0 <= obj.box[0] < obj.box[2] <= post.size[0] and 0 <= obj.box[1] < obj.box[3] <= post.size[1]
+        boxes = [o.box for o in post.objects]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    assert 0.3 <= stats["absent"] / stats["entities"] <= 0.6
+    assert stats["twice"] >= 10 and stats["empty"] >= 5 and stats["distractors"] >= 400
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variants_text_neither_locates_nor_places(name: str) -> None:
+    """The word before an entity does not depend on whether it is drawn (within a type), and the
+    best fixed box per name (its mean train box, relative) reaches IoU 0.5 for few test entities."""
+    context: dict[tuple[str, bool], Counter] = {}
+    sums: dict[str, list[float]] = {}
+    for index in range(1500):
+        post = make_post(0, "train", index, variant=name)
+        drawn = {o.name for o in post.objects if o.name is not None}
+        for start, end, kind in entity_spans(post.tags):
+            before = post.tokens[start - 1] if start else "<s>"
+            context.setdefault((kind, " ".join(post.tokens[start:end]) in drawn), Counter())[before] += 1
+        width, height = post.size
+        for obj in post.objects:
+            if obj.name is not None:
+                acc = sums.setdefault(obj.name, [0.0] * 5)
+                for k, v in enumerate((obj.box[0] / width, obj.box[1] / height, obj.box[2] / width,
+                                       obj.box[3] / height, 1.0)):
+                    acc[k] += v
+    compared = 0
+    for kind in ("PER", "LOC", "ORG", "OTHER"):
+        yes, no = context[(kind, True)], context[(kind, False)]
+        for word in set(yes) | set(no):
+            if yes[word] + no[word] >= 60:
+                compared += 1
+                n_yes, n_no = sum(yes.values()), sum(no.values())
+                pooled = (yes[word] + no[word]) / (n_yes + n_no)
+                stderr = (pooled * (1 - pooled) * (1 / n_yes + 1 / n_no)) ** 0.5
+                # a two-proportion z-test at 4 standard errors: dozens of words are compared
+                assert abs(yes[word] / n_yes - no[word] / n_no) < 4 * stderr, (kind, word)
+    assert compared >= 8
+    grounded = hits = 0
+    for index in range(300):
+        post = make_post(0, "test", index, variant=name)
+        width, height = post.size
+        for obj in post.objects:
+            if obj.name is None or obj.name not in sums:
+                continue
+            x1, y1, x2, y2, n = sums[obj.name]
+            guess = (x1 / n * width, y1 / n * height, x2 / n * width, y2 / n * height)
+            grounded += 1
+            hits += box_iou_xyxy(guess, obj.box) >= 0.5
+    assert grounded > 250 and hits / grounded < 0.1
+
+
+def test_shapes_variant_has_posts_of_every_shape_and_round_objects() -> None:
+    sizes, ratios = [], []
+    for index in range(400):
+        post = make_post(0, "train", index, variant="shapes")
+        sizes.append(max(post.size))
+        ratios.append(post.size[0] / post.size[1])
+        for obj in post.objects:
+            w, h = obj.box[2] - obj.box[0], obj.box[3] - obj.box[1]
+            assert 0.7 <= w / h <= 1.4  # about square in pixels, whatever the image's aspect ratio
+    assert min(sizes) < 150 and max(sizes) > 500
+    assert min(ratios) < 0.6 and max(ratios) > 2.5
+
+
+def test_outline_variant_draws_thin_borders_beside_filled_looks(tmp_path: Path) -> None:
+    import numpy as np
+
+    from qgn.data.synthetic import COLOURS as PALETTE, render_image
+
+    fills = Counter(look.fill for _, look in variant_looks("outline").values())
+    assert set(fills) == {"solid", "ring", "striped", "outline"} and fills["outline"] >= 5
+    checked = 0
+    for index in range(200):
+        post = make_post(0, "train", index, variant="outline")
+        outlined = [o for o in post.objects if o.look.fill == "outline" and o.look.shape == "square"]
+        if not outlined:
+            continue
+        pixels = np.asarray(Image.open(__import__("io").BytesIO(render_image(post, 0))).convert("RGB")).astype(int)
+        for obj in outlined:
+            assert 2 <= obj.line <= 6
+            x1, y1, x2, y2 = obj.box
+            colour = np.array(PALETTE[obj.look.colour])
+            edge = pixels[y1 + obj.line // 2, x1 + (x2 - x1) // 2]
+            centre = pixels[(y1 + y2) // 2, (x1 + x2) // 2]
+            assert np.abs(edge - colour).max() < 60  # the border wears the colour
+            assert np.abs(centre - colour).max() > 60  # the inside is background
+            checked += 1
+    assert checked >= 5
+
+
+def test_many_and_scale_variants() -> None:
+    looks = variant_looks("many")
+    assert len(looks) == 80 and Counter(t for t, _ in looks.values()) == Counter({t: 20 for t in
+                                                                                 ("PER", "LOC", "ORG", "OTHER")})
+    assert set(NAME_LOOKS) < set(looks)
+    relative = []
+    for index in range(400):
+        post = make_post(0, "train", index, variant="scale")
+        scale = (post.size[0] * post.size[1]) ** 0.5
+        relative += [(o.box[2] - o.box[0]) / scale for o in post.objects]
+    assert min(relative) < 0.1 and max(relative) > 0.4
+
+
+def test_variant_benchmark_on_disk(tmp_path: Path) -> None:
+    out = generate_synthetic_benchmark(tmp_path / "mixed", 12, 3, 3, variant="mixed")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["variant"] == "mixed" and "variant mixed" in (out / "README.md").read_text()
+    from qgn.data import read_dataset
+
+    posts = read_dataset(str(out), split="train", image_dir=str(out / "images"))
+    assert len(posts) == 12 and len({tuple(p.image_size) for p in posts}) > 6
+    with pytest.raises(QGNError, match="overwrite"):  # another variant in the same folder
+        generate_synthetic_benchmark(tmp_path / "mixed", 12, 3, 3, variant="many")
+    assert "variant" not in json.loads((generate_synthetic_benchmark(tmp_path / "d", 4, 1, 1) / MANIFEST_NAME
+                                        ).read_text())

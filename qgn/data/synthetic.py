@@ -27,6 +27,22 @@ Design (version ``GENERATOR_VERSION``, "grounding by appearance"):
 A text-only system cannot place boxes: a name's object is anywhere, so the best fixed box per
 name reaches IoU 0.5 for few grounded entities (tested in ``tests/test_synthetic.py``).
 
+Variants (``VARIANTS``; ``qgn demo --variant NAME``). ``default`` is the benchmark above. Each of
+the others changes one thing real posts have and the default lacks, and ``mixed`` changes all of
+them at once; every variant keeps the rules above (fixed looks, nothing in the text locates an
+entity, distractors, absent entities, two boxes for some teams):
+
+- ``shapes``: images of every size and aspect ratio, as posts have them: the longer side 96-640 px
+  (log-uniform), width / height 1:2 to 3:1 (log-uniform). Objects keep their own shape (a circle
+  is round in the image) and their side is 18-28 % of sqrt(W * H), so a panorama's objects are
+  small against its width.
+- ``outline``: a fourth fill, ``outline``: the shape's border only, 4-10 % of the object's side
+  and 2 to 6 px wide, beside solid, ring and striped looks (16 patterns per colour).
+- ``many``: 80 identities (20 per type) instead of 40, from the same number of posts: half as many
+  training examples of each look.
+- ``scale``: object sides from 8 % to 50 % of sqrt(W * H) (log-uniform) instead of 18-28 %.
+- ``mixed``: all four at once.
+
 On-disk layout (docs/data.md, "Twitter-GMNER")::
 
     DIR/txt/{train,dev,test}.txt   IMGID:<id> blocks of "token<TAB>BIO-tag", blank-line separated
@@ -75,6 +91,15 @@ NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "OTHER": ("Aero Max", "Quasar", "Nimbus 3", "Volt", "Pixelbook", "Echo Dot", "Model T", "Zoom X",
               "Hyper V", "Lumen"),
 }
+# The ``many`` variant's second ten names of each type (after the first ten above).
+MORE_NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "PER": ("Kofi", "Lena Park", "Mateo", "Nadia", "Omar Reyes", "Priya", "Rafael", "Sofia", "Tariq", "Yuki"),
+    "LOC": ("Austin", "Berlin", "Cape Town", "Denver", "Fiji", "Geneva", "Kyoto", "Lagos", "Madrid", "Nairobi"),
+    "ORG": ("Falcon United", "Green Peak", "Harbor Labs", "Kite Media", "Lunar FC", "Maple Group", "North Stars",
+            "Pulse Radio", "Silver Fox", "Titan Works"),
+    "OTHER": ("Alpha One", "Boltz", "Cobalt 7", "Drift Pro", "Ember", "Flux Pad", "Glide S", "Halo Z", "Ion Cam",
+              "Jet X"),
+}
 LOOK_SEED = 20261201  # fixes which name wears which look; independent of the benchmark seed
 TYPE_WEIGHTS = (0.35, 0.20, 0.25, 0.20)
 # Chance that an entity of each type is drawn: LOC rarely, as in the real data (~57 % overall).
@@ -109,13 +134,75 @@ class Look:
     fill: str
 
 
-def _build_looks() -> dict[str, tuple[str, Look]]:
+@dataclass(frozen=True)
+class Variant:
+    """A preset of the generator (module docstring, "Variants"). ``None`` fields keep the default
+    benchmark's behaviour, draw for draw, so ``default`` writes the same files as before variants.
+
+    Attributes:
+        name, summary: the preset's name and one line on what it changes.
+        longer_side: range of the longer image side in px (log-uniform), with ``aspect`` the
+            range of width / height (log-uniform); ``None``: the base size with its jitter.
+        object_side: range of an object's side as a fraction of sqrt(W * H) (log-uniform; a
+            team's two copies take 0.8 of it), each object about square in pixels; ``None``:
+            18-28 % of the width by 18-28 % of the height (``OBJECT_SIDE_RANGE``).
+        fills: the fill patterns looks are made of (``outline`` adds the border-only look).
+        names_per_type: identities of each type (10 or 20).
+    """
+
+    name: str
+    summary: str
+    longer_side: tuple[int, int] | None = None
+    aspect: tuple[float, float] | None = None
+    object_side: tuple[float, float] | None = None
+    fills: tuple[str, ...] = FILLS
+    names_per_type: int = 10
+
+    @property
+    def names_by_type(self) -> dict[str, tuple[str, ...]]:
+        extra = self.names_per_type - len(NAMES_BY_TYPE[ENTITY_TYPES[0]])
+        return {t: NAMES_BY_TYPE[t] + MORE_NAMES_BY_TYPE[t][:max(0, extra)] for t in ENTITY_TYPES}
+
+
+OUTLINE_FILLS = FILLS + ("outline",)
+# Outline width: this fraction of the object's side, at least 2 and at most 6 px.
+OUTLINE_WIDTH_RANGE, OUTLINE_PX = (0.04, 0.10), (2, 6)
+REAL_SIDES, REAL_ASPECTS = (96, 640), (0.5, 3.0)
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("default", "128 x 96 px images (+-25 %), objects 18-28 % of each side, 40 identities, solid / ring / "
+            "striped looks"),
+    Variant("shapes", "images of every size and aspect ratio: longer side 96-640 px, width:height 1:2 to 3:1",
+            longer_side=REAL_SIDES, aspect=REAL_ASPECTS, object_side=(0.18, 0.28)),
+    Variant("outline", "outline-only looks (2-6 px borders) beside solid, ring and striped ones",
+            fills=OUTLINE_FILLS),
+    Variant("many", "80 identities instead of 40 from as many posts: half the examples of each look",
+            names_per_type=20),
+    Variant("scale", "object sides from 8 % to 50 % of the image's scale instead of 18-28 %",
+            object_side=(0.08, 0.50)),
+    Variant("mixed", "all of shapes, outline, many and scale at once",
+            longer_side=REAL_SIDES, aspect=REAL_ASPECTS, object_side=(0.08, 0.50), fills=OUTLINE_FILLS,
+            names_per_type=20),
+)}
+
+
+def get_variant(name: "str | Variant") -> Variant:
+    """The preset called ``name`` (a :class:`Variant` is returned as is)."""
+    if isinstance(name, Variant):
+        return name
+    if name not in VARIANTS:
+        raise QGNError(f"unknown synthetic variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def _build_looks(names_by_type: dict[str, tuple[str, ...]] | None = None,
+                 fills: tuple[str, ...] = FILLS) -> dict[str, tuple[str, Look]]:
     """Give every name its own look, each colour to ``len(names) / len(COLOURS)`` names of mixed
     types with pairwise different (shape, fill)."""
+    names_by_type = NAMES_BY_TYPE if names_by_type is None else names_by_type
     rng = np.random.default_rng(LOOK_SEED)
-    names = [(t, n) for t in ENTITY_TYPES for n in NAMES_BY_TYPE[t]]
+    names = [(t, n) for t in ENTITY_TYPES for n in names_by_type[t]]
     order = rng.permutation(len(names))
-    patterns = [(s, f) for s in SHAPES for f in FILLS]
+    patterns = [(s, f) for s in SHAPES for f in fills]
     colours = list(COLOURS)
     looks: dict[str, tuple[str, Look]] = {}
     for rank, i in enumerate(order):
@@ -131,11 +218,23 @@ def _build_looks() -> dict[str, tuple[str, Look]]:
 # name -> (type, look); the whole grounding "knowledge" a model must learn from the pairs.
 NAME_LOOKS: dict[str, tuple[str, Look]] = _build_looks()
 ALL_NAMES: tuple[str, ...] = tuple(NAME_LOOKS)
+_VARIANT_LOOKS: dict[str, dict[str, tuple[str, Look]]] = {}
+
+
+def variant_looks(variant: "str | Variant" = "default") -> dict[str, tuple[str, Look]]:
+    """name -> (type, look) of a variant's identities (``NAME_LOOKS`` for ``default``)."""
+    v = get_variant(variant)
+    if v.names_per_type == 10 and v.fills == FILLS:
+        return NAME_LOOKS
+    key = f"{v.names_per_type}:{','.join(v.fills)}"
+    if key not in _VARIANT_LOOKS:
+        _VARIANT_LOOKS[key] = _build_looks(v.names_by_type, v.fills)
+    return _VARIANT_LOOKS[key]
 
 
 def synthetic_vocabulary() -> list[str]:
     """Every word the generator can emit, deduplicated, in a fixed order (for word tokenizers)."""
-    pieces = list(ALL_NAMES)
+    pieces = list(ALL_NAMES) + [n for names in MORE_NAMES_BY_TYPE.values() for n in names]
     pieces += [p.replace("{}", " ") for phrases in PHRASES.values() for p in phrases]
     pieces += list(CONNECTORS) + list(PREFIXES) + list(SUFFIXES) + list(FILLERS)
     words: dict[str, None] = {}
@@ -154,6 +253,7 @@ class _Object:
     look: Look
     box: tuple[int, int, int, int]
     name: str | None  # None for a distractor
+    line: int = 0  # border width in px of an ``outline`` look
 
 
 @dataclass
@@ -174,7 +274,8 @@ def _choice(rng: np.random.Generator, options: tuple, weights: tuple | None = No
     return options[int(rng.choice(len(options), p=probabilities))]
 
 
-def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], list[str]]:
+def _sentence(rng: np.random.Generator, names: list[str],
+              looks: dict[str, tuple[str, Look]] = NAME_LOOKS) -> tuple[list[str], list[str]]:
     """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order."""
     tokens: list[str] = []
     tags: list[str] = []
@@ -182,7 +283,7 @@ def _sentence(rng: np.random.Generator, names: list[str]) -> tuple[list[str], li
         if k:
             tokens.append(_choice(rng, CONNECTORS))
             tags.append("O")
-        entity_type = NAME_LOOKS[name][0]
+        entity_type = looks[name][0]
         before, after = _choice(rng, PHRASES[entity_type]).split("{}")
         name_words = name.split()
         for word in before.split():
@@ -239,58 +340,116 @@ def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tup
         scale *= 0.9
 
 
-def make_post(seed: int, split: str, index: int, image_size: tuple[int, int], size_jitter: float) -> SyntheticPost:
-    """Generate post ``index`` of ``split``; depends only on its arguments."""
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def _place_pixels(rng: np.random.Generator, sides: list[tuple[int, int]], size: tuple[int, int]
+                  ) -> list[tuple[int, int, int, int]]:
+    """One box of each ``(w, h)`` in px, anywhere in the image and pairwise disjoint; all sides
+    shrink by 10 % whenever random placement gets stuck."""
+    width, height = size
+    scale = 1.0
+    while True:
+        boxes: list[tuple[int, int, int, int]] = []
+        for w0, h0 in sides:
+            w = min(width - 1, max(4, int(round(w0 * scale))))
+            h = min(height - 1, max(4, int(round(h0 * scale))))
+            for _attempt in range(100):
+                x1 = int(rng.integers(0, width - w + 1))
+                y1 = int(rng.integers(0, height - h + 1))
+                box = (x1, y1, x1 + w, y1 + h)
+                if _disjoint(box, boxes):
+                    boxes.append(box)
+                    break
+            else:
+                break
+        if len(boxes) == len(sides):
+            return boxes
+        scale *= 0.9
+
+
+def make_post(seed: int, split: str, index: int, image_size: tuple[int, int] = (128, 96), size_jitter: float = 0.25,
+              variant: "str | Variant" = "default") -> SyntheticPost:
+    """Generate post ``index`` of ``split`` of ``variant``; depends only on its arguments."""
+    v = get_variant(variant)
+    name_looks = variant_looks(v)
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    base_w, base_h = image_size
-    size = (int(round(base_w * (1 + size_jitter * rng.uniform(-1, 1)))),
-            int(round(base_h * (1 + size_jitter * rng.uniform(-1, 1)))))
+    if v.longer_side is None:
+        base_w, base_h = image_size
+        size = (int(round(base_w * (1 + size_jitter * rng.uniform(-1, 1)))),
+                int(round(base_h * (1 + size_jitter * rng.uniform(-1, 1)))))
+    else:
+        longer, aspect = _log_uniform(rng, v.longer_side), _log_uniform(rng, v.aspect or (1.0, 1.0))
+        size = (int(round(longer)), int(round(longer / aspect))) if aspect >= 1 else (
+            int(round(longer * aspect)), int(round(longer)))
     count = 0 if rng.random() < NO_ENTITY_PROBABILITY else _choice(rng, ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS)
     names: list[str] = []
+    names_by_type = v.names_by_type
     for _ in range(count):
         entity_type = _choice(rng, ENTITY_TYPES, TYPE_WEIGHTS)
-        name = _choice(rng, tuple(n for n in NAMES_BY_TYPE[entity_type] if n not in names))
+        name = _choice(rng, tuple(n for n in names_by_type[entity_type] if n not in names))
         names.append(name)
     owners: list[str | None] = []  # one entry per object to draw
-    sides: list[tuple[float, float]] = []
+    copies_of: list[int] = []
     for name in names:
-        entity_type = NAME_LOOKS[name][0]
+        entity_type = name_looks[name][0]
         if rng.random() < GROUNDED_PROBABILITY[entity_type]:
             copies = _choice(rng, ORG_BOX_COUNTS, ORG_BOX_WEIGHTS) if entity_type == "ORG" else 1
             owners += [name] * copies
-            sides += [OBJECT_SIDE_RANGE if copies == 1 else COPY_SIDE_RANGE] * copies
+            copies_of += [copies] * copies
     # Distractors wear the looks of names the post does not mention.
-    others = tuple(n for n in ALL_NAMES if n not in names)
+    others = tuple(n for n in name_looks if n not in names)
     distractors = [str(n) for n in rng.permutation(others)[:_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS)]]
     owners += [None] * len(distractors)
-    sides += [OBJECT_SIDE_RANGE] * len(distractors)
-    looks = [NAME_LOOKS[o][1] for o in owners if o is not None] + [NAME_LOOKS[d][1] for d in distractors]
-    objects = [_Object(look, box, owner) for look, box, owner in zip(looks, _place(rng, sides, size), owners)]
-    tokens, tags = _sentence(rng, names)
+    copies_of += [1] * len(distractors)
+    if v.object_side is None:
+        boxes = _place(rng, [OBJECT_SIDE_RANGE if c == 1 else COPY_SIDE_RANGE for c in copies_of], size)
+    else:
+        scale = float(np.sqrt(size[0] * size[1]))
+        sides = []
+        for c in copies_of:
+            side = _log_uniform(rng, v.object_side) * scale * (1.0 if c == 1 else 0.8)
+            sides.append((side * rng.uniform(0.9, 1.1), side * rng.uniform(0.9, 1.1)))
+        boxes = _place_pixels(rng, sides, size)
+    looks = [name_looks[o][1] for o in owners if o is not None] + [name_looks[d][1] for d in distractors]
+    objects = []
+    for look, box, owner in zip(looks, boxes, owners):
+        line = 0
+        if look.fill == "outline":
+            side = min(box[2] - box[0], box[3] - box[1])
+            line = int(np.clip(round(side * rng.uniform(*OUTLINE_WIDTH_RANGE)), *OUTLINE_PX))
+        objects.append(_Object(look, box, owner, line))
+    tokens, tags = _sentence(rng, names, name_looks)
     return SyntheticPost(f"{split}_{index:05d}", split, index, tokens, tags, objects, size)
 
 
-def _shape_mask(shape: str, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
-    """A 1-bit mask of ``shape`` filling ``box`` (x2/y2 exclusive) in an image of ``size``."""
+def _shape_mask(shape: str, box: tuple[int, int, int, int], size: tuple[int, int], line: int = 0) -> Image.Image:
+    """A 1-bit mask of ``shape`` filling ``box`` (x2/y2 exclusive) in an image of ``size``; with
+    ``line`` > 0, only its border, ``line`` px wide, inside the box."""
     mask = Image.new("1", size, 0)
     draw = ImageDraw.Draw(mask)
     x1, y1, x2, y2 = box
     right, bottom = x2 - 1, y2 - 1  # PIL includes the end pixel
+    paint = {"outline": 1, "width": line} if line > 0 else {"fill": 1}
     if shape == "circle":
-        draw.ellipse([x1, y1, right, bottom], fill=1)
+        draw.ellipse([x1, y1, right, bottom], **paint)
     elif shape == "square":
-        draw.rectangle([x1, y1, right, bottom], fill=1)
+        draw.rectangle([x1, y1, right, bottom], **paint)
     elif shape == "triangle":
-        draw.polygon([(x1, bottom), (right, bottom), ((x1 + right) / 2, y1)], fill=1)
+        draw.polygon([(x1, bottom), (right, bottom), ((x1 + right) / 2, y1)], **paint)
     else:
         mid_x, mid_y = (x1 + right) / 2, (y1 + bottom) / 2
-        draw.polygon([(mid_x, y1), (right, mid_y), (mid_x, bottom), (x1, mid_y)], fill=1)
+        draw.polygon([(mid_x, y1), (right, mid_y), (mid_x, bottom), (x1, mid_y)], **paint)
     return mask
 
 
 def _draw(image: Image.Image, obj: _Object) -> None:
     """Paint one object: the shape in its colour, then its fill pattern in white."""
     colour = COLOURS[obj.look.colour]
+    if obj.look.fill == "outline":
+        image.paste(colour, mask=_shape_mask(obj.look.shape, obj.box, image.size, max(1, obj.line)))
+        return
     outer = _shape_mask(obj.look.shape, obj.box, image.size)
     image.paste(colour, mask=outer)
     x1, y1, x2, y2 = obj.box
@@ -348,10 +507,14 @@ def voc_xml(post: SyntheticPost) -> str | None:
     )
 
 
-def _manifest(seed: int, counts: dict[str, int], image_size: tuple[int, int], size_jitter: float) -> dict:
-    return {"generator": "qgn.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "counts": counts,
-            "image_size": list(image_size), "size_jitter": size_jitter, "jpeg_quality": JPEG_QUALITY,
-            "entity_types": list(ENTITY_TYPES)}
+def _manifest(seed: int, counts: dict[str, int], image_size: tuple[int, int], size_jitter: float,
+              variant: str = "default") -> dict:
+    manifest = {"generator": "qgn.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "counts": counts,
+                "image_size": list(image_size), "size_jitter": size_jitter, "jpeg_quality": JPEG_QUALITY,
+                "entity_types": list(ENTITY_TYPES)}
+    if variant != "default":  # the default's manifest (and so its cached folders) stay as before variants
+        manifest["variant"] = variant
+    return manifest
 
 
 def _is_complete(out_dir: Path, manifest: dict) -> bool:
@@ -367,11 +530,13 @@ def _is_complete(out_dir: Path, manifest: dict) -> bool:
 
 
 def _readme(manifest: dict) -> str:
+    variant = get_variant(manifest.get("variant", "default"))
     rows = "\n".join(f"| {name} | {t} | {look.colour} | {look.shape} | {look.fill} |"
-                     for name, (t, look) in NAME_LOOKS.items())
+                     for name, (t, look) in variant_looks(variant).items())
     return (
         "# Synthetic grounded-NER benchmark (generated by qgn.data.synthetic)\n\n"
-        f"Generator version {manifest['version']}, seed {manifest['seed']}, posts {manifest['counts']}.\n"
+        f"Generator version {manifest['version']}, variant {variant.name} ({variant.summary}), seed "
+        f"{manifest['seed']}, posts {manifest['counts']}.\n"
         "Twitter-GMNER layout: `txt/{split}.txt`, `xml/<id>.xml` (only posts with a boxed entity),\n"
         "`images/<id>.jpg`. Each name is always drawn with the same colour, shape and fill; the text\n"
         "never says where or whether it is drawn. Unmentioned objects (distractors) wear other names'\n"
@@ -383,12 +548,13 @@ def _readme(manifest: dict) -> str:
 def _write_benchmark(target: Path, manifest: dict) -> None:
     seed, counts = manifest["seed"], manifest["counts"]
     image_size, jitter = tuple(manifest["image_size"]), manifest["size_jitter"]
+    variant = manifest.get("variant", "default")
     for sub in ("txt", "xml", "images"):
         (target / sub).mkdir(parents=True)
     for split in SPLITS:
         blocks = []
         for index in range(counts[split]):
-            post = make_post(seed, split, index, image_size, jitter)
+            post = make_post(seed, split, index, image_size, jitter, variant)
             lines = [f"IMGID:{post.id}"] + [f"{tok}\t{tag}" for tok, tag in zip(post.tokens, post.tags)]
             blocks.append("\n".join(lines) + "\n")
             xml = voc_xml(post)
@@ -411,6 +577,7 @@ def generate_synthetic_benchmark(
     size_jitter: float = 0.25,
     seed: int = 0,
     overwrite: bool = False,
+    variant: str = "default",
 ) -> Path:
     """Write the synthetic benchmark to ``out_dir`` (Twitter-GMNER layout plus ``images/``).
 
@@ -421,6 +588,8 @@ def generate_synthetic_benchmark(
         size_jitter: each post's width and height are the base times ``1 + u * size_jitter``,
             ``u`` uniform in [-1, 1] (0 gives every image ``image_size``).
         seed: everything is a function of the seed (byte-identical files).
+        variant: a preset of ``VARIANTS`` (module docstring); ``shapes`` and ``mixed`` draw their
+            own image sizes and ignore ``image_size`` / ``size_jitter``.
         overwrite: replace an existing different benchmark (or other contents of ``txt/``,
             ``xml/``, ``images/``) instead of raising.
     Returns:
@@ -433,8 +602,9 @@ def generate_synthetic_benchmark(
     if min(counts.values()) < 0 or min(image_size) < 32 or not 0 <= size_jitter < 0.5:
         raise QGNError(f"bad synthetic benchmark settings: counts {counts}, image_size {image_size}, "
                        f"size_jitter {size_jitter} (need counts >= 0, sides >= 32, 0 <= jitter < 0.5)")
+    get_variant(variant)  # an unknown name fails before any work
     out = Path(out_dir)
-    manifest = _manifest(int(seed), counts, (int(image_size[0]), int(image_size[1])), float(size_jitter))
+    manifest = _manifest(int(seed), counts, (int(image_size[0]), int(image_size[1])), float(size_jitter), variant)
     if _is_complete(out, manifest):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:

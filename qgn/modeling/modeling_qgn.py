@@ -174,6 +174,11 @@ class QGNModel(nn.Module):
         decoder = self.mqd if self.mqd is not None else self.plain_decoder
         queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask,
                                                        vision_padding)
+        if vision_padding is not None:
+            # Padding tokens hold whatever the border's pixels gave; the heads that read visual tokens
+            # directly (box refinement samples them) see zeros there, never content.
+            vision = self._zero_padding(vision, vision_padding)
+            intermediate = [(q, w, self._zero_padding(v, vision_padding)) for q, w, v in intermediate]
         patch_padding = self._patch_padding(vision_padding)
         outputs = self._predict(queries, words, word_mask, vision, patch_padding)
         if patch_padding is not None and self.training:
@@ -199,6 +204,10 @@ class QGNModel(nn.Module):
         content = torch.nn.functional.max_pool2d(pixel_mask[:, None].to(pixel_values.dtype), patch, patch)
         padding = content.flatten(1) <= 0  # (B, G)
         return torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
+
+    @staticmethod
+    def _zero_padding(vision: torch.Tensor | None, vision_padding: torch.Tensor) -> torch.Tensor | None:
+        return None if vision is None else vision.masked_fill(vision_padding[..., None], 0.0)
 
     @staticmethod
     def _patch_padding(vision_padding: torch.Tensor | None) -> torch.Tensor | None:
