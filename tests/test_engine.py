@@ -597,7 +597,7 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
 
     model, default = settings_from_dict(load_run_file(name)).model, QGNConfig()
     levers = ("lambda_align", "lambda_align_words", "align_presence", "align_box_prior", "box_refine",
-              "aux_loss", "aux_one_to_many", "notarget_unmatched_weight", "cost_span", "cost_l1", "cost_giou",
-              "weight_ce")
+              "aux_loss", "aux_one_to_many", "cost_span", "cost_l1", "cost_giou", "weight_ce")
+    # notarget_unmatched_weight is 0.0 there, the paper's L_nt (tests/test_paper_configs.py)
     assert {k: getattr(model, k) for k in levers} == {k: getattr(default, k) for k in levers}
     assert not default.box_refine and default.lambda_align == 0 and default.aux_one_to_many == 1
