@@ -31,6 +31,8 @@ def _open_image(image: ImageLike) -> tuple[Image.Image | None, str | None]:
     if image is None or isinstance(image, Image.Image):
         return (upright(image) if image is not None else None), None
     path = str(image)
+    if os.path.isdir(path):
+        raise QGNError(f"{path} is a folder, not an image file: give one image")
     if not os.path.isfile(path):
         raise QGNError(f"image not found: {path}")
     return load_image(path), path
@@ -75,14 +77,10 @@ class Predictor:
         from transformers import AutoTokenizer
 
         from qgn.data.pipeline import ImageTransform
-        from qgn.hub import resolve_checkpoint
         from qgn.modeling import QGNModel
         from qgn.modeling.postprocess import PostProcessor
 
-        folder = resolve_checkpoint(checkpoint_dir)
-        if not (folder / "config.json").is_file():
-            hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
-            raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")
+        folder = checkpoint_folder(checkpoint_dir)
         dev = resolve_device(device)
         model = QGNModel.from_pretrained(folder).to(dev)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -113,7 +111,8 @@ class Predictor:
             tokens, offsets = split_words(text)
         img, path = _open_image(image)
         if img is None and not self.config.text_only:
-            logger.warning("no image given: predicting from the text alone with a blank image")
+            # A blank image silently finds nothing to ground: refused, as POST /api/predict refuses it.
+            raise QGNError(NO_IMAGE)
         size = img.size if img is not None else None
         return Post(post_id, tokens, [], path, size, text, offsets), img
 
@@ -126,12 +125,25 @@ class Predictor:
 
         if len({post.id for post in posts}) != len(posts):
             raise QGNError("predict_posts needs distinct post ids")
-        dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
-                               text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
+        with _without_training_warnings():  # its truncation warning speaks of training targets
+            dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
+                                   text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
+        cut = [(post, enc.num_words) for post, enc in zip(posts, dataset.encoded) if enc.truncated]
+        if cut:
+            post, read = cut[0]
+            logger.warning("%d of %d posts are longer than max_text_length=%d sub-words and were truncated at "
+                           "inference: no entity is found past the cut (post %s: the first %d of %d words read)",
+                           len(cut), len(posts), self.config.max_text_length, post.id, read, len(post.tokens))
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
         by_id = predict_loader(self.model, self.postprocessor, loader, device=self.device, progress=False,
                                autocast=self.autocast)
         return [by_id[post.id] for post in posts]
+
+    def words_read(self, post: Post) -> int:
+        """How many of ``post``'s words the model reads (the rest is past ``max_text_length``)."""
+        from qgn.data.pipeline import encode_words
+
+        return encode_words(self.tokenizer, [post.tokens], self.config.max_text_length)[0].num_words
 
     def predict(self, image: ImageLike, text: str) -> list[dict[str, Any]]:
         """Entities of one post: word span, character offsets, surface text, type, score, pixel box or None."""
@@ -145,6 +157,47 @@ class Predictor:
             images.append(img)
         predictions = self.predict_posts(posts, images, batch_size=batch_size)
         return [[entity_dict(p, e) for e in preds] for p, preds in zip(posts, predictions)]
+
+
+NO_IMAGE = ("no image: this model finds entities in an image and grounds them there; give the post's image "
+            "(qgn predict --image FILE; an \"image\" field in --input lines)")
+
+# Files that hold a tokenizer's vocabulary (fast tokenizer, WordPiece, BPE, SentencePiece): without
+# one, AutoTokenizer builds a tokenizer of special tokens only and every word becomes [UNK].
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def checkpoint_folder(checkpoint: str | os.PathLike) -> Path:
+    """The folder of ``checkpoint`` (a hub repo id is fetched), checked to hold a model and its
+    tokenizer before anything heavy loads; :class:`QGNError` naming what is missing otherwise."""
+    from qgn.hub import resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    if not folder.exists():
+        raise QGNError(f"checkpoint not found: {folder} (give a run's best/ folder, or a hub repo id owner/name)")
+    if not folder.is_dir():
+        raise QGNError(f"{folder} is a file: a checkpoint is a folder (a run's best/)")
+    if not (folder / "config.json").is_file():
+        hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
+        raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")
+    if not any((folder / name).is_file() for name in _VOCAB_FILES):
+        raise QGNError(f"{folder} has no tokenizer (no {' or '.join(_VOCAB_FILES[:2])}): copy it from the folder "
+                       "the checkpoint came from (a run's best/ holds it)")
+    return folder
+
+
+class _without_training_warnings:
+    """Drops the data pipeline's "entities past the cut are dropped from the targets" warning
+    (at inference there are no targets; :meth:`Predictor.predict_posts` says what was cut)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "from the targets" not in str(record.msg)
+
+    def __enter__(self) -> None:
+        logging.getLogger("qgn.data.pipeline").addFilter(self)
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("qgn.data.pipeline").removeFilter(self)
 
 
 def resolve_device(device: str | None) -> torch.device:

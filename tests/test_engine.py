@@ -192,7 +192,8 @@ def test_corrupt_checkpoint_files_are_named(bench, trained_run, tmp_path, capsys
     _truncate(run / "best" / "model.safetensors")
     with pytest.raises(QGNError, match=r"best/model.safetensors is corrupt or truncated"):
         qgn.load(run / "best")
-    assert main(["predict", "--checkpoint", str(run / "best"), "--text", "Paris"]) == 2
+    image = next((bench / "images").glob("*.jpg"))
+    assert main(["predict", "--checkpoint", str(run / "best"), "--text", "Paris", "--image", str(image)]) == 2
     assert "model.safetensors is corrupt or truncated" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(run / "best"), "--data", str(bench), "--image-dir",
                  str(bench / "images")]) == 2
@@ -240,17 +241,21 @@ def test_bad_settings_and_devices_are_one_clear_line(bench, trained_run, tmp_pat
         assert message in capsys.readouterr().err
         assert not (tmp_path / "demo").exists(), "a bad setting fails before any work"
     if not torch.cuda.is_available():
-        assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--device", "cuda"]) == 2
+        image = str(next((bench / "images").glob("*.jpg")))
+        assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--image", image,
+                     "--device", "cuda"]) == 2
         assert "no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
 
 
-def test_broken_pipe_ends_quietly(trained_run, tmp_path):
+def test_broken_pipe_ends_quietly(bench, trained_run, tmp_path):
     import subprocess
     import sys
 
     # `qgn predict ... | head -c 1`: the reader leaves early; no BrokenPipeError traceback
     posts = tmp_path / "posts.jsonl"
-    posts.write_text("".join(json.dumps({"id": str(i), "text": "Anna in Paris " * 20}) + "\n" for i in range(300)))
+    image = str(next((bench / "images").glob("*.jpg")))
+    posts.write_text("".join(json.dumps({"id": str(i), "text": "Anna in Paris " * 20, "image": image}) + "\n"
+                             for i in range(300)))
     cmd = f"{sys.executable} -m qgn.cli predict --checkpoint {trained_run / 'best'} --input {posts} " \
           "--score-threshold 0 | head -c 1"
     done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
@@ -463,7 +468,7 @@ def test_predict_api_and_cli_follow_schema(bench, trained_run, tmp_path, capsys)
 
     batch = tmp_path / "posts.jsonl"
     batch.write_text(json.dumps({"id": "a", "text": text, "image": str(image)}) + "\n"
-                     + json.dumps({"id": "b", "text": "Paris"}) + "\n")
+                     + json.dumps({"id": "b", "text": "Paris", "image": str(image)}) + "\n")
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(out),
                  "--score-threshold", "0"]) == 0
@@ -471,9 +476,8 @@ def test_predict_api_and_cli_follow_schema(bench, trained_run, tmp_path, capsys)
     assert [r["id"] for r in rows] == ["a", "b"]
     # batched, each post gets what it gets alone (padding and batching change nothing)
     assert rows[0]["entities"] == entities
-    alone = predictor.predict(None, "Paris")
+    alone = predictor.predict(str(image), "Paris")
     assert alone and rows[1]["entities"] == alone
-    assert all(e["box"] is None for e in alone), "no image, no box"
 
 
 def test_predict_with_tokens_scores_like_evaluate_checkpoint(bench, trained_run, tmp_path, capsys):
@@ -505,7 +509,7 @@ def test_predict_input_bad_lines_are_named_and_the_rest_written(bench, trained_r
              {"id": "b", "text": "   "},
              {"id": "c", "text": "Paris", "image": "missing.jpg"},
              "not json",
-             {"id": "d", "tokens": ["Blue", "Comets"]},
+             {"id": "d", "tokens": ["Blue", "Comets"], "image": str(image)},
              {"id": "e", "tokens": "Blue Comets"}]
     batch = tmp_path / "posts.jsonl"
     batch.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
@@ -527,7 +531,7 @@ def test_predict_input_bad_lines_are_named_and_the_rest_written(bench, trained_r
     assert "ending in .png or .jpg" in capsys.readouterr().err
 
 
-def test_predict_rejects_bad_input(trained_run, tmp_path, caplog):
+def test_predict_rejects_bad_input(bench, trained_run, tmp_path, caplog):
     import qgn
 
     predictor = qgn.load(trained_run / "best")
@@ -540,10 +544,11 @@ def test_predict_rejects_bad_input(trained_run, tmp_path, caplog):
     with pytest.raises(QGNError, match="not found"):
         predictor.predict(str(tmp_path / "missing.jpg"), "Paris")
     long_text = " ".join(["Paris"] * 500)
+    image = next((bench / "images").glob("*.jpg"))
     with caplog.at_level("WARNING"):
-        entities = qgn.load(trained_run / "best", score_threshold=0.0).predict(None, long_text)
+        entities = qgn.load(trained_run / "best", score_threshold=0.0).predict(str(image), long_text)
     # truncated with a warning, not an error; what is predicted lies in the words that were kept
-    assert "longer than max_text_length" in caplog.text and "truncated" in caplog.text
+    assert "longer than max_text_length" in caplog.text and "truncated at inference" in caplog.text
     assert entities and all(0 <= e["start"] < e["end"] <= 500 for e in entities)
     assert all(long_text[e["char_start"]:e["char_end"]] == e["text"] for e in entities)
 

@@ -174,3 +174,13 @@ def test_the_page_in_a_real_browser(server, chromium, tmp_path):
             browser.close()
     print(f"\nscreenshot of the served page: {shot}")
     assert shot.stat().st_size > 1000
+
+
+def test_text_past_the_model_length_is_flagged_in_the_answer(client):
+    short = client.post("/api/predict", data={"text": "Anna met Hugo"}, files={"image": ("post.jpg", jpeg())}).json()
+    assert (short["words"], short["words_read"]) == (3, 3) and "warning" not in short
+    long = client.post("/api/predict", data={"text": " ".join(["Paris"] * 200)},
+                       files={"image": ("post.jpg", jpeg())}).json()
+    assert long["words"] == 200 and long["words_read"] == 62  # the tiny model reads 64 sub-words with [CLS], [SEP]
+    assert "longer than the model reads" in long["warning"] and "first 62 of 200 words" in long["warning"]
+    assert all(e["end"] <= 62 for e in long["entities"])

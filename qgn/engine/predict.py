@@ -293,24 +293,65 @@ def _predict_batch(args: Any, predictor: Any) -> int:
     return 1 if failures else 0
 
 
-def _main(args: Any) -> int:
-    from qgn.api import load
+DRAW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _check_arguments(args: Any) -> Path:
+    """Everything that can be checked without the model, before it loads (tens of seconds for a
+    full-size one): the options, the files named, the checkpoint's folder. Returns that folder."""
+    import os
+
+    from qgn.api import checkpoint_folder
+    from qgn.modeling import QGNConfig
 
     if bool(args.input) == bool(args.text is not None):
         raise QGNError("give either --text (with --image) for one post, or --input FILE.jsonl for a batch")
+    if args.input and (args.draw or args.image):
+        raise QGNError("--draw and --image are for one post (--text); with --input each line names its image")
+    if args.text is not None and not args.text.strip():
+        raise QGNError("--text is empty: give the post's text")
+    if not args.input and args.resume:
+        raise QGNError("--resume is for --input with --output")
+    if args.image is not None:
+        if os.path.isdir(args.image):
+            raise QGNError(f"--image {args.image} is a folder: give one image file (a folder of posts goes in an "
+                           "--input file, one line per post)")
+        if not os.path.isfile(args.image):
+            raise QGNError(f"--image {args.image}: image not found")
+    if args.draw:
+        if not args.image:
+            raise QGNError("--draw needs --image (the picture to draw the boxes on)")
+        if Path(args.draw).suffix.lower() not in DRAW_SUFFIXES:
+            raise QGNError(f"--draw {args.draw}: give a picture file name ending in .png or .jpg")
+    for option, target in (("--draw", args.draw), ("--output", args.output)):
+        if target and not Path(target).absolute().parent.is_dir():
+            raise QGNError(f"{option} {target}: the folder {Path(target).absolute().parent} does not exist")
+    folder = checkpoint_folder(args.checkpoint)
+    if args.text is not None and args.image is None and not QGNConfig.load(folder / "config.json").text_only:
+        raise QGNError("--text needs --image FILE: this checkpoint finds entities in an image and grounds them "
+                       "there (only a text-only model predicts from the text alone)")
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise QGNError(f"--input {path}: no such file")
+        if not sum(1 for _ in _batch_rows(path)):  # a repeated id raises here, before any output is opened
+            raise DataError("no posts: the file is empty (one JSON object per line)", str(path))
+    return folder
+
+
+def _main(args: Any) -> int:
+    from qgn.api import load
+
+    folder = _check_arguments(args)
     thresholds = threshold_overrides(args)
     rank, world, barrier, device = _processes(args.device)
-    predictor = load(args.checkpoint, device=device, precision=args.precision, **thresholds)
     args.rank, args.world, args.barrier = rank, world, barrier
+    if world > 1 and not args.input:
+        raise QGNError("several processes share out an --input file; one --text post needs one process")
+    predictor = load(folder, device=device, precision=args.precision, **thresholds)
 
     if args.input:
-        if args.draw or args.image:
-            raise QGNError("--draw and --image are for one post (--text); with --input each line names its image")
         return _predict_batch(args, predictor)
-    if args.resume:
-        raise QGNError("--resume is for --input with --output")
-    if world > 1:
-        raise QGNError("several processes share out an --input file; one --text post needs one process")
 
     entities = predictor.predict(args.image, args.text)
     if args.json:
@@ -322,10 +363,6 @@ def _main(args: Any) -> int:
             box = "no box" if e["box"] is None else "box " + ", ".join(f"{v:.0f}" for v in e["box"])
             print(f"{e['text']!r:<30} {e['type']:<8} score {e['score']:.2f}  {box}")
     if args.draw:
-        if not args.image:
-            raise QGNError("--draw needs --image")
-        if Path(args.draw).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-            raise QGNError(f"--draw {args.draw}: give a picture file name ending in .png or .jpg")
         from qgn.data.images import load_image
         from qgn.visualize import draw_entities
 

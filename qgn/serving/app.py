@@ -147,10 +147,17 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
             with lock:
                 post, img = predictor.make_post(text, picture)
                 predictions = predictor.predict_posts([post], [img])[0]
+                read = predictor.words_read(post)
         except QGNError as err:
             return error(400, str(err))
-        return {"entities": [entity_dict(post, p) for p in predictions],
-                "image_size": list(picture.size) if picture is not None else None}
+        answer = {"entities": [entity_dict(post, p) for p in predictions],
+                  "image_size": list(picture.size) if picture is not None else None,
+                  "words": len(post.tokens), "words_read": read}
+        if read < len(post.tokens):  # said, not silent: an entity past the cut is never found
+            answer["warning"] = (f"the text is longer than the model reads (max_text_length="
+                                 f"{predictor.config.max_text_length} sub-words): only its first {read} of "
+                                 f"{len(post.tokens)} words were read, no entity after them is found")
+        return answer
 
     return app
 
