@@ -64,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qgn {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # Whatever had to be saved was saved where it was interrupted (training says so in its log).
+    except KeyboardInterrupt as stop:
+        # Whatever had to be saved was saved where it was interrupted; training says how to go on.
         if args.verbose:
             raise
-        print(f"qgn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        terminated = type(stop).__name__ == "Terminated"  # SIGTERM, turned into this by qgn train
+        hint = getattr(stop, "hint", None)
+        print(f"qgn {args.command}: {'terminated' if terminated else 'interrupted'}" + (f"; {hint}" if hint else ""),
+              file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # `qgn ... | head`: the reader has gone; stop quietly, as Unix tools do. Point stdout at
         # devnull so the interpreter's final flush does not raise again.

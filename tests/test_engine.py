@@ -149,6 +149,94 @@ def test_resume_after_sigkill_matches_uninterrupted(bench, straight_run, tmp_pat
     _assert_same_run(straight_run, killed)
 
 
+SIGNAL_IN_TRAINING = """
+import os, signal, sys
+import accelerate
+from qgn.engine import train
+
+mode, calls = sys.argv[3], {"n": 0}
+loss, save_state = train.Trainer._loss, accelerate.Accelerator.save_state
+
+def loss_then_signal(self, batch):
+    calls["n"] += 1
+    if calls["n"] == 7:  # the third batch of the second epoch (4 batches per epoch)
+        os.kill(os.getpid(), signal.SIGTERM if mode == "sigterm" else signal.SIGINT)
+    return loss(self, batch)
+
+def save_state_with_a_second_ctrl_c(self, *args, **kwargs):
+    if mode == "double-ctrl-c" and calls["n"] >= 7:
+        os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C, while the state is being written
+    return save_state(self, *args, **kwargs)
+
+train.Trainer._loss = loss_then_signal
+accelerate.Accelerator.save_state = save_state_with_a_second_ctrl_c
+from qgn.cli import main
+sys.exit(main(["train", "--config", sys.argv[1], "--output-dir", sys.argv[2], "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize("mode, code, said", [("sigterm", 143, "terminated"), ("double-ctrl-c", 130, "interrupted")])
+def test_sigterm_and_a_second_ctrl_c_during_the_save_leave_a_resumable_state(bench, straight_run, tmp_path, mode,
+                                                                              code, said):
+    # Real signals through the real handlers, in a subprocess, with no periodic checkpoint: SIGTERM
+    # used to save nothing (exit 143, up to 10 minutes lost); a second Ctrl-C mid-save left an
+    # empty checkpoint.tmp and "nothing to resume".
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0).save(config)
+    script = tmp_path / "stop.py"  # not signal.py: it would shadow the standard module
+    script.write_text(SIGNAL_IN_TRAINING)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(script), str(config), str(run), mode], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == code, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"qgn train: {said}; the training state is saved; continue with: qgn train --resume {run}"
+    if mode == "double-ctrl-c":
+        assert "still saving the training state" in done.stderr
+    assert not (run / "checkpoint.tmp").exists()
+    state = json.loads((run / "checkpoint/trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 2, 6)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    _assert_same_run(straight_run, run)
+
+
+def test_a_kill_between_the_renames_of_a_save_is_recovered(trained_run, tmp_path, capsys):
+    # SIGKILL cannot be held: killed after the old state was moved aside and before the new one
+    # was moved in, the run has checkpoint.old and a complete checkpoint.tmp, and no checkpoint/.
+    import shutil
+
+    run = _copy_run(trained_run, tmp_path / "run")
+    shutil.copytree(run / "checkpoint", run / "checkpoint.tmp")
+    (run / "checkpoint").rename(run / "checkpoint.old")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "checkpoint/trainer_state.json").is_file() and not (run / "checkpoint.tmp").exists()
+
+
+def test_resume_names_the_missing_file_in_a_whole_sentence(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = _copy_run(trained_run, tmp_path / "run")
+    (run / "checkpoint/model.safetensors").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"qgn train: error: cannot resume: {run}/checkpoint/model.safetensors (the model weights) is "
+                   "missing; nothing was changed: restore it, or start a new run")
+    run = _copy_run(trained_run, tmp_path / "run2")
+    _truncate(run / "checkpoint/optimizer.bin")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{run}/checkpoint/optimizer.bin is truncated or overwritten; nothing was changed: restore "
+                        "the file, or start a new run"), err
+    run = _copy_run(trained_run, tmp_path / "run3")
+    shutil.rmtree(run / "checkpoint")
+    (run / "checkpoint.tmp").mkdir()  # stopped while saving the first state, before this fix
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "stopped before its first training state was saved" in capsys.readouterr().err
+
+
 def test_best_checkpoint_is_the_best_dev_epoch_not_the_last(bench, tmp_path, monkeypatch):
     # Scripted dev scores 10, 40, 20: the kept model must be epoch 2's weights.
     scripted = iter([10.0, 40.0, 20.0])

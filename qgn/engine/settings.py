@@ -82,7 +82,7 @@ class TrainSettings:
         checkpoint_every_steps: also checkpoint inside an epoch every N optimizer steps (0: off).
         checkpoint_every_minutes: also checkpoint inside an epoch when this many minutes have
             passed since the last checkpoint (10; 0: off), so a SIGKILL or power cut loses at most
-            that much work. Ctrl-C saves where it stopped either way.
+            that much work. Ctrl-C and SIGTERM save where they stopped either way.
         max_steps: stop after this many optimizer steps (0: no limit; for smoke tests).
         eval_every_epochs: evaluate on dev every N epochs (1, as the paper); the last epoch is
             always evaluated.

@@ -17,15 +17,18 @@ reported threshold setting, with the selected checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -37,6 +40,38 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(QGNError):
     """The loss became NaN or infinite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send): training stops as on Ctrl-C, saving its state first."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals_held(stopping: bool = False) -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a training state or model is written, so that a signal never
+    leaves a half-written folder behind (a second Ctrl-C 0.3 s after the first used to). A signal
+    held here is raised once the save is complete, or, while already stopping, only logged."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        logger.warning("still saving the training state: qgn stops as soon as it is complete")
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+    if held and not stopping:
+        raise Terminated() if held[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -338,7 +373,11 @@ class Trainer:
             due = bool(broadcast(torch.tensor([int(due)], device=acc.device), from_process=0).item())
         return due
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, stopping: bool = False) -> None:
+        with _signals_held(stopping):
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
         self._last_save = time.time()
         acc = self.accelerator
         tmp = self.output_dir / "checkpoint.tmp"
@@ -362,17 +401,48 @@ class Trainer:
             _atomic_replace(tmp, self.checkpoint_dir)
         acc.wait_for_everyone()
 
+    def _recover_checkpoint(self) -> None:
+        """A process killed between the two renames of :func:`_atomic_replace` leaves the previous
+        state in ``checkpoint.old`` and the new, complete one in ``checkpoint.tmp`` (its
+        ``trainer_state.json`` is written last): take the newest complete one back."""
+        if (self.checkpoint_dir / "trainer_state.json").is_file() or not self.accelerator.is_main_process:
+            return
+        for name in ("checkpoint.tmp", "checkpoint.old"):
+            found = self.output_dir / name
+            if (found / "trainer_state.json").is_file():
+                if self.checkpoint_dir.exists():
+                    shutil.rmtree(self.checkpoint_dir)
+                found.rename(self.checkpoint_dir)
+                logger.warning("recovered the training state from %s (the run stopped while saving it)", found)
+                return
+
     def _load_checkpoint(self) -> None:
+        self._recover_checkpoint()
+        self.accelerator.wait_for_everyone()
         if not (self.checkpoint_dir / "trainer_state.json").is_file():
-            raise QGNError(f"nothing to resume in {self.output_dir}: no checkpoint/trainer_state.json")
+            early = (" (the run stopped before its first training state was saved: start it again without --resume)"
+                     if (self.output_dir / "checkpoint.tmp").exists() else "")
+            raise QGNError(f"nothing to resume in {self.output_dir}: no checkpoint/trainer_state.json{early}")
+        for pattern, what in (("model*.safetensors", "the model weights"), ("optimizer*.bin", "the optimizer state"),
+                              ("scheduler*.bin", "the learning-rate schedule")):
+            if not any(self.checkpoint_dir.glob(pattern)) and not (
+                    pattern.startswith("model") and any(self.checkpoint_dir.glob("pytorch_model*.bin"))):
+                name = pattern.replace("*", "")
+                raise QGNError(f"cannot resume: {self.checkpoint_dir / name} ({what}) is missing; nothing was changed: "
+                               "restore it, or start a new run")
         try:
             self.state = json.loads((self.checkpoint_dir / "trainer_state.json").read_text(encoding="utf-8"))
             self.accelerator.load_state(str(self.checkpoint_dir))
         except Exception as err:  # accelerate/torch/safetensors raise many kinds for one bad file
             bad = corrupt_files(self.checkpoint_dir)
-            where = ", ".join(str(p) for p in bad) if bad else str(self.checkpoint_dir)
-            raise QGNError(f"cannot resume: the training state is unreadable ({where}: {type(err).__name__}: "
-                           f"{str(err)[:200]}); nothing was changed, restore the file or start a new run") from None
+            if bad:
+                where = ", ".join(str(p) for p in bad)
+                raise QGNError(f"cannot resume: the training state is unreadable: {where} is truncated or overwritten; "
+                               "nothing was changed: restore the file, or start a new run") from None
+            first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else "no message"
+            raise QGNError(f"cannot resume: the training state in {self.checkpoint_dir} is unreadable "
+                           f"({type(err).__name__}: {first}); nothing was changed: restore it, or start a new run"
+                           ) from None
         best = self.output_dir / "best"
         if self.state.get("best_epoch") is not None:
             # Found now, not after the remaining epochs (finish() loads it).
@@ -387,6 +457,10 @@ class Trainer:
                     self.state["batches_done"], self.state["global_step"])
 
     def _save_model(self, folder: Path) -> None:
+        with _signals_held():
+            self._write_model(folder)
+
+    def _write_model(self, folder: Path) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -440,16 +514,26 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=state["global_step"], desc="train", disable=not show,
                    dynamic_ncols=True)
         stop = False
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             for epoch in range(state["epoch"], s.train.epochs):
                 stop = self._train_epoch(epoch, bar)
                 if stop:
                     break
-        except KeyboardInterrupt:
-            bar.close()
-            logger.warning("interrupted: saving the training state to %s", self.checkpoint_dir)
-            self._save_checkpoint()
+        except KeyboardInterrupt as interrupt:
+            with _signals_held(stopping=True):  # from the first instant: a second Ctrl-C waits for the save
+                bar.close()
+                what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+                logger.warning("%s: saving the training state to %s (a few seconds; a second Ctrl-C waits for it)",
+                               what, self.checkpoint_dir)
+                self._save_checkpoint(stopping=True)
+            interrupt.hint = f"the training state is saved; continue with: qgn train --resume {self.output_dir}"
+            logger.warning(interrupt.hint)
             raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         bar.close()
         return self.finish()
 
