@@ -32,7 +32,7 @@ def predictor(tiny_checkpoint):
 def client(predictor):
     from fastapi.testclient import TestClient
 
-    return TestClient(create_app(predictor, synthetic_examples(2), max_upload_mb=0.05))
+    return TestClient(create_app(predictor, synthetic_examples(2), max_upload_mb=0.05, max_image_pixels=250_000))
 
 
 def jpeg(size=(96, 64), colour=(200, 30, 30)) -> bytes:
@@ -176,6 +176,25 @@ def test_the_page_in_a_real_browser(server, chromium, tmp_path):
     assert shot.stat().st_size > 1000
 
 
+def test_the_api_docs_render_in_a_real_browser_without_internet(server, chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            outside = []
+            page.on("request", lambda r: None if r.url.startswith(server) else outside.append(r.url))
+            page.goto(server + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=60_000)  # Swagger UI drew the operations
+            assert "/api/predict" in page.inner_text("#swagger-ui")
+            assert outside == []
+        finally:
+            browser.close()
+
+
 def test_text_past_the_model_length_is_flagged_in_the_answer(client):
     short = client.post("/api/predict", data={"text": "Anna met Hugo"}, files={"image": ("post.jpg", jpeg())}).json()
     assert (short["words"], short["words_read"]) == (3, 3) and "warning" not in short
@@ -184,3 +203,59 @@ def test_text_past_the_model_length_is_flagged_in_the_answer(client):
     assert long["words"] == 200 and long["words_read"] == 62  # the tiny model reads 64 sub-words with [CLS], [SEP]
     assert "longer than the model reads" in long["warning"] and "first 62 of 200 words" in long["warning"]
     assert all(e["end"] <= 62 for e in long["entities"])
+
+
+def png(size) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, 0).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_the_pixel_cap_is_checked_before_decoding(client, monkeypatch):
+    # A small file can hold a huge image: 1000 x 1000 black pixels is a 1 KB PNG (the byte cap is 50 KB).
+    bomb = png((1000, 1000))
+    assert len(bomb) < 10_000
+    from PIL import ImageFile
+
+    decoded, load = [], ImageFile.ImageFile.load
+
+    def counting_load(self, *args, **kwargs):
+        decoded.append(self.size)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    answer = client.post("/api/predict", data={"text": "Anna"}, files={"image": ("bomb.png", bomb)})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == ("image too large: 1000 x 1000 pixels (1.0 megapixels), over this server's "
+                                      "limit of 0.25 megapixels (qgn serve --max-image-pixels)")
+    assert decoded == [], "refused from the header, nothing decoded"
+    assert client.post("/api/predict", data={"text": "Anna"},
+                       files={"image": ("ok.png", png((500, 500)))}).status_code == 200  # 0.25 MP: at the cap
+    assert decoded and set(decoded) == {(500, 500)}  # load() may be called again on a loaded image
+
+
+def test_a_json_body_is_told_to_send_a_form(client):
+    answer = client.post("/api/predict", json={"text": "Anna met Hugo", "image": "post.jpg"})
+    assert answer.status_code == 415
+    assert answer.json()["error"].startswith("send multipart/form-data with the fields image (a file) and text, not "
+                                             "application/json")
+
+
+def test_messages_do_not_leak_internals(client):
+    for data in (b"this is not a picture", jpeg()[:200]):
+        answer = client.post("/api/predict", data={"text": "Anna"}, files={"image": ("post.jpg", data)})
+        assert answer.status_code == 415, answer.text
+        message = answer.json()["error"]
+        assert message.startswith("not a readable image: post.jpg: cannot read image")
+        assert "BytesIO" not in message and " at 0x" not in message and "PIL" not in message
+
+
+def test_the_api_docs_need_no_internet(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    # Every script, style and icon is served here, nothing from a CDN.
+    assert not re.search(r"""(src|href|url)\s*[=:(]\s*["']?(https?:)?//""", page.text), page.text
+    for path in re.findall(r'(?:src|href)="(/[^"]+)"', page.text):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/docs-files/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]

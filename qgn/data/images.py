@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ SOURCE_FOLDERS = ("twitter2015_images", "twitter2017_images")
 MISSING_IMAGE_POLICIES = ("fail", "skip", "text_only")
 # A PIL decode failure can surface as any of these (truncated files, bad headers, huge images).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# PIL warns through `warnings` about images over Image.MAX_IMAGE_PIXELS (a raw multi-line message
+# on stderr); load_image logs its own line instead.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageResolver:
@@ -86,8 +90,30 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _too_large(path: str | Path, err: Exception) -> DataError:
-    return DataError(f"image too large to decode safely ({err}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS "
-                     "if you trust the file", path=str(path))
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+    return DataError(f"image too large to decode safely: over {limit:g} megapixels; shrink it", path=str(path))
+
+
+def image_size(file: str | Path | BinaryIO, name: str | None = None) -> tuple[int, int]:
+    """``(W, H)`` as stored, from the file's header alone: nothing is decoded, so a server can
+    refuse a 100-megapixel upload before it costs memory. :class:`DataError` if it is no image
+    (or one too large for PIL to open at all)."""
+    name = str(file) if name is None else name
+    try:
+        with Image.open(file) as image:
+            return image.size
+    except Image.DecompressionBombError as err:
+        raise _too_large(name, err) from None
+    except _DECODE_ERRORS as err:
+        raise DataError(f"cannot read image ({_decode_message(err, file, name)})", path=name) from None
+
+
+def _decode_message(err: Exception, file: Any, name: str) -> str:
+    """PIL's message with an open file's repr (``<_io.BytesIO object at 0x...>``) replaced by its name."""
+    text = str(err)
+    if not isinstance(file, (str, Path)):
+        text = text.replace(repr(file), repr(name))
+    return f"{type(err).__name__}: {text}"
 
 
 def probe_image(path: str) -> tuple[tuple[int, int] | None, str | None]:
@@ -236,18 +262,48 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
     missing, unreadable, truncated or too large to decode safely (PIL's decompression-bomb limit).
     ``path`` may be an open binary file (an upload); ``name`` is then what errors call it."""
     name = str(path) if name is None else name
+    image = result = None
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here rather than in a worker
-            return upright(image)
+        image = Image.open(path)
+        if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+            logger.warning("%s is %.0f megapixels: decoding it takes about %.1f GB of memory", name,
+                           image.width * image.height / 1e6, image.width * image.height * 3 / 1e9)
+        image.load()  # decode now, so a truncated file fails here rather than in a worker
+        result = upright(image)
+        if result is image and getattr(image, "n_frames", 1) > 1:
+            result = image.copy()  # a multi-frame file keeps its file open: keep the frame, close the file
     except FileNotFoundError:
         raise DataError("image file not found", path=name) from None
     except Image.DecompressionBombError as err:
         raise _too_large(name, err) from None
     except _DECODE_ERRORS as err:
-        raise DataError(f"cannot read image ({type(err).__name__}: {err})", path=name) from err
+        raise DataError(f"cannot read image ({_decode_message(err, path, name)})", path=name) from None
+    finally:
+        if image is not None and result is not image:
+            image.close()
+    # Without a `with` block: an upright RGB image is returned as decoded, not copied (a copy of a
+    # 40-megapixel upload is 120 MB more at the server's peak); single-frame files are closed by load().
+    return result
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """An in-memory PIL image turned by its EXIF orientation and converted to RGB (see :func:`load_image`)."""
-    return ImageOps.exif_transpose(image).convert("RGB")
+    """An in-memory PIL image turned by its EXIF orientation and converted to RGB (see
+    :func:`load_image`); ``image`` itself when it is upright RGB already. Transparent pixels are
+    shown on white, as a viewer shows them (their stored colour is hidden and often arbitrary), and
+    16-bit grayscale is scaled to 8 bits (PIL's own conversion clips it to white)."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return image.convert("RGB")
