@@ -159,7 +159,8 @@ def write_model_card(folder: str | os.PathLike, config: Any, final: dict[str, An
         "## How to use",
         "",
         "```bash",
-        "pip install qgn",
+        f"# qgn is not on PyPI: install it from a checkout of its source repository (this card: qgn {_version()})",
+        "pip install torch==2.13.0 && pip install -e .          # in the qgn checkout; -e '.[serve]' for qgn serve",
         "qgn predict --checkpoint THIS_FOLDER_OR_REPO_ID --image photo.jpg --text \"Anna met the Blue Comets\"",
         "qgn serve --checkpoint THIS_FOLDER_OR_REPO_ID   # web page and JSON API on 127.0.0.1:7860",
         "```",
@@ -174,6 +175,12 @@ def write_model_card(folder: str | os.PathLike, config: Any, final: dict[str, An
     path = folder / CARD_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _version() -> str:
+    from qgn import __version__
+
+    return __version__
 
 
 def card_from_run(best_dir: str | os.PathLike, run_dir: str | os.PathLike, data_path: str | None) -> Path:

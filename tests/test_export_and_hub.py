@@ -108,6 +108,8 @@ def test_model_card_gives_figures_thresholds_and_loading(tiny_checkpoint):
     assert f"best epoch {final['best_epoch']}" in card
     assert "`score_threshold`: 0" in card and "`no_target_threshold`: 0.5" in card
     assert "synthetic grounding benchmark" in card and 'qgn.load("' in card
+    # qgn has no PyPI distribution: the card must not send readers to `pip install qgn`.
+    assert "pip install qgn" not in card and "not on PyPI" in card and "pip install -e ." in card
 
 
 def _hub_cache(tmp_path: Path, checkpoint: Path, repo: str = "acme/qgn-tiny") -> Path:
