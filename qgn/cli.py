@@ -43,7 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        _plain_help(command)
+        # `qgn predict -v` as well as `qgn -v predict`; SUPPRESS: unset here, the top-level value stands
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging, and tracebacks instead of one-line errors")
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Help is read in a terminal, where docstring markup (``code``) is noise."""
+    plain = lambda text: text.replace("``", "") if isinstance(text, str) else text  # noqa: E731
+    parser.description, parser.epilog = plain(parser.description), plain(parser.epilog)
+    for action in parser._actions:
+        action.help = plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _plain_help(child)
 
 
 def main(argv: list[str] | None = None) -> int:

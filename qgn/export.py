@@ -9,7 +9,8 @@ float32; batch, sub-word and word lengths are dynamic. Out: ``type_logits``, ``s
 What stays in Python: turning text into those inputs (word splitting, the tokenizer, the word map;
 ``qgn.data.pipeline``), resizing and normalising the image (``ImageTransform``), and the
 post-processor (best span per query, thresholds, pixel boxes; ``qgn.modeling.postprocess``), which
-reads the graph's outputs as it reads PyTorch's (:func:`onnx_outputs`). Hungarian matching and the
+reads the graph's outputs as it reads PyTorch's (:func:`onnx_outputs`); :func:`load_onnx` puts the
+graph behind a ``qgn.load``-style predictor (``qgn predict --onnx``). Hungarian matching and the
 losses are for training only and are not exported.
 """
 
@@ -20,6 +21,8 @@ import io
 import logging
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from qgn.errors import QGNError
 
@@ -106,12 +109,43 @@ def export_onnx(checkpoint: str, output: str | Path, opset: int | None = None) -
               "word_index": {0: batch, 1: subwords}, "word_mask": {0: batch, 1: words}, "pixel_values": {0: batch},
               "pixel_mask": {0: batch}}
     chatter = io.StringIO()  # the exporter prints its progress; keep it for -v
-    with torch.no_grad(), contextlib.redirect_stdout(chatter):
+    with torch.no_grad(), contextlib.redirect_stdout(chatter), _quiet_exporter():
         torch.onnx.export(_graph_module(predictor.model), args, str(output), dynamo=True, input_names=list(names),
                           output_names=list(output_names(predictor.config)),
                           dynamic_shapes={name: shapes[name] for name in names}, opset_version=opset)
     logger.debug("%s", chatter.getvalue())
     return output
+
+
+# The exporter's own loggers: hundreds of INFO lines per export (one per deduplicated weight).
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """The exporter's INFO logging and warnings only with -v (a DEBUG root logger)."""
+    import warnings
+
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def written_files(output: Path) -> list[Path]:
+    """The graph and, for graphs whose weights are stored beside it, ``NAME.onnx.data``."""
+    data = output.with_name(output.name + ".data")
+    return [output, data] if data.is_file() else [output]
 
 
 def onnx_outputs(session: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +161,55 @@ def onnx_outputs(session: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     outputs = {o.name: torch.from_numpy(v) for o, v in zip(session.get_outputs(), values)}
     outputs["word_mask"] = inputs["word_mask"].bool().cpu()
     return outputs
+
+
+def load_onnx(onnx_file: str | Path, checkpoint: str | Path, **thresholds: Any) -> Any:
+    """A :class:`qgn.api.Predictor` whose network is the exported graph, run by onnxruntime on the
+    CPU: ``checkpoint`` (the folder it was exported from) gives the config, tokenizer, image
+    transform and post-processor, so ``predict``, ``predict_posts`` and ``qgn predict --onnx`` give
+    the PyTorch path's entities. ``thresholds`` override the checkpoint's, as for ``qgn.load``."""
+    from transformers import AutoTokenizer
+
+    from qgn.api import Predictor, checkpoint_folder
+    from qgn.data.pipeline import ImageTransform
+    from qgn.modeling import QGNConfig
+    from qgn.modeling.postprocess import PostProcessor
+
+    folder = checkpoint_folder(checkpoint)
+    config = QGNConfig.load(folder / "config.json")
+    model = OnnxModel(onnx_file, config)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    transform = None if config.text_only else ImageTransform.load(folder)
+    return Predictor(model, tokenizer, transform, PostProcessor(config, **thresholds), torch.device("cpu"), "no")
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported graph behind ``QGNModel.forward``'s interface (keyword inputs, a dict of
+    outputs), which is all the prediction loop asks of a model."""
+
+    def __init__(self, onnx_file: str | Path, config: Any):
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise QGNError(f"--onnx needs the onnx extra: pip install 'qgn[onnx]' ({err})") from None
+        path = Path(onnx_file)
+        if not path.is_file():
+            raise QGNError(f"--onnx {path}: no such file (qgn export --format onnx writes one)")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own kinds for a bad file
+            raise QGNError(f"--onnx {path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]}); is its "
+                           "NAME.onnx.data beside it, and is it a graph qgn export wrote?") from None
+        self.config = config
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        if set(graph_inputs) != set(input_names(config)) or \
+                [o.name for o in self.session.get_outputs()] != list(output_names(config)):
+            raise QGNError(f"--onnx {path} takes {graph_inputs}, but the checkpoint's model takes "
+                           f"{list(input_names(config))}: export the graph from this checkpoint")
+
+    def forward(self, **inputs: Any) -> dict[str, Any]:
+        return onnx_outputs(self.session, inputs)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -149,6 +232,9 @@ def _main(args: Any) -> int:
     import sys
 
     path = export_onnx(args.checkpoint, args.output, args.opset)
-    print(f"exported {args.checkpoint} to {path} ({path.stat().st_size / 1e6:.1f} MB); run it with onnxruntime and "
-          "qgn.export.onnx_outputs, then the post-processor", file=sys.stderr)
+    files = written_files(path)
+    shown = " and ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
+    together = "; the graph reads its weights from the .data file: keep the two together" if len(files) > 1 else ""
+    print(f"exported {args.checkpoint} to {shown}{together}. Predict with it: qgn predict --onnx {path} "
+          f"--checkpoint {args.checkpoint} ...", file=sys.stderr)
     return 0

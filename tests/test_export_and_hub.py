@@ -25,10 +25,31 @@ def predictor(tiny_checkpoint):
     return load(tiny_checkpoint, device="cpu", score_threshold=0.0)
 
 
+EXPORT_LOG: dict[str, object] = {}  # what the export of the onnx_file fixture logged and printed
+
+
 @pytest.fixture(scope="module")
 def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
+    import contextlib
+    import io
+    import logging
+
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # as `qgn export` runs, without -v
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    EXPORT_LOG.update(records=records, printed=printed.getvalue())
     return out
 
 
@@ -67,9 +88,12 @@ def _assert_onnx_matches(predictor, onnx_file, tiny_bench):
 
     from qgn.export import onnx_outputs
 
+    from qgn.export import input_names
+
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "word_index", "word_mask",
-                                                      "pixel_values"]
+    names = [i.name for i in session.get_inputs()]
+    assert names[:5] == ["input_ids", "attention_mask", "word_index", "word_mask", "pixel_values"]
+    assert names == list(input_names(predictor.config))  # and pixel_mask where the images are padded
     posts = read_dataset(str(tiny_bench), split="test", image_dir=str(tiny_bench / "images"))
     # Another batch size, and other sub-word and word lengths, than the batch the graph was traced with.
     batches = [_batch(predictor, posts[:5]), _batch(predictor, [min(posts, key=lambda p: len(p.tokens))])]
@@ -93,6 +117,44 @@ def _assert_onnx_matches(predictor, onnx_file, tiny_bench):
                     assert a.box == pytest.approx(b.box, abs=1e-2)
             found_entities += len(a_post)
     assert found_entities > 0, "score_threshold 0: the comparison covers real entities"
+
+
+def test_export_is_quiet_and_names_the_weights_file(onnx_file):
+    # It printed 621 lines of the exporter's INFO and wrote NAME.onnx.data without a word.
+    noisy = [r for r in EXPORT_LOG["records"] if r.name.startswith(("onnx", "torch"))]
+    assert noisy == [], [r.getMessage()[:80] for r in noisy[:3]]
+    printed = EXPORT_LOG["printed"].strip()
+    assert len(printed.splitlines()) == 1, printed
+    assert f"{onnx_file}.data" in printed and "keep the two together" in printed and "qgn predict --onnx" in printed
+
+
+def test_predict_with_the_onnx_graph_gives_the_pytorch_entities(tiny_checkpoint, onnx_file, tiny_bench, tmp_path,
+                                                                capsys):
+    posts = read_dataset(str(tiny_bench), split="test", image_dir=str(tiny_bench / "images"))
+    batch = tmp_path / "posts.jsonl"
+    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n"
+                             for p in posts))
+    outputs = {}
+    for name, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_file)])):
+        out = tmp_path / f"{name}.jsonl"
+        # every query's best span kept, every entity a box: the comparison covers spans, types and boxes
+        assert main(["predict", "--checkpoint", str(tiny_checkpoint), "--input", str(batch), "--output", str(out),
+                     "--device", "cpu", "--score-threshold", "0", "--no-target-threshold", "1", *extra]) == 0
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in outputs["onnx"]] == [p.id for p in posts]
+    compared = 0
+    for a, b in zip(outputs["torch"], outputs["onnx"]):
+        assert [(e["start"], e["end"], e["type"]) for e in a["entities"]] == \
+               [(e["start"], e["end"], e["type"]) for e in b["entities"]]
+        for x, y in zip(a["entities"], b["entities"]):
+            assert x["score"] == pytest.approx(y["score"], abs=2e-4)
+            assert x["box"] == pytest.approx(y["box"], abs=0.2)
+            compared += 1
+    assert compared > 0
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--onnx", str(tmp_path / "none.onnx"),
+                 "--input", str(batch)])
+    assert code == 2 and "--onnx" in capsys.readouterr().err
 
 
 def test_export_refuses_a_name_without_onnx_suffix(tiny_checkpoint, tmp_path, capsys):

@@ -245,6 +245,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--input", help='JSON-lines batch: {"id", "text" or "tokens", "image"} per line; "tokens" (a '
                    "benchmark's words) makes the word indices refer to them, so the output scores with qgn evaluate")
     p.add_argument("--output", help="write JSON lines here instead of stdout (with --input)")
+    p.add_argument("--onnx", metavar="FILE.onnx",
+                   help="run the graph qgn export wrote from --checkpoint in onnxruntime (CPU) instead of PyTorch; "
+                   "the checkpoint still gives the tokenizer, image transform and post-processing")
     p.add_argument("--draw", help="write the image with labelled boxes here (single post)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a readable list")
     add_inference_arguments(p)
@@ -326,6 +329,11 @@ def _check_arguments(args: Any) -> Path:
     for option, target in (("--draw", args.draw), ("--output", args.output)):
         if target and not Path(target).absolute().parent.is_dir():
             raise QGNError(f"{option} {target}: the folder {Path(target).absolute().parent} does not exist")
+    if getattr(args, "onnx", None):
+        if not Path(args.onnx).is_file():
+            raise QGNError(f"--onnx {args.onnx}: no such file (qgn export --format onnx writes one)")
+        if args.device not in (None, "cpu") or args.precision != "fp32":
+            raise QGNError("--onnx runs on the CPU in fp32: drop --device and --precision")
     folder = checkpoint_folder(args.checkpoint)
     if args.text is not None and args.image is None and not QGNConfig.load(folder / "config.json").text_only:
         raise QGNError("--text needs --image FILE: this checkpoint finds entities in an image and grounds them "
@@ -348,7 +356,12 @@ def _main(args: Any) -> int:
     args.rank, args.world, args.barrier = rank, world, barrier
     if world > 1 and not args.input:
         raise QGNError("several processes share out an --input file; one --text post needs one process")
-    predictor = load(folder, device=device, precision=args.precision, **thresholds)
+    if args.onnx:
+        from qgn.export import load_onnx
+
+        predictor = load_onnx(args.onnx, folder, **thresholds)
+    else:
+        predictor = load(folder, device=device, precision=args.precision, **thresholds)
 
     if args.input:
         return _predict_batch(args, predictor)
