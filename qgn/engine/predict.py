@@ -380,6 +380,6 @@ def _main(args: Any) -> int:
         from qgn.visualize import draw_entities
 
         # upright, as the model saw it: the boxes are in that frame
-        draw_entities(load_image(args.image), entities).save(args.draw)
+        draw_entities(load_image(args.image), entities, min_side=480).save(args.draw)
         print(f"drew the entities on {args.draw}", file=sys.stderr)
     return 0
