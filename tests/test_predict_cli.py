@@ -116,3 +116,20 @@ def test_text_past_the_model_length_is_said_at_inference(tiny_checkpoint, image,
     assert "truncated at inference: no entity is found past the cut" in caplog.text
     assert "the first 62 of 200 words read" in caplog.text
     assert "targets" not in caplog.text, "no training words at inference"
+
+
+def test_an_interrupted_batch_says_how_to_resume(tiny_checkpoint, image, tmp_path, capsys, monkeypatch):
+    import qgn.engine.predict as predict
+
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(json.dumps({"id": "a", "text": "Anna", "image": image}) + "\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_file", interrupted)
+    out = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "--checkpoint", str(tiny_checkpoint), "--input", str(posts), "--output", str(out))
+    assert code == 130
+    assert err.strip().endswith(f"qgn predict: interrupted; {out} keeps the posts predicted so far; continue with "
+                                "the same command and --resume")

@@ -277,9 +277,14 @@ def _processes(device: str | None) -> tuple[int, int, Any, str | None]:
 def _predict_batch(args: Any, predictor: Any) -> int:
     rank, world = args.rank, args.world
     if args.output:
-        written, failures = predict_to_file(predictor, Path(args.input), Path(args.output), args.batch_size, rank,
-                                            world, resume=args.resume, progress=not args.no_progress,
-                                            barrier=args.barrier)
+        try:
+            written, failures = predict_to_file(predictor, Path(args.input), Path(args.output), args.batch_size,
+                                                rank, world, resume=args.resume, progress=not args.no_progress,
+                                                barrier=args.barrier)
+        except KeyboardInterrupt as stop:
+            stop.hint = (f"{args.output} keeps the posts predicted so far; continue with the same command and "
+                         "--resume")
+            raise
     else:
         if world > 1 or args.resume:
             raise QGNError("give --output FILE: several processes, and --resume, write to a file")
