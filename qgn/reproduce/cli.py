@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", help="the GMNER run config: a shipped name (twitter_gmner, demo) or a YAML file")
     p.add_argument("--fmnerg-config", default="twitter_fmnerg", help="the config of Table II (default twitter_fmnerg)")
     p.add_argument("--tables", default="I,III,IV,V,VI,fig3",
-                   help="comma-separated: I, II, III, IV, V, VI, fig3 (default: all but II, which needs FMNERG data)")
+                   help="comma-separated: I, II, III, IV, V, VI, fig3, or all (default: all but II, which needs FMNERG "
+                        "data; all leaves II out, saying so, when --fmnerg-set data.path is not a folder)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (train.seed = 1..K; default 3)")
     p.add_argument("--queries", default=",".join(map(str, DEFAULT_QUERY_SWEEP)), help="Fig. 3's Nq values")
     p.add_argument("--vi-visual-layers", choices=VI_VISUAL_LAYERS, default="fixed",
@@ -60,10 +61,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost; run nothing")
     p.add_argument("--aggregate-only", metavar="DIR", help="only rebuild DIR/tables.md and tables.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars in the runs")
+    p.add_argument("--rehearse", action="store_true",
+                   help="run every planned row for --steps steps at the configured size (real text, encoders and "
+                        "images where they can be loaded, stand-ins said loudly where not), checkpoint, resume one "
+                        "step, evaluate on a few dev posts; then one qgn predict and one ONNX export; project the "
+                        "grid's GPU cost (docs/reproduce.md)")
+    p.add_argument("--steps", type=int, default=2, help="--rehearse: optimizer steps per row before the resume (2)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="--rehearse: processes per row (torch.distributed.run; gloo on the CPU; default 1)")
     p.set_defaults(func=_main)
 
 
 # ----------------------------------------------------------------------------- configs of the runs
+def _fmnerg_data_given(args: Any) -> bool:
+    from qgn.engine.settings import apply_overrides, load_run_file
+
+    path = (apply_overrides(load_run_file(args.fmnerg_config), args.fmnerg_overrides).get("data") or {}).get("path")
+    return bool(path) and Path(path).is_dir()
+
+
 def _base_config(name: str, overrides: list[str], root: Path) -> dict[str, Any]:
     """The run dict every row starts from; the demo config gets its synthetic data generated."""
     from qgn.engine.settings import apply_overrides, load_run_file, settings_from_dict
@@ -213,6 +229,10 @@ def _main(args: Any) -> int:
     if args.seeds < 1:
         raise QGNError("--seeds must be at least 1")
     tables = parse_tables(args.tables)
+    if args.tables.strip() == "all" and not _fmnerg_data_given(args):
+        tables.remove("II")
+        print("--tables all: Table II left out: it trains on Twitter-FMNERG, and --fmnerg-set data.path (the "
+              f"{args.fmnerg_config} config's data.path) is not a folder here", flush=True)
     try:
         queries = tuple(int(q) for q in args.queries.split(","))
     except ValueError:
@@ -227,6 +247,15 @@ def _main(args: Any) -> int:
     runs = plan(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers)
     if any(r.kind == "fmnerg" for r in runs):
         bases["fmnerg"] = _base_config(args.fmnerg_config, args.fmnerg_overrides, root)
+    if args.rehearse:
+        from qgn.reproduce.rehearse import rehearse
+
+        once = [r for r in runs if r.seed == 1]
+        for run in once:
+            _check_layers(_run_config(bases[run.kind], run), run)
+        used = {r.kind for r in once}
+        return rehearse(once, {k: v for k, v in bases.items() if k in used}, root, args.steps, args.processes,
+                        args.seeds)
     configs: dict[Path, Path] = {}
     for run in runs:
         raw = _run_config(bases[run.kind], run)

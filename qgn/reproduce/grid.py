@@ -105,6 +105,9 @@ def paper_tables() -> dict[str, Any]:
 
 
 def parse_tables(text: str) -> list[str]:
+    """``--tables``: comma-separated table names, or ``all`` (every table, Fig. 3 included)."""
+    if text.strip() == "all":
+        return list(TABLES)
     wanted = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in TABLES]
     if unknown or not wanted:
