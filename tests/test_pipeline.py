@@ -67,16 +67,23 @@ def test_word_tokenizer_vocabulary_and_round_trip(tokenizer, tmp_path):
 def test_image_transform_matches_reference_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
-    transform = ImageTransform(16)
+    transform = ImageTransform(16, geometry="stretch")
     pixels = transform(image)
     assert pixels.shape == (3, 16, 16) and pixels.dtype == torch.float32
     reference = np.asarray(image.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32) / 255
     reference = (reference - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
     assert np.abs(pixels.numpy() - reference.transpose(2, 0, 1)).max() < 1e-4
     transform.save(tmp_path)
-    loaded = ImageTransform.load(tmp_path)
+    loaded = ImageTransform.load(tmp_path, geometry="stretch")
     assert loaded.image_size == 16 and torch.equal(loaded(image), pixels)
     assert transform(image.convert("L")).shape == (3, 16, 16)  # grayscale is converted
+    # pad (the default): the 50 x 30 image resized to 16 x 10 (not squashed), the rest zero
+    padded, mask = ImageTransform(16).with_mask(image)
+    reference = np.asarray(image.resize((16, 10), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    reference = (reference - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    assert np.abs(padded[:, :10].numpy() - reference.transpose(2, 0, 1)).max() < 1e-4
+    assert (padded[:, 10:] == 0).all() and mask[:10].all() and not mask[10:].any()
+    assert torch.equal(ImageTransform.load(tmp_path)(image), padded)  # the geometry is the model config's
 
 
 # ---------------------------------------------------------------------------------- dataset

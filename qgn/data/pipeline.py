@@ -60,7 +60,7 @@ class ImageTransform:
         std: Sequence[float] = CLIP_STD,
         resample: int = int(Image.Resampling.BILINEAR),
         processor: Any = None,
-        geometry: str = "stretch",
+        geometry: str = "pad",
     ):
         if geometry not in IMAGE_GEOMETRIES:
             raise QGNError(f"image geometry must be one of {IMAGE_GEOMETRIES}, got {geometry!r}")
@@ -114,7 +114,7 @@ class ImageTransform:
     save_pretrained = save
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, geometry: str = "stretch") -> "ImageTransform":
+    def load(cls, directory: str | os.PathLike, geometry: str = "pad") -> "ImageTransform":
         """Read the transform saved by :meth:`save` from ``directory``; ``geometry`` is the
         model config's ``image_geometry``."""
         folder = Path(directory)
