@@ -224,7 +224,7 @@ def test_rehearsal_runs_every_row_under_two_processes_and_says_what_stands_in(tm
     assert len((out / "rehearsal" / "predictions.jsonl").read_text().splitlines()) == 8
     # the checkpoints are gone but the one best/ that predict and the export used
     assert [p.parent.name for p in (out / "rehearsal").glob("*/best")] == ["gmner-full"]
-    assert not list((out / "rehearsal").glob("*/checkpoint"))
+    assert not list((out / "rehearsal").glob("*/checkpoint")) and not list((out / "rehearsal").glob("model.onnx*"))
 
 
 def test_rehearsal_names_the_failed_rows_and_exits_non_zero(tmp_path, capsys):

@@ -447,7 +447,8 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
             lines.append(f"| {name} ({target.parent.name}) | – | – | – | – | – | {wall:.0f} | "
                          f"{'ok' if ok else 'FAILED'} |")
             progress_print(lines[-1])
-        (root / "model.onnx").unlink(missing_ok=True)  # a GB: it was written, that is what was rehearsed
+        for written in root.glob("model.onnx*"):  # the graph and its weights file (a GB): written is what counts
+            written.unlink()
     else:
         failures.append("qgn predict and the ONNX export did not run: no row finished")
 
