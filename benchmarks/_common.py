@@ -284,7 +284,7 @@ class PeakRSS:
             self.peak_delta = max(self.peak_delta, _rss_bytes() - self._base)
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         release_free_memory()
         self._base = _rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -26,9 +26,9 @@ AMX / AVX-512 bf16 units (or the GPU has bf16), in fp32 elsewhere. Fewer epochs 
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _common as C  # noqa: E402  (puts the checkout on sys.path too)
+
 # The Twitter-GMNER v2.0 annotations (NUSTM/GMNER); --data, or QGN_TWITTER_GMNER, says where.
 DEFAULT_DATA = Path(os.environ.get("QGN_TWITTER_GMNER", "Twitter10000_v2.0"))
 TYPES = ["PER", "LOC", "ORG", "OTHER"]

@@ -93,7 +93,7 @@ def flop_variants() -> list[dict[str, Any]]:
             encoders = C.Encoders(config).eval()
             encoder_flops = C.count_flops(lambda: encoders(**inputs))[0] / 2
             del encoders
-        flops = C.count_flops(lambda: model(**inputs))[0] / 2
+        flops = C.count_flops(lambda: model(**inputs))[0] / 2  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
         parameters = C.count_parameters(model)
         rows.append(dict(variant=name, overrides=overrides, parameters=parameters,
                          gflops_per_post=flops / 1e9, flop_ratio=flops / encoder_flops))
@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     # -- FLOPs per post (batch 16 / 16: the padded shape of every post is the same)
     inputs16, targets16 = C.synthetic_batch(full, 16)
     qgn.eval(), encoders.eval()
-    qgn_flops, _ = C.count_flops(lambda: qgn(**inputs16))
-    enc_flops, _ = C.count_flops(lambda: encoders(**inputs16))
+    qgn_flops, _ = C.count_flops(lambda: qgn(**inputs16))  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
+    enc_flops, _ = C.count_flops(lambda: encoders(**inputs16))  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
     flops = {"qgn_forward_per_post": qgn_flops / 16, "encoders_forward_per_post": enc_flops / 16}
     batch16_times = {(label, p): (time_of[(label, "inference", 16, p)], best_of[(label, 16, p)])
                      for label in ("qgn-full", "encoders-full") for p in precisions}
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         qgn.train()
 
         def fwd_bwd():
-            loss, _ = criterion(qgn(**inputs16), targets16)
+            loss, _ = criterion(qgn(**inputs16), targets16)  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
             loss.backward()
 
         train_flops, _ = C.count_flops(fwd_bwd)

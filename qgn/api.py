@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -69,7 +70,7 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32",
-                        **thresholds: Any) -> "Predictor":
+                        **thresholds: Any) -> Predictor:
         """Load ``checkpoint_dir`` (a ``best/`` folder of a run, or a hub repo id ``owner/name[@rev]``
         resolved through the hub cache); ``thresholds`` override the post-processor's
         (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``). ``precision``: ``fp32``,

@@ -85,19 +85,18 @@ def _changed_settings(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = None, progress: bool = True,
              train_posts: int = DEMO_TRAIN_POSTS, overwrite: bool = False, variant: str = "default") -> dict[str, Any]:
+    import shutil
+
+    import yaml
+
     from qgn.data import read_dataset
     from qgn.data.synthetic import generate_synthetic_benchmark, get_variant
     from qgn.engine.inference import format_summary
     from qgn.engine.settings import apply_overrides, load_run_file, settings_from_dict
     from qgn.engine.train import metrics_summary, run_training
+    from qgn.errors import QGNError
     from qgn.metrics import score
     from qgn.metrics.report import format_breakdown
-
-    import shutil
-
-    import yaml
-
-    from qgn.errors import QGNError
 
     started = time.time()
     chosen_variant = get_variant(variant)  # an unknown name fails before any work

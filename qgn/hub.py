@@ -138,7 +138,7 @@ def write_model_card(folder: str | os.PathLike, config: Any, final: dict[str, An
         "## Figures",
         "",
     ]
-    if figures:
+    if figures and final:
         selected = final.get("selected_on", "dev")
         lines += [f"Micro P/R/F1 (%) of this checkpoint (best epoch {final.get('best_epoch')}, selected on "
                   f"{selected}), with the thresholds below:", "", *figures]

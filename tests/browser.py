@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 NAMES = ("chromium", "chromium-browser")
 PACKAGE = "chromium"

@@ -88,8 +88,9 @@ def test_speed_measures_bf16_where_the_cpu_has_units_and_names_them():
 def test_speed_bf16_rows_run_under_autocast_and_are_labelled():
     # the tiny model, one repeat: the rows carry their precision, and the bf16 forward really runs
     # in bf16 (a matmul output inside it is bf16), the fp32 one in fp32
-    import _common as C
     import torch
+
+    import _common as C
 
     config = C.tiny_config()
     model, _ = C.build_qgn(config)

@@ -13,7 +13,6 @@ from qgn.modeling.criterion import SetCriterion
 
 from fakes import make_targets, random_outputs  # noqa: E402  (tests/ is on sys.path)
 
-
 C = 4  # entity types of QGNConfig.tiny()
 
 

@@ -13,14 +13,24 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from qgn.cli import main
-from qgn.data import (FMNERG_COARSE_TO_GMNER, FMNERG_FINE_TO_COARSE, FMNERG_FINE_TYPES, ImageResolver, ReadReport,
-                      load_image, read_dataset, read_jsonl, read_twitter_fmnerg, read_twitter_gmner, resolve_images,
-                      write_jsonl)
+from qgn.data import (
+    FMNERG_COARSE_TO_GMNER,
+    FMNERG_FINE_TO_COARSE,
+    FMNERG_FINE_TYPES,
+    ImageResolver,
+    ReadReport,
+    load_image,
+    read_dataset,
+    read_jsonl,
+    read_twitter_fmnerg,
+    read_twitter_gmner,
+    resolve_images,
+    write_jsonl,
+)
 from qgn.data.records import Entity, Post
 from qgn.data.stats import dataset_stats
 from qgn.errors import DataError, QGNError
@@ -300,7 +310,7 @@ def test_jsonl_errors_name_file_and_line(tmp_path, obj, words):
     path.write_text(json.dumps({"id": "ok", "tokens": ["fine"]}) + "\n" + json.dumps(obj) + "\n")
     with pytest.raises(DataError) as err:
         read_jsonl(path, entity_types=["PER"])
-    assert f"bad.jsonl:2: " in str(err.value) and words in str(err.value)
+    assert "bad.jsonl:2: " in str(err.value) and words in str(err.value)
     path.write_text('{"id": "a", "tokens": ["x"]}\n{"id": "a", "tokens": ["y"]}\n{oops\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: id 'a' repeats"):
         read_jsonl(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fakes import free_port
 
 

@@ -513,8 +513,8 @@ def test_evaluate_prints_where_gmner_is_lost(bench, trained_run, tmp_path, capsy
 
 def test_gold_predictions_score_100(bench, tmp_path, capsys):
     from qgn.data import read_dataset
-    from qgn.metrics import write_predictions
     from qgn.data.records import Prediction
+    from qgn.metrics import write_predictions
 
     posts = read_dataset(str(bench), split="test")
     gold = {p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None, 1.0) for e in p.entities]

@@ -86,9 +86,7 @@ def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_be
 def _assert_onnx_matches(predictor, onnx_file, tiny_bench):
     import onnxruntime
 
-    from qgn.export import onnx_outputs
-
-    from qgn.export import input_names
+    from qgn.export import input_names, onnx_outputs
 
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]

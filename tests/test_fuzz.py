@@ -12,8 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from qgn.data import read_dataset, read_jsonl, read_twitter_fmnerg, read_twitter_gmner
 from qgn.errors import QGNError

@@ -94,7 +94,7 @@ def test_boxes_map_back_to_the_original_pixels(tmp_path, rotated):
     tokenizer = build_word_tokenizer(["Anna", "smiles"])
     dataset = GMNERDataset(posts, tokenizer, config)
     batch = Collator(tokenizer.pad_token_id)([dataset[0], dataset[1]])
-    for b, (size, box) in enumerate(images):
+    for b, (size, _box) in enumerate(images):
         assert tuple(posts[b].image_size) == size  # the upright size, EXIF applied
         target = batch["targets"][b]["boxes"][0]
         cx, cy = float(target[0]) * 64, float(target[1]) * 64
@@ -109,7 +109,7 @@ def test_boxes_map_back_to_the_original_pixels(tmp_path, rotated):
         "notarget_logits": torch.tensor([[[9.0, -9]]]).repeat(2, 1, 1),
     }
     predictions = PostProcessor(config)(outputs, posts)
-    for (size, box), preds in zip(images, predictions):
+    for (_size, box), preds in zip(images, predictions):
         assert preds[0].box == pytest.approx(box, abs=1e-3)
 
 

@@ -6,12 +6,10 @@ Worked examples are those of docs/evaluation.md ("Worked examples"), computed by
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from qgn.data.records import Entity, Post, Prediction
 from qgn.errors import DataError, QGNError
@@ -609,7 +607,7 @@ def test_written_prediction_files_are_utf8_and_make_their_folders(tmp_path):
     path = tmp_path / "a" / "b" / "pred.jsonl"
     write_predictions({"café": [Prediction(0, 1, "PER", (0.0, 0.0, 1.0, 1.0), 0.5)]}, path)
     raw = path.read_bytes()
-    assert "café".encode("utf-8") in raw  # written as UTF-8, not \\u escapes
+    assert "café".encode() in raw  # written as UTF-8, not \\u escapes
     assert read_predictions(path) == {"café": [Prediction(0, 1, "PER", (0.0, 0.0, 1.0, 1.0), 0.5)]}
 
 

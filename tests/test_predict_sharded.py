@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from qgn.data import read_dataset
+
 from fakes import free_port
 
 BATCH = 8

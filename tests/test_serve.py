@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -17,6 +16,7 @@ from PIL import Image
 
 from qgn.api import load
 from qgn.serving.app import create_app, synthetic_examples
+
 from fakes import free_port
 
 ARTIFACTS = Path(os.environ.get("QGN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
@@ -122,7 +122,7 @@ def server(tiny_checkpoint):
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
-                raise AssertionError("qgn serve did not come up:\n" + process.stdout.read())
+                raise AssertionError("qgn serve did not come up:\n" + process.stdout.read()) from None
             time.sleep(0.3)
     yield url
     process.terminate()

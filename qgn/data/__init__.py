@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from qgn.data.fmnerg import (FMNERG_COARSE_TO_FINE, FMNERG_COARSE_TO_GMNER, FMNERG_COARSE_TYPES,
-                             FMNERG_EXTRA_FINE_TYPES, FMNERG_FINE_TO_COARSE, FMNERG_FINE_TYPES, read_twitter_fmnerg)
-from qgn.data.images import (ImageCheck, ImageResolver, check_images, load_image, maybe_resolve_images,
-                             resolve_images)
+from qgn.data.fmnerg import (
+    FMNERG_COARSE_TO_FINE,
+    FMNERG_COARSE_TO_GMNER,
+    FMNERG_COARSE_TYPES,
+    FMNERG_EXTRA_FINE_TYPES,
+    FMNERG_FINE_TO_COARSE,
+    FMNERG_FINE_TYPES,
+    read_twitter_fmnerg,
+)
+from qgn.data.images import ImageCheck, ImageResolver, check_images, load_image, maybe_resolve_images, resolve_images
 from qgn.data.jsonl import read_jsonl, write_jsonl
 from qgn.data.records import Box, Entity, Post, Prediction
 from qgn.data.text import split_words

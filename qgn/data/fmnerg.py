@@ -14,8 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qgn.data.records import Entity, Post
-from qgn.data.twitter import (ReadReport, TaggedBlock, attach_xml, bio_spans, check_type, count_text_columns,
-                              read_tagged_blocks, split_file, warn_stray_total)
+from qgn.data.twitter import (
+    ReadReport,
+    TaggedBlock,
+    attach_xml,
+    bio_spans,
+    check_type,
+    count_text_columns,
+    read_tagged_blocks,
+    split_file,
+    warn_stray_total,
+)
 from qgn.errors import QGNError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +81,10 @@ def read_twitter_fmnerg(data_dir: str | Path, split: str, xml_dir: str | Path, i
     where = str(path)
     report.layout, report.path = "twitter-fmnerg", where
     blocks = read_tagged_blocks(path, num_columns=3)
-    posts, stray, disagreements, extra_seen = [], [], [], set()
+    posts: list[Post] = []
+    stray: list[int] = []
+    disagreements: list[str] = []
+    extra_seen: set[str] = set()
     for block in blocks:
         coarse_by_span = {(s.start, s.end): s.label for s in bio_spans(block, 0, where)}
         entities = []

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeGuard
 
 from qgn.data.files import utf8_lines
 from qgn.data.records import Box, Entity, Post
@@ -45,7 +45,7 @@ class _Where:
         return DataError(message, path=self.path, line=self.line)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -33,7 +33,7 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
-def _processor_class() -> type:
+def _processor_class() -> Any:  # a transformers image processor class
     # transformers 5 has a PIL backend that needs no torchvision; 4.x only has the numpy one.
     import transformers
 
@@ -114,7 +114,7 @@ class ImageTransform:
     save_pretrained = save
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, geometry: str = "pad") -> "ImageTransform":
+    def load(cls, directory: str | os.PathLike, geometry: str = "pad") -> ImageTransform:
         """Read the transform saved by :meth:`save` from ``directory``; ``geometry`` is the
         model config's ``image_geometry``."""
         folder = Path(directory)
@@ -161,7 +161,7 @@ def encode_words(tokenizer: Any, batch_words: Sequence[Sequence[str]], max_lengt
         raise QGNError("the tokenizer has no unknown token to stand for words without sub-words")
     results: list[EncodedText | None] = [None] * len(batch_words)
     non_empty = [i for i, words in enumerate(batch_words) if len(words) > 0]
-    encoding = None
+    encoding: Any = None  # a BatchEncoding, for the non-empty posts
     if non_empty:
         encoding = tokenizer([list(batch_words[i]) for i in non_empty], is_split_into_words=True,
                              add_special_tokens=True)
@@ -169,7 +169,7 @@ def encode_words(tokenizer: Any, batch_words: Sequence[Sequence[str]], max_lengt
     for position, i in enumerate(non_empty):
         ids = encoding["input_ids"][position]
         results[i] = _align(ids, encoding.word_ids(position), len(batch_words[i]), tokenizer.unk_token_id, max_length)
-    for i, words in enumerate(batch_words):
+    for i in range(len(batch_words)):
         if results[i] is None:  # a post without words: just the special tokens
             results[i] = _align(empty_specials, [None] * len(empty_specials), 0, tokenizer.unk_token_id, max_length)
     return results  # type: ignore[return-value]
@@ -233,7 +233,7 @@ def build_targets(
         if entity.end > num_words:
             dropped += 1
             continue
-        rows = list(entity.boxes) or [None]
+        rows: list[tuple[float, float, float, float] | None] = list(entity.boxes) or [None]
         if entity.boxes and image_size is None and need_boxes:
             raise DataError(f"post {post.id}: entity boxes cannot be normalised: the image size is unknown "
                             "(no image_size and no readable image)")
@@ -320,7 +320,7 @@ class GMNERDataset(Dataset):
                 image, missing = self._image(i)
                 if post.image_size is None and not missing:
                     post.image_size = image.size
-                pixel_values, pixel_mask = self.image_transform.with_mask(image)
+                pixel_values, pixel_mask = self.image_transform.with_mask(image)  # type: ignore[union-attr]  # set unless text_only
                 if self._pixels is not None:
                     self._pixels[i] = (pixel_values, pixel_mask, missing)
             if self.geometry == "stretch":
@@ -353,7 +353,7 @@ class GMNERDataset(Dataset):
             return self._placeholder(), True
 
     def _placeholder(self) -> Image.Image:
-        side = self.image_transform.image_size
+        side = self.image_transform.image_size  # type: ignore[union-attr]  # set unless text_only
         return Image.new("RGB", (side, side))
 
 

@@ -55,11 +55,11 @@ def _ordered(counter: Counter, order: Sequence[str]) -> dict[str, int]:
 def post_stats(posts: Sequence[Post], split: str = "", report: ReadReport | None = None,
                image_dir: str | Path | None = None) -> SplitStats:
     """Count one split's posts; ``report`` adds the xml facts, ``image_dir`` the missing images."""
-    types, grounded, coarse = Counter(), Counter(), Counter()
+    types, grounded, coarse = Counter[str](), Counter[str](), Counter[str]()
     links = distinct_boxes = without_boxes = without_entities = 0
     for post in posts:
         without_entities += not post.entities
-        post_boxes = set()
+        post_boxes: set[tuple[str, Any]] = set()
         for entity in post.entities:
             types[entity.type] += 1
             if entity.coarse_type is not None:
@@ -79,11 +79,11 @@ def post_stats(posts: Sequence[Post], split: str = "", report: ReadReport | None
         posts_without_entities=without_entities, entities=sum(types.values()),
         entities_per_type=_ordered(types, GMNER_TYPES), grounded_entities=sum(grounded.values()),
         grounded_per_type=_ordered(grounded, list(_ordered(types, GMNER_TYPES))),
-        boxes=report.xml_objects if has_xml else distinct_boxes, entity_box_links=links,
+        boxes=report.xml_objects if has_xml else distinct_boxes, entity_box_links=links,  # type: ignore[union-attr, arg-type]  # has_xml: report and its xml counts are set
         posts_without_boxes=without_boxes,
-        posts_without_xml=len(posts) - report.xml_files if has_xml else None,
-        unmatched_xml_names=report.unmatched_names if has_xml else None,
-        unmatched_xml_boxes=report.unmatched_boxes if has_xml else None,
+        posts_without_xml=len(posts) - report.xml_files if has_xml else None,  # type: ignore[union-attr, operator]  # has_xml: report and its xml counts are set
+        unmatched_xml_names=report.unmatched_names if has_xml else None,  # type: ignore[union-attr]  # has_xml: report and its xml counts are set
+        unmatched_xml_boxes=report.unmatched_boxes if has_xml else None,  # type: ignore[union-attr]  # has_xml: report and its xml counts are set
         stray_i_tags=report.stray_i_tags if report else 0,
         entities_per_coarse_type=_ordered(coarse, []) if coarse else None,
     )

@@ -185,7 +185,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 
-def get_variant(name: "str | Variant") -> Variant:
+def get_variant(name: str | Variant) -> Variant:
     """The preset called ``name`` (a :class:`Variant` is returned as is)."""
     if isinstance(name, Variant):
         return name
@@ -221,7 +221,7 @@ ALL_NAMES: tuple[str, ...] = tuple(NAME_LOOKS)
 _VARIANT_LOOKS: dict[str, dict[str, tuple[str, Look]]] = {}
 
 
-def variant_looks(variant: "str | Variant" = "default") -> dict[str, tuple[str, Look]]:
+def variant_looks(variant: str | Variant = "default") -> dict[str, tuple[str, Look]]:
     """name -> (type, look) of a variant's identities (``NAME_LOOKS`` for ``default``)."""
     v = get_variant(variant)
     if v.names_per_type == 10 and v.fills == FILLS:
@@ -344,7 +344,7 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
     return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
 
 
-def _place_pixels(rng: np.random.Generator, sides: list[tuple[int, int]], size: tuple[int, int]
+def _place_pixels(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
                   ) -> list[tuple[int, int, int, int]]:
     """One box of each ``(w, h)`` in px, anywhere in the image and pairwise disjoint; all sides
     shrink by 10 % whenever random placement gets stuck."""
@@ -370,7 +370,7 @@ def _place_pixels(rng: np.random.Generator, sides: list[tuple[int, int]], size: 
 
 
 def make_post(seed: int, split: str, index: int, image_size: tuple[int, int] = (128, 96), size_jitter: float = 0.25,
-              variant: "str | Variant" = "default") -> SyntheticPost:
+              variant: str | Variant = "default") -> SyntheticPost:
     """Generate post ``index`` of ``split`` of ``variant``; depends only on its arguments."""
     v = get_variant(variant)
     name_looks = variant_looks(v)
@@ -494,7 +494,7 @@ def voc_xml(post: SyntheticPost) -> str | None:
         return None
     width, height = post.size
     objects = "".join(
-        f"\t<object>\n\t\t<name>{escape(o.name)}</name>\n\t\t<pose>Unspecified</pose>\n"
+        f"\t<object>\n\t\t<name>{escape(o.name)}</name>\n\t\t<pose>Unspecified</pose>\n"  # type: ignore[arg-type]  # named: o.name is set
         "\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n\t\t<bndbox>\n"
         f"\t\t\t<xmin>{o.box[0]}</xmin>\n\t\t\t<ymin>{o.box[1]}</ymin>\n"
         f"\t\t\t<xmax>{o.box[2]}</xmax>\n\t\t\t<ymax>{o.box[3]}</ymax>\n\t\t</bndbox>\n\t</object>\n"

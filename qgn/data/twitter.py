@@ -320,7 +320,8 @@ def read_twitter_gmner(data_dir: str | Path, split: str, image_dir: str | Path |
     allowed = list(entity_types) if entity_types else list(GMNER_TYPES)
     path = split_file(data_dir, split)
     report.layout, report.path = "twitter-gmner", str(path)
-    posts, stray = [], []
+    posts: list[Post] = []
+    stray: list[int] = []
     for block in read_tagged_blocks(path, num_columns=2):
         entities = []
         for span in bio_spans(block, 0, str(path), stray):

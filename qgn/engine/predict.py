@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from qgn.errors import DataError, QGNError
 
@@ -282,7 +283,7 @@ def _predict_batch(args: Any, predictor: Any) -> int:
                                                 rank, world, resume=args.resume, progress=not args.no_progress,
                                                 barrier=args.barrier)
         except KeyboardInterrupt as stop:
-            stop.hint = (f"{args.output} keeps the posts predicted so far; continue with the same command and "
+            stop.hint = (f"{args.output} keeps the posts predicted so far; continue with the same command and "  # type: ignore[attr-defined]  # qgn.cli prints it
                          "--resume")
             raise
     else:

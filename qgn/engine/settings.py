@@ -132,7 +132,7 @@ class RunSettings:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
-    def with_absolute_paths(self) -> "RunSettings":
+    def with_absolute_paths(self) -> RunSettings:
         """The data paths (and encoder paths that are local folders) made absolute, so that a
         run's ``config.yaml`` resumes from any working directory."""
         absolute = lambda p: str(Path(p).absolute()) if p else p  # noqa: E731

@@ -27,8 +27,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -217,7 +218,8 @@ def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict
         id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()
     }
     train = settings.train
-    encoder, head = [], []
+    encoder: list[torch.nn.Parameter] = []
+    head: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (encoder if id(p) in encoder_ids else head).append(p)
@@ -326,7 +328,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.dev_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, dev_loader, scheduler
         )
-        self.state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None,
+        self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None,
                       "running": {"sums": {}, "count": 0}}
         if resume:
             self._load_checkpoint()
@@ -528,8 +530,8 @@ class Trainer:
                 logger.warning("%s: saving the training state to %s (a few seconds; a second Ctrl-C waits for it)",
                                what, self.checkpoint_dir)
                 self._save_checkpoint(stopping=True)
-            interrupt.hint = f"the training state is saved; continue with: qgn train --resume {self.output_dir}"
-            logger.warning(interrupt.hint)
+            interrupt.hint = f"the training state is saved; continue with: qgn train --resume {self.output_dir}"  # type: ignore[attr-defined]  # qgn.cli prints it
+            logger.warning(interrupt.hint)  # type: ignore[attr-defined]
             raise
         finally:
             if main_thread:

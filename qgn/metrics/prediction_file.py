@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from qgn.data.records import Prediction
 from qgn.data.jsonl import iter_json_lines
+from qgn.data.records import Prediction
 from qgn.errors import DataError
 
 REQUIRED_ENTITY_KEYS = ("start", "end", "type", "box")
@@ -91,7 +92,7 @@ def _parse_entity(raw: Any, index: int) -> Prediction:
         raise ValueError(f"entity {index}: {problem}")
     box = None if raw["box"] is None else tuple(float(v) for v in raw["box"])
     score = None if raw.get("score") is None else float(raw["score"])
-    return Prediction(start=int(raw["start"]), end=int(raw["end"]), type=raw["type"], box=box, score=score)
+    return Prediction(start=int(raw["start"]), end=int(raw["end"]), type=raw["type"], box=box, score=score)  # type: ignore[arg-type]  # box: checked to be 4 numbers
 
 
 def read_predictions(path: str | Path) -> PredictionSet:

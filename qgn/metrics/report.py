@@ -3,7 +3,8 @@ the raw counts it came from (TP, #pred, #gold), so a reader can recompute or sum
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qgn.metrics.scorer import MetricRow, ScoreReport
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
 HEADER = ("P", "R", "F1", "TP", "#pred", "#gold")
 
 
-def format_rows(rows: Mapping[str, "MetricRow"], title: str = "metric", indent: str = "") -> list[str]:
+def format_rows(rows: Mapping[str, MetricRow], title: str = "metric", indent: str = "") -> list[str]:
     """One aligned line per row: ``name  P  R  F1  TP  #pred  #gold`` (percentages with 2 decimals)."""
     width = max([len(title), *(len(name) for name in rows)])
     lines = [f"{indent}{title:<{width}}  {'P':>6}  {'R':>6}  {'F1':>6}  {'TP':>6}  {'#pred':>6}  {'#gold':>6}"]
@@ -23,7 +24,7 @@ def format_rows(rows: Mapping[str, "MetricRow"], title: str = "metric", indent: 
     return lines
 
 
-def format_report(report: "ScoreReport", per_type: bool = True) -> str:
+def format_report(report: ScoreReport, per_type: bool = True) -> str:
     """The three headline metrics; then per-type GMNER / MNER rows (``per_type``); then FMNERG rows.
 
     FMNERG per-coarse-category rows (QGN Table II) are always shown when present; per-fine-type

@@ -18,8 +18,9 @@ See docs/evaluation.md for the full protocol and how it differs from MQSPN's eva
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from qgn.data.records import Entity, Post, Prediction
 from qgn.errors import DataError, QGNError
@@ -30,6 +31,7 @@ from qgn.metrics.prediction_file import (  # noqa: F401  (re-exported: the file 
     write_predictions,
 )
 
+K = TypeVar("K", bound=Hashable)  # a grouping key
 METRICS = ("GMNER", "MNER", "EEG")
 MATCH_KEYS = ("span", "string")
 # Where GMNER is lost: every gold entity falls in exactly one of the first six, and "spurious"
@@ -250,7 +252,7 @@ def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Cal
                 else:
                     counts["grounded_wrong_box"] += 1
             without_typed += others[used - len(right):]
-        for entity in sorted(without_typed, key=golds.index):
+        for _ in without_typed:  # only counts: which gold gets which category does not matter
             if spare > 0:
                 counts["wrong_type"] += 1
                 spare -= 1
@@ -259,8 +261,8 @@ def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Cal
     return counts
 
 
-def _group(items: Iterable[Any], key: Callable[[Any], Hashable]) -> dict[Hashable, list[Any]]:
-    groups: dict[Hashable, list[Any]] = defaultdict(list)
+def _group(items: Iterable[Any], key: Callable[[Any], K]) -> dict[K, list[Any]]:
+    groups: dict[K, list[Any]] = defaultdict(list)
     for item in items:
         groups[key(item)].append(item)
     return groups
@@ -359,9 +361,9 @@ def score(
             if hits and fine_to_coarse is not None:
                 coarse_tp[coarse_of_gold(golds[0], post)] += hits
         # EEG: key and region only.
-        gold_groups = _group(post.entities, lambda e: key(e.start, e.end))
-        for group_key, group_preds in _group(preds, lambda p: key(p.start, p.end)).items():
-            golds = gold_groups.get(group_key, [])
+        golds_by_key = _group(post.entities, lambda e: key(e.start, e.end))
+        for span_key, group_preds in _group(preds, lambda p: key(p.start, p.end)).items():
+            golds = golds_by_key.get(span_key, [])
             tp_eeg += _max_matching(len(group_preds), len(golds), lambda i, j: region_ok(group_preds[i], golds[j]))
 
     total_pred, total_gold = sum(n_pred.values()), sum(n_gold.values())

@@ -312,7 +312,7 @@ class QGNConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QGNConfig":
+    def from_dict(cls, data: dict[str, Any]) -> QGNConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -325,7 +325,7 @@ class QGNConfig:
             f.write("\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "QGNConfig":
+    def load(cls, path: str | os.PathLike) -> QGNConfig:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         # Checkpoints from before the field existed were trained on stretched images.
@@ -333,12 +333,12 @@ class QGNConfig:
             data.setdefault("image_geometry", "stretch")
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "QGNConfig":
+    def replace(self, **changes: Any) -> QGNConfig:
         return dataclasses.replace(self, **changes)
 
     # ----------------------------------------------------------------- presets
     @classmethod
-    def tiny(cls, vocab_size: int = 1000, **overrides: Any) -> "QGNConfig":
+    def tiny(cls, vocab_size: int = 1000, **overrides: Any) -> QGNConfig:
         """A tiny model for tests and the CPU demo: 4-layer width-64 encoders, 64px images.
 
         Both encoders are built from configs with random weights, so nothing is downloaded.

@@ -16,8 +16,8 @@ box, the consistency term by the number of its group members, all summed over pr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,6 +73,8 @@ class SetCriterion(nn.Module):
     ``outputs`` follow the model contract (fp32 is enforced inside); ``targets`` are the
     pipeline's per-post dicts. ``parts`` holds detached, unweighted scalars for logging.
     """
+
+    class_weight: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
 
     def __init__(self, config: Any, matcher: HungarianMatcher | None = None):
         super().__init__()

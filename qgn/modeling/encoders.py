@@ -189,7 +189,7 @@ def build_vision_encoder(config: Any, load_pretrained: bool = False) -> nn.Modul
 def vision_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.ModuleList]:
     """``(embeddings, pre_layrnorm, encoder layers)`` of a CLIPVisionModel (transformers 5 keeps
     them on the model, 4.x on ``model.vision_model``)."""
-    core = getattr(model, "vision_model", model)
+    core: Any = getattr(model, "vision_model", model)
     return core.embeddings, core.pre_layrnorm, core.encoder.layers
 
 
@@ -198,7 +198,7 @@ def prune_vision_tower(model: nn.Module, num_layers: int) -> None:
     tokens of chosen layers only, so later layers and the pooled-output norm would be dead
     weights (no gradient, wasted compute). Deterministic from the config, so checkpoints
     rebuild to the same structure."""
-    core = getattr(model, "vision_model", model)
+    core: Any = getattr(model, "vision_model", model)
     core.encoder.layers = core.encoder.layers[:num_layers]
     core.post_layernorm = nn.Identity()
 

@@ -104,6 +104,8 @@ class BoxRefinement(nn.Module):
     the class token first) -> corrected box logits (B, Nq, 4).
     """
 
+    offsets: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
+
     def __init__(self, hidden_size: int, points: int = 3):
         super().__init__()
         self.points = points
@@ -115,8 +117,8 @@ class BoxRefinement(nn.Module):
 
     def start_as_identity_(self) -> None:
         """Zero the last layer: no correction until training finds one."""
-        nn.init.zeros_(self.mlp.layers[-1].weight)
-        nn.init.zeros_(self.mlp.layers[-1].bias)
+        nn.init.zeros_(self.mlp.layers[-1].weight)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+        nn.init.zeros_(self.mlp.layers[-1].bias)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
 
     def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         batch, num_queries, _ = queries.shape

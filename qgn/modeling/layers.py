@@ -187,7 +187,7 @@ def xavier_init_(module: nn.Module) -> None:
                 nn.init.zeros_(sub.in_proj_bias)
     for sub in module.modules():
         if callable(getattr(sub, "start_as_identity_", None)):
-            sub.start_as_identity_()
+            sub.start_as_identity_()  # type: ignore[operator]  # checked callable above
 
 
 def sine_position_2d(num_tokens: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -55,6 +55,12 @@ class QGNModel(nn.Module):
         QGNError: an encoder cannot be loaded, or a configured layer index does not exist.
     """
 
+    # transformers models: the fields of their configs depend on the model type, so they are not typed
+    text_encoder: Any
+    vision_encoder: Any
+    hvla: HierarchicalAlignment | None
+    vision_projection: VisualProjection | None
+
     def __init__(self, config: QGNConfig, load_pretrained_encoders: bool = False):
         super().__init__()
         config.validate()
@@ -162,7 +168,7 @@ class QGNModel(nn.Module):
             vision_padding = self._vision_padding(pixel_mask, pixel_values)
             layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector,
                                       token_padding=vision_padding)
-            vision = self.vision_projection(layers)  # F~_v (B, Nv, d)
+            vision = self.vision_projection(layers)  # type: ignore[misc]  # F~_v (B, Nv, d); built with the vision encoder
 
         word_align = None
         if self.word_alignment is not None and self.training:
@@ -171,7 +177,7 @@ class QGNModel(nn.Module):
         queries = self.queries(text, text_padding)  # Q (B, Nq, d)
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
-        decoder = self.mqd if self.mqd is not None else self.plain_decoder
+        decoder: nn.Module = self.mqd if self.mqd is not None else self.plain_decoder  # type: ignore[assignment]  # one is built
         queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask,
                                                        vision_padding)
         if vision_padding is not None:
@@ -180,7 +186,7 @@ class QGNModel(nn.Module):
             vision = self._zero_padding(vision, vision_padding)
             intermediate = [(q, w, self._zero_padding(v, vision_padding)) for q, w, v in intermediate]
         patch_padding = self._patch_padding(vision_padding)
-        outputs = self._predict(queries, words, word_mask, vision, patch_padding)
+        outputs: dict[str, Any] = self._predict(queries, words, word_mask, vision, patch_padding)
         if patch_padding is not None and self.training:
             outputs["patch_padding"] = patch_padding
         if word_align is not None:
@@ -255,7 +261,7 @@ class QGNModel(nn.Module):
         write_model_card(folder, self.config, data_path=data_path)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "QGNModel":
+    def from_pretrained(cls, directory: str | os.PathLike) -> QGNModel:
         """Rebuild a model saved by :meth:`save_pretrained` (never downloads: the encoders are
         built from the stored configs, then every weight is loaded strictly). Returned in eval mode."""
         from safetensors.torch import load_model

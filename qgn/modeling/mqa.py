@@ -44,6 +44,8 @@ class QueryInitializer(nn.Module):
     forward(text (B, S, d), text_padding (B, S) bool, True = padding) -> (B, Nq, d)
     """
 
+    index_codes: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
+
     def __init__(self, config: Any):
         super().__init__()
         self.mode = config.query_init

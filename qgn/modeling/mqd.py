@@ -53,6 +53,10 @@ class VisionTextFusion(nn.Module):
     """VTF. forward(vision (B, Nv, d) | None, text (B, S, d), text_padding (B, S),
     vision_padding (B, Nv) | None) -> M_vt (B, Nv + S, d)"""
 
+    vision_grid: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
+    vision_position: nn.Parameter | None
+    modality: nn.Parameter | None
+
     def __init__(self, config: Any, num_vision_tokens: int | None):
         super().__init__()
         d = config.hidden_size
@@ -79,8 +83,8 @@ class VisionTextFusion(nn.Module):
             if self.vision_position is None or vision.shape[1] != self.vision_position.shape[0]:
                 raise QGNError(f"got {vision.shape[1]} visual tokens, the fusion encoder was built for "
                                f"{None if self.vision_position is None else self.vision_position.shape[0]}")
-            vision = vision + self.vision_position + self.vision_grid + self.modality[VISION]
-            text = text + self.modality[TEXT]
+            vision = vision + self.vision_position + self.vision_grid + self.modality[VISION]  # type: ignore[index]  # set with vision
+            text = text + self.modality[TEXT]  # type: ignore[index]  # set with vision
         memory, padding = _memory(vision, text, text_padding, vision_padding)
         for layer in self.layers:
             memory = layer(memory, padding)
@@ -94,6 +98,9 @@ class MultimodalRefinement(nn.Module):
             vision_padding (B, Nv) bool | None)
         -> (H~_q (B, Nq, d), refined words (B, W, d), updated vision (B, Nv, d) | None)
     """
+
+    vision_layers: nn.ModuleList | None
+    vision_merge: AttentionBlock | None
 
     def __init__(self, config: Any, with_vision: bool):
         super().__init__()

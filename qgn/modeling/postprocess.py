@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ class PostProcessor:
         remove_overlaps = self.remove_overlaps if remove_overlaps is None else remove_overlaps
         best: dict[tuple[int, int], Prediction] = {}
         for c in candidates:
-            if c.score < score_threshold or ((c.start, c.end) in best and best[(c.start, c.end)].score >= c.score):
+            if c.score < score_threshold or ((c.start, c.end) in best and best[(c.start, c.end)].score >= c.score):  # type: ignore[operator]  # kept predictions have a score
                 continue
             box = c.box if c.no_target_probability < no_target_threshold else None
             best[(c.start, c.end)] = Prediction(c.start, c.end, c.type, box, c.score)

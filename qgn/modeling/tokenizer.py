@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from transformers import BertTokenizerFast
+from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # transformers 5: an alias it does not declare
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] must be id 0
 

@@ -77,7 +77,7 @@ def _fmnerg_data_given(args: Any) -> bool:
     from qgn.engine.settings import apply_overrides, load_run_file
 
     path = (apply_overrides(load_run_file(args.fmnerg_config), args.fmnerg_overrides).get("data") or {}).get("path")
-    return bool(path) and Path(path).is_dir()
+    return bool(path) and Path(str(path)).is_dir()
 
 
 def _base_config(name: str, overrides: list[str], root: Path) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def _execute(runs: list[Run], configs: dict[Path, Path], devices: list[str], pro
                 logger.info("[%d/%d] %s %s in %.1f min", done["n"], len(runs), run.path,
                             "finished" if code == 0 else f"FAILED ({code})", (time.time() - started) / 60)
 
-    threads = [threading.Thread(target=worker, args=(d,)) for d in (devices or [None])]
+    threads = [threading.Thread(target=worker, args=(d,)) for d in (devices or [None])]  # type: ignore[list-item]  # None: no device chosen
     for t in threads:
         t.start()
     for t in threads:

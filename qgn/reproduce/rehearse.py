@@ -125,7 +125,7 @@ def prepare_data(raw: dict[str, Any], folder: Path, train_posts: int) -> dict[st
     images = folder / "placeholder-images"
     images.mkdir(exist_ok=True)
     sizes: dict[str, int] = {}
-    counts = {"posts": 0, "placeholders": 0}
+    counts: dict[str, Any] = {"posts": 0, "placeholders": 0}
     wanted = {data.get("train_split", "train"): train_posts, data.get("dev_split", "dev"): DEV_POSTS,
               data.get("test_split", "test"): DEV_POSTS}
     for split, keep in wanted.items():
@@ -141,9 +141,9 @@ def prepare_data(raw: dict[str, Any], folder: Path, train_posts: int) -> dict[st
         chosen = posts[:keep]
         for post in chosen:
             if post.image_path is None:
-                post.image_size = tuple(post.image_size or typical)
+                post.image_size = tuple(post.image_size or typical)  # type: ignore[assignment]  # (w, h); a list when read from JSON
                 path = images / f"{post.id}.png"
-                _placeholder(path, post.image_size)
+                _placeholder(path, post.image_size or typical)
                 post.image_path = str(path)
                 counts["placeholders"] += 1
         counts["posts"] += len(chosen)
@@ -161,7 +161,9 @@ class _Probe:
     which docs/benchmarks.md measured at 3.03 x for the full model.)"""
 
     def __init__(self, trainer: Any, count_flops: bool):
-        self.trainer, self.losses, self.starts, self.end, self.flops = trainer, [], [], None, None
+        self.losses: list[float] = []
+        self.starts: list[float] = []
+        self.trainer, self.end, self.flops = trainer, None, None
         self._counter = None
         acc = trainer.accelerator
         loss_of, evaluate = trainer._loss, trainer.evaluate

@@ -44,7 +44,8 @@ def synthetic_examples(count: int = 3) -> list[Example]:
     from qgn.data.synthetic import make_post, render_image
 
     # generate_synthetic_benchmark's defaults (seed 0, 128x96 images, 25 % size jitter): the demo's own test posts
-    examples, index = [], 0
+    examples: list[Example] = []
+    index = 0
     while len(examples) < count:
         post = make_post(0, "test", index, (128, 96), 0.25)
         index += 1
@@ -213,7 +214,7 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
                 picture = None
                 if data is not None:
                     try:
-                        picture = load_image(io.BytesIO(data), name=image.filename)
+                        picture = load_image(io.BytesIO(data), name=image.filename)  # type: ignore[union-attr]  # data comes from image
                     except QGNError as err:  # a header that reads, pixels that do not (a truncated file)
                         return error(415, f"not a readable image: {err}")
                 size = list(picture.size) if picture is not None else None
