@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from qgn.version import __version__ as __version__
 
 
 def load(checkpoint_dir: Any, device: str | None = None, **thresholds: Any) -> Any:

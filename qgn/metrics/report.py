@@ -4,10 +4,56 @@ the raw counts it came from (TP, #pred, #gold), so a reader can recompute or sum
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from qgn.metrics.scorer import MetricRow, ScoreReport
+# What the tables read, described here rather than imported: qgn.metrics.scorer imports this module
+# (ScoreReport.format_table), so importing its classes back would close an import circle.
+# :class:`~qgn.metrics.scorer.MetricRow` and :class:`~qgn.metrics.scorer.ScoreReport` fit them.
+
+
+class MetricRow(Protocol):
+    """One row of counts and the percentages derived from them."""
+
+    @property
+    def tp(self) -> int: ...
+    @property
+    def n_pred(self) -> int: ...
+    @property
+    def n_gold(self) -> int: ...
+    @property
+    def precision(self) -> float: ...
+    @property
+    def recall(self) -> float: ...
+    @property
+    def f1(self) -> float: ...
+
+
+class ScoreReport(Protocol):
+    """The parts of a score report that :func:`format_report` shows."""
+
+    @property
+    def overall(self) -> Mapping[str, MetricRow]: ...
+    @property
+    def per_type(self) -> Mapping[str, Mapping[str, MetricRow]]: ...
+    @property
+    def n_posts(self) -> int: ...
+    @property
+    def n_posts_without_predictions(self) -> int: ...
+    @property
+    def iou_threshold(self) -> float: ...
+    @property
+    def match_by(self) -> str: ...
+    @property
+    def fmnerg_coarse(self) -> Mapping[str, MetricRow] | None: ...
+    @property
+    def fmnerg_fine(self) -> Mapping[str, MetricRow] | None: ...
+    @property
+    def breakdown(self) -> Mapping[str, int] | None: ...
+    @property
+    def gmner(self) -> MetricRow: ...
+    def breakdown_rows(self) -> Mapping[str, Mapping[str, float]]: ...
+    def macro_f1(self, metric: str = "GMNER") -> float: ...
+
 
 HEADER = ("P", "R", "F1", "TP", "#pred", "#gold")
 

@@ -256,7 +256,7 @@ class QGNModel(nn.Module):
             tokenizer.save_pretrained(str(folder))
         if image_processor is not None:
             image_processor.save_pretrained(str(folder))
-        from qgn.hub import write_model_card
+        from qgn.model_card import write_model_card
 
         write_model_card(folder, self.config, data_path=data_path)
 

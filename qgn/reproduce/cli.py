@@ -29,7 +29,16 @@ import yaml
 
 from qgn.errors import QGNError
 from qgn.reproduce.aggregate import write_tables
-from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, VI_VISUAL_LAYERS, Run, parse_shard, parse_tables, plan, status
+from qgn.reproduce.grid import (
+    DEFAULT_QUERY_SWEEP,
+    VI_VISUAL_LAYERS,
+    Run,
+    parse_shard,
+    parse_tables,
+    plan,
+    run_config,
+    status,
+)
 
 logger = logging.getLogger(__name__)
 PLAN_FILE = "reproduce.json"  # what the grid was made of, so --aggregate-only needs nothing else
@@ -97,16 +106,6 @@ def _base_config(name: str, overrides: list[str], root: Path) -> dict[str, Any]:
     if not settings.data.path:
         raise QGNError(f"config {name}: data.path is not set; give --set data.path=DIR (and data.image_dir)")
     return settings.with_absolute_paths().to_dict()
-
-
-def _run_config(base: dict[str, Any], run: Run) -> dict[str, Any]:
-    from qgn.engine.settings import settings_from_dict
-
-    raw = {k: dict(v) for k, v in base.items()}
-    raw["model"].update(dict(run.switches))
-    raw["train"]["seed"] = run.seed
-    settings_from_dict(raw)  # each row's switches are valid on this config (e.g. layers the encoders have)
-    return raw
 
 
 def _check_layers(raw: dict[str, Any], run: Run) -> None:
@@ -252,13 +251,13 @@ def _main(args: Any) -> int:
 
         once = [r for r in runs if r.seed == 1]
         for run in once:
-            _check_layers(_run_config(bases[run.kind], run), run)
+            _check_layers(run_config(bases[run.kind], run), run)
         used = {r.kind for r in once}
         return rehearse(once, {k: v for k, v in bases.items() if k in used}, root, args.steps, args.processes,
                         args.seeds)
     configs: dict[Path, Path] = {}
     for run in runs:
-        raw = _run_config(bases[run.kind], run)
+        raw = run_config(bases[run.kind], run)
         _check_layers(raw, run)
         file = run.path.parent / f"{run.path.name}.yaml"
         if not args.dry_run:

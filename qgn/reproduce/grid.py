@@ -153,6 +153,17 @@ def plan(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...]
     return list(runs.values())
 
 
+def run_config(base: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The settings of ``run``: ``base`` (a run file as a dict) with the row's switches and seed, validated."""
+    from qgn.engine.settings import settings_from_dict
+
+    raw = {k: dict(v) for k, v in base.items()}
+    raw["model"].update(dict(run.switches))
+    raw["train"]["seed"] = run.seed
+    settings_from_dict(raw)  # each row's switches are valid on this config (e.g. layers the encoders have)
+    return raw
+
+
 def status(run: Run) -> str:
     """``done`` (final_metrics.json written), ``interrupted`` (a checkpoint to resume) or ``new``."""
     if (run.path / "final_metrics.json").is_file():

@@ -361,7 +361,7 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
              seeds: int, progress_print: Any = print) -> int:
     """Rehearse every run of ``runs`` (one per row: seed 1) under ``processes`` processes; returns the
     exit status (1 when any row failed)."""
-    from qgn.reproduce.cli import _run_config
+    from qgn.reproduce.grid import run_config
 
     if steps < 1 or processes < 1:
         raise QGNError("--steps and --processes must be at least 1")
@@ -404,7 +404,7 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
     for key, run in by_key.items():
         row_dir = root / key.replace("/", "-")
         config_file = root / f"{key.replace('/', '-')}.yaml"
-        raw = _run_config(prepared[run.kind], run)
+        raw = run_config(prepared[run.kind], run)
         config_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         log = root / f"{key.replace('/', '-')}.log"
         t0 = time.time()
