@@ -471,14 +471,14 @@ def test_tune_thresholds_takes_the_best_dev_setting_and_keeps_defaults_on_ties()
     # The grounded entity scores 0.25 (below the default 0.3) with P(no target) 0.45; the box-less
     # one scores 0.9 with P(no target) 0.65 and a box that a 0.7 threshold would keep.
     candidates = {"p": [Candidate(0, 1, "PER", 0.25, box, 0.45), Candidate(2, 3, "LOC", 0.9, box, 0.65)]}
-    result = tune_thresholds(PostProcessor(config), config, [post], candidates)
+    result = tune_thresholds(PostProcessor(config), config, [post], candidates, split="dev")
     assert result["default_f1"] == pytest.approx(200 / 3)  # LOC right, PER dropped: 1 of 1 predicted, 2 gold
     assert result["f1"] == 100.0
     chosen = result["thresholds"]
     assert chosen["score_threshold"] <= 0.2 and 0.45 < chosen["no_target_threshold"] <= 0.65
     # nothing to gain: the defaults stay
     easy = {"p": [Candidate(0, 1, "PER", 0.9, box, 0.1), Candidate(2, 3, "LOC", 0.9, None, 0.9)]}
-    assert tune_thresholds(PostProcessor(config), config, [post], easy)["thresholds"] == {
+    assert tune_thresholds(PostProcessor(config), config, [post], easy, split="dev")["thresholds"] == {
         "score_threshold": 0.3, "no_target_threshold": 0.5, "remove_overlaps": False}
 
 

@@ -32,14 +32,23 @@ def select_all(postprocessor: Any, candidates: Mapping[str, Sequence[Candidate]]
 
 
 def tune_thresholds(postprocessor: Any, config: Any, posts: Sequence[Post],
-                    candidates: Mapping[str, Sequence[Candidate]], metric: str = "GMNER") -> dict[str, Any]:
+                    candidates: Mapping[str, Sequence[Candidate]], metric: str = "GMNER", *,
+                    split: str, test_split: str = "test") -> dict[str, Any]:
     """The grid setting with the best ``metric`` micro F1 on ``posts`` (dev).
 
+    ``split`` names the split ``posts`` come from; the test split (``"test"`` or ``test_split``)
+    is refused, and ``candidates`` must be those of ``posts`` (the same post ids).
     ``candidates`` must hold every candidate down to ``min(SCORE_THRESHOLDS)``. Returns
     ``{"thresholds": {...}, "f1": best, "default_f1": F1 with the config's own values}``.
     The no-target threshold is not searched for text-only models (they never predict a box).
     """
+    from qgn.errors import QGNError
     from qgn.metrics import score
+
+    if split in ("test", test_split):
+        raise QGNError(f"thresholds are chosen on dev, never on the test split ({split!r}): pass the dev posts")
+    if set(candidates) != {post.id for post in posts}:
+        raise QGNError(f"the candidates are not those of the {split} posts: tune on one split's posts and candidates")
 
     default = current_thresholds(config)
     no_target = (default["no_target_threshold"],) if config.text_only else NO_TARGET_THRESHOLDS

@@ -645,7 +645,8 @@ class Trainer:
         chosen = default
         if s.train.tune_thresholds:
             chosen = tune_thresholds(self.postprocessor, s.model, self.dev_posts, found["dev"],
-                                     s.train.select_metric)["thresholds"]
+                                     s.train.select_metric, split=s.data.dev_split,
+                                     test_split=s.data.test_split)["thresholds"]
             if acc.is_main_process:  # the checkpoint predicts with them from now on
                 config = QGNConfig.load(best_dir / CONFIG_FILE)
                 config.replace(**chosen).save(best_dir / CONFIG_FILE)
