@@ -423,6 +423,7 @@ def test_reference_points_are_the_softmax_expected_patch_centre_without_the_noth
 def test_image_frame_and_content_size_by_hand():
     assert box_ops.content_size((300, 100), 64) == (64, 21)
     assert box_ops.content_size((100, 300), 64) == (21, 64)
+    assert box_ops.content_size((300, 130), 64) == (64, 28)  # 27.7 rounds up
     assert box_ops.content_size((1000, 1), 64) == (64, 1)
     assert box_ops.image_frame((300, 100), 64, "pad") == (1.0, 21 / 64)
     assert box_ops.image_frame((100, 300), 64, "pad") == (21 / 64, 1.0)
@@ -444,3 +445,45 @@ def test_normalize_and_denormalize_with_a_frame():
 
 def test_patch_centres_are_row_major_x_then_y():
     close(box_ops.patch_centres(2), torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]))
+
+
+# ---------------------------------------------------------------- QGNModel glue
+
+def _tiny_model(**overrides):
+    from qgn.modeling import QGNConfig, QGNModel
+
+    return QGNModel(QGNConfig.tiny(vocab_size=50, **overrides)).eval()
+
+
+def test_vision_padding_marks_the_patches_without_a_pixel_never_the_class_token():
+    model = _tiny_model()  # 64 px, 8 px patches: an 8 x 8 grid
+    pixels = torch.zeros(1, 3, 64, 64)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, :20, :41] = True  # 20 rows, 41 columns of image: patch rows 0-2, columns 0-5 hold a pixel
+    padding = model._vision_padding(mask, pixels)
+    expected = torch.ones(8, 8, dtype=torch.bool)
+    expected[:3, :6] = False
+    assert padding[0, 0].item() is False
+    assert torch.equal(padding[0, 1:], expected.flatten())
+    assert model._vision_padding(None, pixels) is None
+
+
+def test_presence_and_box_prior_add_the_alignment_to_the_heads():
+    model = _randomize(_tiny_model(lambda_align=1.0, align_presence=True, align_box_prior=True))
+    d = model.config.hidden_size
+    queries, words = torch.randn(1, 3, d), torch.randn(1, 4, d)
+    word_mask = torch.tensor([[True, True, True, False]])
+    vision = torch.randn(1, 65, d)
+    patch_padding = torch.zeros(1, 64, dtype=torch.bool)
+    patch_padding[0, 40:] = True
+    with torch.no_grad():
+        out = model._predict(queries, words, word_mask, vision, patch_padding)
+        align = model.alignment(queries, vision, patch_padding)
+        plain = model.heads(queries, words, word_mask, vision=vision)
+        prior = model.heads(queries, words, word_mask, box_reference=AlignmentHead.reference_points(align), vision=vision)
+    evidence = torch.stack([align[0, :-1, :-1].logsumexp(-1), align[0, :-1, -1]], dim=-1)
+    close(out["notarget_logits"][0], plain["notarget_logits"][0] + evidence)
+    close(out["pred_boxes"], prior["pred_boxes"])
+    assert not torch.allclose(out["pred_boxes"], plain["pred_boxes"])
+    reference = AlignmentHead.reference_points(align)
+    assert (reference[..., 1] < 5 / 8 + 1e-6).all(), "padding patches (rows 5-7) never weigh in the box prior"
