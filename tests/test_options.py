@@ -234,3 +234,79 @@ def test_demo_options_are_passed_through(monkeypatch, tmp_path):
     with pytest.raises(SystemExit):
         main(["demo", "--variant", "no-such-variant"])
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- flags passed through to their functions
+
+def _recorder(calls, result=None):
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+    return record
+
+
+def test_serve_passes_every_flag(monkeypatch):
+    import qgn.serving.app
+
+    calls = []
+    monkeypatch.setattr(qgn.serving.app, "serve", _recorder(calls))
+    assert main(["serve", "--checkpoint", "ck", "--host", "0.0.0.0", "--port", "9001", "--device", "cpu",
+                 "--precision", "bf16", "--examples", "ex.jsonl", "--max-upload-mb", "3.5", "--max-image-pixels", "1e6",
+                 "--score-threshold", "0.25", "--no-target-threshold", "0.65"]) == 0
+    (args, kwargs), = calls
+    assert args == ("ck",)
+    assert kwargs == {"host": "0.0.0.0", "port": 9001, "device": "cpu", "precision": "bf16", "examples_file": "ex.jsonl",
+                      "max_upload_mb": 3.5, "max_image_pixels": 1_000_000, "score_threshold": 0.25,
+                      "no_target_threshold": 0.65}
+
+
+def test_export_passes_the_opset(monkeypatch, tmp_path, capsys):
+    import qgn.export
+
+    calls = []
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"x")
+    monkeypatch.setattr(qgn.export, "export_onnx", _recorder(calls, out))
+    assert main(["export", "--checkpoint", "ck", "--output", str(out), "--opset", "17"]) == 0
+    assert calls == [(("ck", str(out), 17), {})]
+
+
+def test_data_convert_and_stats_pass_fmnerg_xml_and_missing_images(monkeypatch, tmp_path, capsys):
+    import qgn.data
+    import qgn.data.stats
+
+    reads, stats = [], []
+    monkeypatch.setattr(qgn.data, "read_dataset", _recorder(reads, []))
+    monkeypatch.setattr(qgn.data.stats, "dataset_stats", _recorder(stats, {}))
+    monkeypatch.setattr(qgn.data.stats, "format_stats_table", lambda *a, **k: "table")
+    assert main(["data", "convert", str(tmp_path), "--split", "dev", "--out", str(tmp_path / "o.jsonl"),
+                 "--image-dir", "imgs", "--missing-images", "skip", "--fmnerg-xml", "gx"]) == 0
+    (args, kwargs), = reads
+    assert kwargs == {"split": "dev", "image_dir": "imgs", "missing_images": "skip", "fmnerg_xml_dir": "gx"}
+    assert main(["data", "stats", str(tmp_path), "--split", "train", "--image-dir", "imgs", "--fmnerg-xml", "gx"]) == 0
+    (args, kwargs), = stats
+    assert kwargs == {"split": "train", "image_dir": "imgs", "fmnerg_xml_dir": "gx"}
+
+
+def test_evaluate_passes_missing_images_and_fmnerg_xml(monkeypatch, tiny_checkpoint, tiny_bench, tmp_path, capsys):
+    import qgn.data
+    import qgn.engine.evaluate as evaluate
+    from qgn.data import read_dataset as real_read
+
+    reads = []
+
+    def spy(*args, **kwargs):
+        reads.append(kwargs)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(qgn.data, "read_dataset", spy)
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_bench), "--image-dir",
+                 str(tiny_bench / "images"), "--missing-images", "skip", "--json", "--device", "cpu"]) == 0, \
+        capsys.readouterr().err
+    assert reads[0]["missing_images"] == "skip"
+    gold = []
+    monkeypatch.setattr(evaluate, "load_gold", lambda *args: gold.append(args) or ([], None))
+    pred = tmp_path / "p.jsonl"
+    pred.write_text("")
+    main(["evaluate", "--pred", str(pred), "--data", "d", "--split", "dev", "--fmnerg-xml", "gx"])
+    assert gold == [("d", "dev", "gx")]
