@@ -174,3 +174,14 @@ def test_mner_summary_is_mean_and_sample_std_over_seeds():
     assert summary["bio_tagger"]["dev"]["f1"] == (72.0, 0.0)
     assert summary["qgn_text_only"]["minutes"] == pytest.approx((2.0, 2 ** 0.5))
     assert "qgn_text_only_dev_tuned" not in summary
+
+
+def test_demo_step_cost_times_a_real_training_step(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_step_cost", BENCHMARKS / "demo_step_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.step_cost(32, 8, steps=1, warmup=1, batch=2) > 0
+    assert module.main(["--sizes", "32/16", "--steps", "1"]) == 0
+    assert "32 px / 16 px patches (2 x 2 grid)" in capsys.readouterr().out
