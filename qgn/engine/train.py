@@ -17,7 +17,6 @@ reported threshold setting, with the selected checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -27,12 +26,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qgn.engine.final_scoring import metrics_summary, score_selected
+from qgn.engine.run_parts import build_tokenizer, make_loader, make_optimizer, parameter_groups, read_split
+from qgn.engine.safe_save import Terminated, _atomic_replace, _raise_terminated, _signals_held, corrupt_files
 from qgn.engine.settings import RunSettings, resolve_settings, settings_from_dict
 from qgn.errors import QGNError
 
@@ -41,38 +42,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(QGNError):
     """The loss became NaN or infinite."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and ``kill`` send): training stops as on Ctrl-C, saving its state first."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _signals_held(stopping: bool = False) -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait while a training state or model is written, so that a signal never
-    leaves a half-written folder behind (a second Ctrl-C 0.3 s after the first used to). A signal
-    held here is raised once the save is complete, or, while already stopping, only logged."""
-    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
-        yield
-        return
-    held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-        logger.warning("still saving the training state: qgn stops as soon as it is complete")
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-    if held and not stopping:
-        raise Terminated() if held[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -86,154 +55,6 @@ def git_revision() -> str:
     if rev.returncode != 0:
         return "unknown"
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def metrics_summary(report: Any) -> dict[str, Any]:
-    """GMNER / MNER / EEG precision, recall, F1 and counts, and where GMNER is lost, from a ScoreReport."""
-    full = report.to_dict()
-    summary = {name: full[name] for name in ("GMNER", "MNER", "EEG", "breakdown") if name in full}
-    if (full.get("fmnerg") or {}).get("coarse"):  # Twitter-FMNERG: GMNER per coarse category (Table II)
-        summary["fmnerg_coarse"] = full["fmnerg"]["coarse"]
-    return summary
-
-
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    """Swap a freshly written folder in, so a crash mid-save never leaves a half checkpoint."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def corrupt_files(folder: Path) -> list[Path]:
-    """The files of a checkpoint folder that do not load (truncated or overwritten)."""
-    from safetensors import safe_open
-
-    bad = []
-    for path in sorted(folder.iterdir()):
-        try:
-            if path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt") as f:
-                    for key in f.keys():
-                        f.get_tensor(key)
-            elif path.suffix in (".bin", ".pt", ".pth"):
-                torch.load(path, map_location="cpu", weights_only=False)
-            elif path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
-        except Exception:  # noqa: BLE001 - any failure to load is what we look for
-            bad.append(path)
-    return bad
-
-
-def build_tokenizer(settings: RunSettings, train_posts: list) -> Any:
-    config = settings.model
-    if settings.data.tokenizer == "words":
-        from qgn.modeling.tokenizer import build_word_tokenizer
-
-        words = sorted({token for post in train_posts for token in post.tokens})
-        tokenizer = build_word_tokenizer(words)
-        if config.text_config is None:
-            raise QGNError("data.tokenizer=words needs a text encoder built from config (model.preset: tiny)")
-        config.text_config["vocab_size"] = len(tokenizer)
-        return tokenizer
-    if settings.data.tokenizer not in (None, "encoder"):
-        raise QGNError(f"data.tokenizer must be null or 'words', got {settings.data.tokenizer!r}")
-    from qgn.modeling.encoders import load_tokenizer
-
-    return load_tokenizer(config.text_encoder)
-
-
-def read_split(settings: RunSettings, split: str, missing_images: str | None = None,
-               skipped: dict[str, dict[str, int]] | None = None) -> list:
-    """One split of the run's data; posts dropped by the ``skip`` image policy are counted in
-    ``skipped[split]`` (posts and their gold entities), so the results can say so."""
-    from qgn.data import ReadReport, read_dataset
-
-    data = settings.data
-    if not data.path:
-        raise QGNError("no data: set data.path in the config or with --set data.path=DIR")
-    policy = missing_images or data.missing_images
-    if settings.model.text_only:
-        policy = "text_only"
-    report = ReadReport()
-    posts = read_dataset(
-        data.path,
-        split=split,
-        image_dir=data.image_dir,
-        missing_images=policy,
-        fmnerg_xml_dir=data.fmnerg_xml_dir,
-        entity_types=settings.model.entity_types,
-        report=report,
-    )
-    without = [p for p in posts if p.image_path is None]
-    if without and policy != "text_only":
-        if policy == "skip":
-            logger.warning("%s: skipping %d of %d posts that have no image", split, len(without), len(posts))
-            report.skipped_posts += len(without)
-            report.skipped_entities += sum(len(p.entities) for p in without)
-            posts = [p for p in posts if p.image_path is not None]
-        else:
-            hint = "set data.image_dir" if data.image_dir is None else f"looked in {data.image_dir}"
-            raise QGNError(
-                f"{split}: {len(without)} of {len(posts)} posts have no image ({hint}); or choose "
-                "data.missing_images=skip / text_only, or model.text_only=true"
-            )
-    if skipped is not None:
-        skipped[split] = {"posts": report.skipped_posts, "entities": report.skipped_entities}
-    return posts
-
-
-def make_loader(posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool):
-    from torch.utils.data import DataLoader
-
-    from qgn.data.pipeline import Collator, GMNERDataset
-
-    dataset = GMNERDataset(
-        posts,
-        tokenizer,
-        settings.model,
-        image_transform=image_transform,
-        text_only=settings.model.text_only,
-        placeholder_on_error=settings.data.missing_images == "text_only",
-        cache_pixels=settings.data.cache_images,
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=Collator(tokenizer.pad_token_id),
-        num_workers=settings.train.num_workers,
-    )
-
-
-def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict[str, Any]]:
-    """Pretrained encoders at ``lr``, QGN's own (randomly initialised) modules at ``head_lr``."""
-    from transformers import PreTrainedModel
-
-    encoder_ids = {
-        id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()
-    }
-    train = settings.train
-    encoder: list[torch.nn.Parameter] = []
-    head: list[torch.nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (encoder if id(p) in encoder_ids else head).append(p)
-    groups = [{"params": encoder, "lr": train.lr}, {"params": head, "lr": train.head_lr or train.lr}]
-    return [g for g in groups if g["params"]]
-
-
-def make_optimizer(groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW, fused where this torch has the fused kernel for the parameters' device (CPU since
-    torch 2.4: about 6x faster steps for the tiny model, where the optimizer is a tenth of a step)."""
-    try:
-        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -602,71 +423,9 @@ class Trainer:
         return stop
 
     def finish(self) -> dict[str, Any]:
-        """Choose the post-processing thresholds on dev for the best-on-dev model (stored in its
-        ``config.json``), score it on dev and test with the chosen and the default thresholds,
-        write final_metrics.json."""
-        from qgn.engine.inference import collect_candidates
-        from qgn.engine.thresholds import SCORE_THRESHOLDS, current_thresholds, select_all, tune_thresholds
-        from qgn.metrics import score
-        from qgn.modeling import QGNConfig, QGNModel
-        from qgn.modeling.modeling_qgn import CONFIG_FILE
-
-        s, acc = self.settings, self.accelerator
-        best_dir = self.output_dir / "best"
-        acc.wait_for_everyone()
-        best = QGNModel.from_pretrained(best_dir).to(acc.device)
-        test_posts = read_split(s, s.data.test_split, skipped=self.skipped)
-        test_loader = acc.prepare(
-            make_loader(test_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
-        )
-        default = current_thresholds(s.model)
-        lowest = min(SCORE_THRESHOLDS + (default["score_threshold"],))
-        # One precision for choosing and for reporting: the training's (bf16 autocast in the paper
-        # configs), in which the dev scores that chose the epoch were computed; so the dev figures
-        # below are those that chose it, and `qgn evaluate --checkpoint --precision` with it repeats them.
-        from qgn.engine.precision import autocast_dtype
-
-        found = {split: collect_candidates(best, self.postprocessor, loader, lowest, acc, description=split,
-                                           progress=self.progress, autocast=autocast_dtype(acc.mixed_precision))
-                 for split, loader in (("dev", self.dev_loader), ("test", test_loader))}
-        posts = {"dev": self.dev_posts, "test": test_posts}
-
-        # FMNERG gold carries a coarse category on every entity: score per category too (Table II).
-        from qgn.data import FMNERG_FINE_TO_COARSE
-
-        fmnerg = any(e.coarse_type for post in test_posts for e in post.entities)
-        fine_to_coarse = FMNERG_FINE_TO_COARSE if fmnerg else None
-
-        def summary(split: str, thresholds: dict[str, Any]) -> dict[str, Any]:
-            predictions = select_all(self.postprocessor, found[split], thresholds)
-            return metrics_summary(score(posts[split], predictions, entity_types=s.model.entity_types,
-                                         fine_to_coarse=fine_to_coarse))
-
-        chosen = default
-        if s.train.tune_thresholds:
-            chosen = tune_thresholds(self.postprocessor, s.model, self.dev_posts, found["dev"],
-                                     s.train.select_metric, split=s.data.dev_split,
-                                     test_split=s.data.test_split)["thresholds"]
-            if acc.is_main_process:  # the checkpoint predicts with them from now on
-                config = QGNConfig.load(best_dir / CONFIG_FILE)
-                config.replace(**chosen).save(best_dir / CONFIG_FILE)
-            logger.info("post-processing chosen on dev: %s (defaults: %s)", chosen, default)
-        final = {"best_epoch": self.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
-                 "scored_in": "fp32" if acc.mixed_precision == "no" else acc.mixed_precision,
-                 "thresholds": {"chosen": chosen, "default": default,
-                                "chosen_on": f"dev {s.train.select_metric} micro F1" if s.train.tune_thresholds
-                                else "not tuned (train.tune_thresholds false)"},
-                 "dev": summary("dev", chosen), "test": summary("test", chosen),
-                 "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)},
-                 # posts dropped by data.missing_images=skip: their gold entities are not in the scores
-                 "skipped_for_missing_images": dict(self.skipped)}
-        if acc.is_main_process:
-            (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-            from qgn.hub import card_from_run
-
-            card_from_run(best_dir, self.output_dir, s.data.path)  # the card now gives the figures
-        acc.wait_for_everyone()
-        return final
+        """Thresholds chosen on dev and the final dev / test scores of the best-on-dev model
+        (:func:`qgn.engine.final_scoring.score_selected`)."""
+        return score_selected(self)
 
 
 def run_training(settings: RunSettings, output_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
