@@ -60,6 +60,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -315,18 +316,20 @@ def _disjoint(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     return all(box[0] > b[2] or box[2] < b[0] or box[1] > b[3] or box[3] < b[1] for b in others)
 
 
-def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
-           ) -> list[tuple[int, int, int, int]]:
-    """One box per entry of ``sides`` (a side range as a fraction of the image side), anywhere in the
-    image and pairwise disjoint; all sides shrink by 10 % whenever random placement gets stuck."""
+def _scatter(rng: np.random.Generator, size: tuple[int, int], count: int,
+             side: Callable[[int, float], tuple[int, int]], redraw: bool) -> list[tuple[int, int, int, int]]:
+    """``count`` boxes anywhere in an image of ``size``, pairwise disjoint. ``side(k, scale)`` gives
+    box k's ``(w, h)`` in px (drawn again on every attempt when ``redraw``); all sides shrink by
+    10 % whenever random placement gets stuck."""
     width, height = size
     scale = 1.0
     while True:
         boxes: list[tuple[int, int, int, int]] = []
-        for side_range in sides:
-            for _attempt in range(100):
-                w = max(4, int(round(width * scale * rng.uniform(*side_range))))
-                h = max(4, int(round(height * scale * rng.uniform(*side_range))))
+        for k in range(count):
+            w, h = side(k, scale)
+            for attempt in range(100):
+                if redraw and attempt:
+                    w, h = side(k, scale)
                 x1 = int(rng.integers(0, width - w + 1))
                 y1 = int(rng.integers(0, height - h + 1))
                 box = (x1, y1, x1 + w, y1 + h)
@@ -335,9 +338,22 @@ def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tup
                     break
             else:
                 break
-        if len(boxes) == len(sides):
+        if len(boxes) == count:
             return boxes
         scale *= 0.9
+
+
+def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
+           ) -> list[tuple[int, int, int, int]]:
+    """One box per entry of ``sides`` (a side range as a fraction of the image side), a new side
+    drawn on every attempt (the default benchmark's placement)."""
+    width, height = size
+
+    def side(k: int, scale: float) -> tuple[int, int]:
+        return (max(4, int(round(width * scale * rng.uniform(*sides[k])))),
+                max(4, int(round(height * scale * rng.uniform(*sides[k])))))
+
+    return _scatter(rng, size, len(sides), side, redraw=True)
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -346,27 +362,14 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 def _place_pixels(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
                   ) -> list[tuple[int, int, int, int]]:
-    """One box of each ``(w, h)`` in px, anywhere in the image and pairwise disjoint; all sides
-    shrink by 10 % whenever random placement gets stuck."""
+    """One box of each ``(w, h)`` in px (kept inside the image)."""
     width, height = size
-    scale = 1.0
-    while True:
-        boxes: list[tuple[int, int, int, int]] = []
-        for w0, h0 in sides:
-            w = min(width - 1, max(4, int(round(w0 * scale))))
-            h = min(height - 1, max(4, int(round(h0 * scale))))
-            for _attempt in range(100):
-                x1 = int(rng.integers(0, width - w + 1))
-                y1 = int(rng.integers(0, height - h + 1))
-                box = (x1, y1, x1 + w, y1 + h)
-                if _disjoint(box, boxes):
-                    boxes.append(box)
-                    break
-            else:
-                break
-        if len(boxes) == len(sides):
-            return boxes
-        scale *= 0.9
+
+    def side(k: int, scale: float) -> tuple[int, int]:
+        w0, h0 = sides[k]
+        return min(width - 1, max(4, int(round(w0 * scale)))), min(height - 1, max(4, int(round(h0 * scale))))
+
+    return _scatter(rng, size, len(sides), side, redraw=False)
 
 
 def make_post(seed: int, split: str, index: int, image_size: tuple[int, int] = (128, 96), size_jitter: float = 0.25,
