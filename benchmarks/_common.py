@@ -144,7 +144,9 @@ def _targets(config: QGNConfig, n_words: int, n_entities: int, gen: torch.Genera
     starts = torch.arange(n_entities) * segment + torch.randint(0, max(1, segment - 3), (n_entities,), generator=gen)
     ends = starts + torch.randint(0, 3, (n_entities,), generator=gen)
     has_box = torch.arange(n_entities) % 2 == 0
-    boxes = torch.rand(n_entities, 4, generator=gen) * torch.tensor([0.5, 0.5, 0.3, 0.3]) + torch.tensor([0.25, 0.25, 0.1, 0.1])
+    boxes = torch.rand(n_entities, 4, generator=gen) * torch.tensor([0.5, 0.5, 0.3, 0.3]) + torch.tensor(
+        [0.25, 0.25, 0.1, 0.1]
+    )
     boxes[~has_box] = 0.0
     return dict(
         labels=torch.randint(0, len(config.entity_types), (n_entities,), generator=gen),
@@ -230,7 +232,9 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), per_module
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak(
+    n: int = 2048, repeats: int = 10, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
     """Measured FLOP/s of an ``n x n`` by ``n x n`` matmul (best of ``repeats``): this machine's
     practical peak at the current thread count."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -332,7 +336,6 @@ def fmt_mb(num_bytes: float) -> str:
     return f"{num_bytes / 2**20:,.0f}"
 
 
-
 class CpuContention:
     """Share of the machine's CPU time used by *other* processes (and stolen by the hypervisor)
     since construction: (busy time of all CPUs from /proc/stat - this process's CPU time) /
@@ -368,6 +371,8 @@ def contention_warning(share: float | None, threads: int, threshold: float = 0.1
     spare = max(0.0, 1.0 - threads / cpus)
     if share is None or share <= spare + threshold:
         return None
-    return (f"WARNING: other processes used {share:.0%} of the CPUs during this run, so these timings "
-            "are pessimistic and noisy (the FLOP counts are exact); rerun on an idle machine, or with "
-            "--threads 1 on a shared one (torch's threads then do not wait on each other)")
+    return (
+        f"WARNING: other processes used {share:.0%} of the CPUs during this run, so these timings "
+        "are pessimistic and noisy (the FLOP counts are exact); rerun on an idle machine, or with "
+        "--threads 1 on a shared one (torch's threads then do not wait on each other)"
+    )

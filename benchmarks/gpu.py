@@ -50,8 +50,13 @@ def time_training(model, criterion, config, batch: int, device, warmup: int, rep
     step = C.train_step_fn(model, criterion, optimizer, inputs, targets, autocast_dtype=torch.bfloat16)
     reset_peak(device)
     times = C.time_calls(step, warmup, repeats, sync=sync_fn(device))
-    result = dict(batch=batch, median_s=C.median(times), posts_per_s=batch / C.median(times),
-                  peak_memory_gb=peak_gb(device), times_s=times)
+    result = dict(
+        batch=batch,
+        median_s=C.median(times),
+        posts_per_s=batch / C.median(times),
+        peak_memory_gb=peak_gb(device),
+        times_s=times,
+    )
     del optimizer
     model.zero_grad(set_to_none=True)
     return result
@@ -63,8 +68,13 @@ def time_inference(model, config, batch: int, device, warmup: int, repeats: int)
     reset_peak(device)
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         times = C.time_calls(lambda: model(**inputs), warmup, repeats, sync=sync_fn(device))
-    return dict(batch=batch, median_s=C.median(times), posts_per_s=batch / C.median(times),
-                peak_memory_gb=peak_gb(device), times_s=times)
+    return dict(
+        batch=batch,
+        median_s=C.median(times),
+        posts_per_s=batch / C.median(times),
+        peak_memory_gb=peak_gb(device),
+        times_s=times,
+    )
 
 
 def sync_fn(device):
@@ -127,7 +137,9 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     for i in range(count):
         w, h = int(rng.integers(400, 1201)), int(rng.integers(300, 901))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        base = np.stack([np.sin(xx / rng.uniform(20, 200) + c) * np.cos(yy / rng.uniform(20, 200)) for c in range(3)], -1)
+        base = np.stack(
+            [np.sin(xx / rng.uniform(20, 200) + c) * np.cos(yy / rng.uniform(20, 200)) for c in range(3)], -1
+        )
         pixels = np.clip(127 + 100 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
         path = folder / f"{i:05d}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
@@ -147,8 +159,14 @@ def time_image_loading(size: int, count: int, batch: int) -> dict[str, Any]:
         first = time.perf_counter()
         seen = sum(len(b) for b in iterator)  # steady state: after the workers have started
         end = time.perf_counter()
-    return dict(transform=name, num_workers=workers, images=count, first_batch_s=first - start,
-                images_per_s=seen / (end - first), total_s=end - start)
+    return dict(
+        transform=name,
+        num_workers=workers,
+        images=count,
+        first_batch_s=first - start,
+        images_per_s=seen / (end - first),
+        total_s=end - start,
+    )
 
 
 # ----------------------------------------------------------------------------- projection
@@ -159,10 +177,17 @@ def project_recipe(train_step_s: float, eval_posts_per_s: float, loader_images_p
     load_s = RECIPE["batch"] / loader_images_per_s
     eval_epoch_s = RECIPE["dev_posts"] / eval_posts_per_s
     compute = RECIPE["epochs"] * (steps_per_epoch * train_step_s + eval_epoch_s)
-    bound = RECIPE["epochs"] * (steps_per_epoch * max(train_step_s, load_s) + max(eval_epoch_s, RECIPE["dev_posts"] / loader_images_per_s))
-    return dict(steps_per_epoch=steps_per_epoch, train_epoch_s=steps_per_epoch * train_step_s,
-                dev_eval_s=eval_epoch_s, total_hours_compute=compute / 3600, total_hours_with_loader=bound / 3600,
-                loader_keeps_up=loader_images_per_s >= RECIPE["batch"] / train_step_s)
+    bound = RECIPE["epochs"] * (
+        steps_per_epoch * max(train_step_s, load_s) + max(eval_epoch_s, RECIPE["dev_posts"] / loader_images_per_s)
+    )
+    return dict(
+        steps_per_epoch=steps_per_epoch,
+        train_epoch_s=steps_per_epoch * train_step_s,
+        dev_eval_s=eval_epoch_s,
+        total_hours_compute=compute / 3600,
+        total_hours_with_loader=bound / 3600,
+        loader_keeps_up=loader_images_per_s >= RECIPE["batch"] / train_step_s,
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -173,14 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     smoke = not torch.cuda.is_available()
     if smoke and not args.allow_cpu:
-        print("gpu.py: no CUDA device found (torch.cuda.is_available() is False). This benchmark measures GPU "
-              "speed: run it on a machine with a GPU, or pass --allow-cpu for a tiny smoke run on the CPU.")
+        print(
+            "gpu.py: no CUDA device found (torch.cuda.is_available() is False). This benchmark measures GPU "
+            "speed: run it on a machine with a GPU, or pass --allow-cpu for a tiny smoke run on the CPU."
+        )
         return 2
     device = "cpu" if smoke else "cuda"
     info = C.machine_info()
     results: dict[str, Any] = {"smoke_cpu": smoke, "machine": info, "recipe": RECIPE}
-    print(f"device: {info.get('gpu', 'CPU (smoke run, tiny model: NOT GPU figures)')}; torch {info['torch']}"
-          f" (CUDA {info.get('cuda')}), transformers {info['transformers']}, {info['cpu_count']} CPUs")
+    print(
+        f"device: {info.get('gpu', 'CPU (smoke run, tiny model: NOT GPU figures)')}; torch {info['torch']}"
+        f" (CUDA {info.get('cuda')}), transformers {info['transformers']}, {info['cpu_count']} CPUs"
+    )
     if not smoke:
         results["bf16_matmul_peak_tflops"] = C.matmul_peak(8192, device=device, dtype=torch.bfloat16) / 1e12
         print(f"measured bf16 matmul peak (8192^3): {results['bf16_matmul_peak_tflops']:.0f} TFLOP/s")
@@ -190,12 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     reps = dict(warmup=1, repeats=3) if smoke else dict(warmup=5, repeats=20)
     model, criterion = C.build_qgn(config)
     model.to(device)
-    print(f"QGN {'tiny' if smoke else 'full-size'}: {C.count_parameters(model) / 1e6:.1f} M parameters, batch {batch}",
-          flush=True)
+    print(
+        f"QGN {'tiny' if smoke else 'full-size'}: {C.count_parameters(model) / 1e6:.1f} M parameters, batch {batch}",
+        flush=True,
+    )
 
     train = results["train_bf16"] = time_training(model, criterion, config, batch, device, **reps)
-    print(f"train step (bf16 autocast): {train['median_s'] * 1000:.1f} ms = {train['posts_per_s']:.1f} posts/s"
-          + (f", peak {train['peak_memory_gb']:.2f} GiB" if train["peak_memory_gb"] is not None else ""), flush=True)
+    print(
+        f"train step (bf16 autocast): {train['median_s'] * 1000:.1f} ms = {train['posts_per_s']:.1f} posts/s"
+        + (f", peak {train['peak_memory_gb']:.2f} GiB" if train["peak_memory_gb"] is not None else ""),
+        flush=True,
+    )
     infer = results["inference_bf16"] = time_inference(model, config, batch, device, **reps)
     model.cpu()
     del model, criterion
@@ -203,20 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     enc = results["encoders_inference_bf16"] = time_inference(encoders, config, batch, device, **reps)
     del encoders
     results["inference_ratio"] = infer["median_s"] / enc["median_s"]
-    print(f"inference (bf16): {infer['posts_per_s']:.1f} posts/s"
-          + (f", peak {infer['peak_memory_gb']:.2f} GiB" if infer["peak_memory_gb"] is not None else "")
-          + f"; encoders alone {enc['posts_per_s']:.1f} posts/s; QGN / encoders time {results['inference_ratio']:.2f}",
-          flush=True)
+    print(
+        f"inference (bf16): {infer['posts_per_s']:.1f} posts/s"
+        + (f", peak {infer['peak_memory_gb']:.2f} GiB" if infer["peak_memory_gb"] is not None else "")
+        + f"; encoders alone {enc['posts_per_s']:.1f} posts/s; QGN / encoders time {results['inference_ratio']:.2f}",
+        flush=True,
+    )
 
     loading = results["image_loading"] = time_image_loading(config.image_size, 32 if smoke else 512, batch)
-    print(f"image pipeline ({loading['transform']}, {loading['num_workers']} workers, {loading['images']} JPEGs "
-          f"400-1200 px): {loading['images_per_s']:.0f} images/s after a first batch of {loading['first_batch_s']:.2f} s")
+    print(
+        f"image pipeline ({loading['transform']}, {loading['num_workers']} workers, {loading['images']} JPEGs "
+        f"400-1200 px): {loading['images_per_s']:.0f} images/s after a first batch of {loading['first_batch_s']:.2f} s"
+    )
 
     plan = results["projection"] = project_recipe(train["median_s"], infer["posts_per_s"], loading["images_per_s"])
-    print(f"projected paper recipe ({RECIPE['epochs']} epochs x {RECIPE['train_posts']} posts, batch {RECIPE['batch']},"
-          f" dev {RECIPE['dev_posts']} posts/epoch){' [CPU smoke, tiny model]' if smoke else ''}: "
-          f"{plan['total_hours_compute']:.2f} h of compute; {plan['total_hours_with_loader']:.2f} h if loading "
-          f"bounds it (loader {'keeps up' if plan['loader_keeps_up'] else 'is the bottleneck'})")
+    print(
+        f"projected paper recipe ({RECIPE['epochs']} epochs x {RECIPE['train_posts']} posts, batch {RECIPE['batch']},"
+        f" dev {RECIPE['dev_posts']} posts/epoch){' [CPU smoke, tiny model]' if smoke else ''}: "
+        f"{plan['total_hours_compute']:.2f} h of compute; {plan['total_hours_with_loader']:.2f} h if loading "
+        f"bounds it (loader {'keeps up' if plan['loader_keeps_up'] else 'is the bottleneck'})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

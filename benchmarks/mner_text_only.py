@@ -226,12 +226,15 @@ def run_tagger(args, encoder: str, seed: int, precision: str, train, dev, test) 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     model = BioTagger(encoder, len(bio_labels()))
-    items = {name: encode_tagger(posts, tokenizer, args.max_length) for name, posts in
-             (("train", train), ("dev", dev), ("test", test))}
+    items = {
+        name: encode_tagger(posts, tokenizer, args.max_length)
+        for name, posts in (("train", train), ("dev", dev), ("test", test))
+    }
     enc_params = list(model.encoder.parameters())
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    optimizer = torch.optim.AdamW([{"params": enc_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [{"params": enc_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}], weight_decay=0.01
+    )
     steps = args.epochs * math.ceil(len(train) / args.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
     generator = torch.Generator().manual_seed(seed)
@@ -252,7 +255,11 @@ def run_tagger(args, encoder: str, seed: int, precision: str, train, dev, test) 
         curve.append(dev_m["MNER"]["f1"])
         print(f"[tagger seed {seed}] epoch {epoch + 1}: dev MNER F1 {dev_m['MNER']['f1']:.2f}", flush=True)
         if dev_m["MNER"]["f1"] > best:
-            best, best_state, best_dev = dev_m["MNER"]["f1"], {k: v.clone() for k, v in model.state_dict().items()}, dev_m
+            best, best_state, best_dev = (
+                dev_m["MNER"]["f1"],
+                {k: v.clone() for k, v in model.state_dict().items()},
+                dev_m,
+            )
     train_seconds = time.time() - started
     model.load_state_dict(best_state)
     test_m = metrics_summary(score(test, tagger_predict(model, items["test"], test, 64, precision)))
@@ -272,17 +279,33 @@ def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dic
         #   faster per epoch;
         # - no-entity weight 0.5 (like the demo's), not DETR's 0.1: unmatched queries learn to
         #   stay silent sooner (dev F1 after epochs 1-2 63.4 / 71.4 vs 61.5 / 66.6).
-        "model": {"text_encoder": encoder, "text_only": True, "hidden_size": width,
-                  "num_attention_heads": width // 64, "ffn_dim": 4 * width, "max_text_length": args.max_length,
-                  "num_queries": args.num_queries,
-                  "num_fusion_layers": 1, "num_decoder_layers": 1, "num_refinement_layers": 1,
-                  "no_entity_weight": 0.5},
+        "model": {
+            "text_encoder": encoder,
+            "text_only": True,
+            "hidden_size": width,
+            "num_attention_heads": width // 64,
+            "ffn_dim": 4 * width,
+            "max_text_length": args.max_length,
+            "num_queries": args.num_queries,
+            "num_fusion_layers": 1,
+            "num_decoder_layers": 1,
+            "num_refinement_layers": 1,
+            "no_entity_weight": 0.5,
+        },
         "data": {"path": str(args.data), "missing_images": "text_only"},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr,
-                  "seed": seed, "select_metric": "MNER", "eval_batch_size": 64, "mixed_precision": precision,
-                  # this benchmark reports the config's post-processing and runs its own, finer
-                  # dev sweep (tune_postprocessing), so the trainer keeps the thresholds as they are
-                  "tune_thresholds": False},
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "head_lr": args.head_lr,
+            "seed": seed,
+            "select_metric": "MNER",
+            "eval_batch_size": 64,
+            "mixed_precision": precision,
+            # this benchmark reports the config's post-processing and runs its own, finer
+            # dev sweep (tune_postprocessing), so the trainer keeps the thresholds as they are
+            "tune_thresholds": False,
+        },
     }
     raw = apply_overrides(raw, args.qgn_overrides)
     started = time.time()
@@ -290,8 +313,13 @@ def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dic
     seconds = time.time() - started
     epochs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     curve = [e["dev"]["MNER"]["f1"] for e in epochs if "dev" in e]
-    return {"dev": final["dev"], "test": final["test"], "best_epoch": final["best_epoch"], "seconds": round(seconds, 1),
-            "dev_curve": curve}
+    return {
+        "dev": final["dev"],
+        "test": final["test"],
+        "best_epoch": final["best_epoch"],
+        "seconds": round(seconds, 1),
+        "dev_curve": curve,
+    }
 
 
 THRESHOLDS = [round(0.05 * k, 2) for k in range(2, 20)]  # 0.10 ... 0.95
@@ -310,10 +338,16 @@ def tune_postprocessing(checkpoint: Path, dev: list, test: list, precision: str 
     from qgn.metrics import score
     from qgn.modeling.postprocess import greedy_non_overlapping
 
-    predictor = load(checkpoint, score_threshold=0.0, remove_overlaps=False,  # GPU when there is one
-                     precision="bf16" if precision == "bf16" else "fp32")
-    raw = {name: dict(zip([p.id for p in posts], predictor.predict_posts(posts, [None] * len(posts), batch_size=64)))
-           for name, posts in (("dev", dev), ("test", test))}
+    predictor = load(
+        checkpoint,
+        score_threshold=0.0,
+        remove_overlaps=False,  # GPU when there is one
+        precision="bf16" if precision == "bf16" else "fp32",
+    )
+    raw = {
+        name: dict(zip([p.id for p in posts], predictor.predict_posts(posts, [None] * len(posts), batch_size=64)))
+        for name, posts in (("dev", dev), ("test", test))
+    }
 
     def at(name: str, posts: list, threshold: float, no_overlaps: bool) -> dict:
         kept = {}
@@ -325,9 +359,13 @@ def tune_postprocessing(checkpoint: Path, dev: list, test: list, precision: str 
     sweep = {(t, o): at("dev", dev, t, o)["MNER"]["f1"] for t in THRESHOLDS for o in (False, True)}
     # ties: the settings nearest the config defaults (0.3, overlaps kept)
     threshold, no_overlaps = max(sweep, key=lambda k: (sweep[k], -abs(k[0] - 0.3), not k[1]))
-    return {"score_threshold": threshold, "remove_overlaps": no_overlaps,
-            "dev_sweep": [{"score_threshold": t, "remove_overlaps": o, "dev_mner_f1": f} for (t, o), f in sweep.items()],
-            "dev": at("dev", dev, threshold, no_overlaps), "test": at("test", test, threshold, no_overlaps)}
+    return {
+        "score_threshold": threshold,
+        "remove_overlaps": no_overlaps,
+        "dev_sweep": [{"score_threshold": t, "remove_overlaps": o, "dev_mner_f1": f} for (t, o), f in sweep.items()],
+        "dev": at("dev", dev, threshold, no_overlaps),
+        "test": at("test", test, threshold, no_overlaps),
+    }
 
 
 MODELS = ("qgn_text_only", "qgn_text_only_dev_tuned", "bio_tagger")
@@ -347,8 +385,10 @@ def summarize(runs: list[dict]) -> dict:
         done = [r[name] for r in runs if name in r]
         if not done:
             continue
-        out[name] = {split: {k: mean_std([d[split]["MNER"][k] for d in done]) for k in ("precision", "recall", "f1")}
-                     for split in ("dev", "test")}
+        out[name] = {
+            split: {k: mean_std([d[split]["MNER"][k] for d in done]) for k in ("precision", "recall", "f1")}
+            for split in ("dev", "test")
+        }
         if name != "qgn_text_only_dev_tuned":
             out[name]["minutes"] = mean_std([d["seconds"] / 60 for d in done])
     return out
@@ -357,25 +397,38 @@ def summarize(runs: list[dict]) -> dict:
 def print_report(results: dict) -> None:
     runs = results["runs"]
     seeds = [r["seed"] for r in runs]  # the seeds finished so far
-    print(f"\nMNER on Twitter-GMNER v2.0 text ({results['epochs']} epochs, {results['encoder']}, "
-          f"{results['precision']}, seeds {', '.join(map(str, seeds))} of {len(results['seeds'])})")
+    print(
+        f"\nMNER on Twitter-GMNER v2.0 text ({results['epochs']} epochs, {results['encoder']}, "
+        f"{results['precision']}, seeds {', '.join(map(str, seeds))} of {len(results['seeds'])})"
+    )
     m = results["machine"]
-    print(f"machine: {m['cpu_model']} ({m['cpu_count']} CPUs, bf16 units: {', '.join(m['cpu_bf16_units']) or 'none'}), "
-          f"{m['torch_threads']} torch threads" + (f", GPU {m['gpu']}" if m.get("gpu") else ""))
+    print(
+        f"machine: {m['cpu_model']} ({m['cpu_count']} CPUs, bf16 units: {', '.join(m['cpu_bf16_units']) or 'none'}), "
+        f"{m['torch_threads']} torch threads" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+    )
     print(f"{'model':<26} {'split':<5} {'P':>14} {'R':>14} {'F1':>14}")
     for name, row in results["summary"].items():
         for split in ("dev", "test"):
-            cells = " ".join(f"{m:7.2f} ± {sd:4.2f}" for m, sd in (row[split][k] for k in ("precision", "recall", "f1")))
+            cells = " ".join(
+                f"{m:7.2f} ± {sd:4.2f}" for m, sd in (row[split][k] for k in ("precision", "recall", "f1"))
+            )
             print(f"{name:<26} {split:<5} {cells}")
     if len(runs) > 1:
-        print("per seed, test F1: " + "; ".join(
-            f"{name} " + ", ".join(f"{r[name]['test']['MNER']['f1']:.2f}" for r in runs if name in r)
-            for name in MODELS if name in results["summary"]))
+        print(
+            "per seed, test F1: "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{r[name]['test']['MNER']['f1']:.2f}" for r in runs if name in r)
+                for name in MODELS
+                if name in results["summary"]
+            )
+        )
     tuned = [r["qgn_text_only_dev_tuned"] for r in runs if "qgn_text_only_dev_tuned" in r]
     if tuned:
         chosen = ", ".join(f"{t['score_threshold']}/{t['remove_overlaps']}" for t in tuned)
-        print("(qgn_text_only: the config's post-processing, score threshold 0.3 and overlapping spans kept; "
-              f"qgn_text_only_dev_tuned: score threshold / remove_overlaps chosen on dev MNER F1 per seed: {chosen})")
+        print(
+            "(qgn_text_only: the config's post-processing, score threshold 0.3 and overlapping spans kept; "
+            f"qgn_text_only_dev_tuned: score threshold / remove_overlaps chosen on dev MNER F1 per seed: {chosen})"
+        )
     for name in ("qgn_text_only", "bio_tagger"):
         if name in results["summary"]:
             m, sd = results["summary"][name]["minutes"]
@@ -395,18 +448,32 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (both models)")
     parser.add_argument("--head-lr", type=float, default=5e-4, help="learning rate of the layers on top (both)")
     parser.add_argument("--num-queries", type=int, default=30)
-    parser.add_argument("--qgn-width", type=int, default=384,
-                        help="QGN's width d above the encoder (heads d/64, FFN 4d); the encoder's output is projected")
+    parser.add_argument(
+        "--qgn-width",
+        type=int,
+        default=384,
+        help="QGN's width d above the encoder (heads d/64, FFN 4d); the encoder's output is projected",
+    )
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42, help="the first seed")
     parser.add_argument("--seeds", type=int, default=1, help="run each model with N seeds: --seed, --seed+1, ...")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="bf16 autocast where the hardware has it (auto), or fp32")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16 autocast where the hardware has it (auto), or fp32",
+    )
     parser.add_argument("--limit", type=int, default=0, help="use only N train posts (smoke runs)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/mner_text_only"))
     parser.add_argument("--only", choices=["qgn", "tagger"], help="run one model only")
-    parser.add_argument("--qgn-set", dest="qgn_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change QGN's run settings, e.g. --qgn-set model.aux_loss=true (repeatable)")
+    parser.add_argument(
+        "--qgn-set",
+        dest="qgn_overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change QGN's run settings, e.g. --qgn-set model.aux_loss=true (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here (rewritten after every seed)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -420,8 +487,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.data.is_dir():
-        sys.exit(f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR (the Twitter10000_v2.0 folder of "
-                 "the NUSTM/GMNER repository) or set QGN_TWITTER_GMNER")
+        sys.exit(
+            f"Twitter-GMNER v2.0 not found at {args.data}; pass --data DIR (the Twitter10000_v2.0 folder of "
+            "the NUSTM/GMNER repository) or set QGN_TWITTER_GMNER"
+        )
     encoder, label = resolve_encoder(args.encoder)
     precision = precision_of(args.precision)
     splits = {s: read_dataset(str(args.data), split=s) for s in ("train", "dev", "test")}
@@ -435,21 +504,37 @@ def main() -> None:
             write_jsonl(posts, limited / f"{s}.jsonl")
         args.data = limited
     seeds = [args.seed + k for k in range(args.seeds)]
-    results: dict = {"encoder": label, "encoder_path": encoder, "epochs": args.epochs, "seeds": seeds,
-                     "precision": "bf16" if precision == "bf16" else "fp32", "lr": args.lr, "head_lr": args.head_lr,
-                     "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
-                     "machine": C.machine_info(), "qgn_overrides": args.qgn_overrides, "runs": []}
+    results: dict = {
+        "encoder": label,
+        "encoder_path": encoder,
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "precision": "bf16" if precision == "bf16" else "fp32",
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "machine": C.machine_info(),
+        "qgn_overrides": args.qgn_overrides,
+        "runs": [],
+    }
     for seed in seeds:
         run: dict = {"seed": seed}
         if args.only != "tagger":
-            out = args.out_dir / f"{args.encoder if args.encoder in ENCODER_NAMES else Path(encoder).name}" / f"seed{seed}"
+            out = (
+                args.out_dir
+                / f"{args.encoder if args.encoder in ENCODER_NAMES else Path(encoder).name}"
+                / f"seed{seed}"
+            )
             if out.exists():
                 shutil.rmtree(out)
             run["qgn_text_only"] = run_qgn(args, encoder, seed, precision, out)
             # The config's 0.3 says "tune on dev": the tuned row is QGN's full inference recipe.
             run["qgn_text_only_dev_tuned"] = tune_postprocessing(out / "best", splits["dev"], splits["test"], precision)
         if args.only != "qgn":
-            run["bio_tagger"] = run_tagger(args, encoder, seed, precision, splits["train"], splits["dev"], splits["test"])
+            run["bio_tagger"] = run_tagger(
+                args, encoder, seed, precision, splits["train"], splits["dev"], splits["test"]
+            )
         results["runs"].append(run)
         results["summary"] = summarize(results["runs"])
         print_report(results)

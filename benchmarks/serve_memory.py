@@ -49,10 +49,18 @@ def big_png(megapixels: float) -> bytes:
 
 def post(url: str, image: bytes, text: str) -> tuple[int, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{text}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{text}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=600) as answer:
             return answer.status, answer.read().decode()[:200]
@@ -74,8 +82,20 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "qgn.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-               "--device", "cpu", "--max-upload-mb", str(args.max_upload_mb)]
+    command = [
+        sys.executable,
+        "-m",
+        "qgn.cli",
+        "serve",
+        "--checkpoint",
+        args.checkpoint,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-upload-mb",
+        str(args.max_upload_mb),
+    ]
     if args.max_image_pixels:
         command += ["--max-image-pixels", str(args.max_image_pixels)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,8 +113,10 @@ def main() -> None:
         results = []
         started = time.time()
         for _ in range(args.rounds):
-            threads = [threading.Thread(target=lambda: results.append(post(url + "/api/predict", image, "Anna in Paris")))
-                       for _ in range(args.clients)]
+            threads = [
+                threading.Thread(target=lambda: results.append(post(url + "/api/predict", image, "Anna in Paris")))
+                for _ in range(args.clients)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -102,13 +124,28 @@ def main() -> None:
         seconds = time.time() - started
         time.sleep(args.settle)
         after, peak = rss_mb(server.pid)
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   platform.processor())
-        print(json.dumps({
-            "image": f"{args.megapixels:g} MP PNG, {len(image) / 1024:.0f} KB", "clients": args.clients,
-            "rounds": args.rounds, "statuses": sorted(code for code, _ in results), "first_answer": results[0][1],
-            "burst_seconds": round(seconds, 1), "rss_before_mb": round(before), "rss_peak_mb": round(peak),
-            "rss_after_mb": round(after), "cpu": cpu, "cores": os.cpu_count()}, indent=2))
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.processor(),
+        )
+        print(
+            json.dumps(
+                {
+                    "image": f"{args.megapixels:g} MP PNG, {len(image) / 1024:.0f} KB",
+                    "clients": args.clients,
+                    "rounds": args.rounds,
+                    "statuses": sorted(code for code, _ in results),
+                    "first_answer": results[0][1],
+                    "burst_seconds": round(seconds, 1),
+                    "rss_before_mb": round(before),
+                    "rss_peak_mb": round(peak),
+                    "rss_after_mb": round(after),
+                    "cpu": cpu,
+                    "cores": os.cpu_count(),
+                },
+                indent=2,
+            )
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -95,10 +95,19 @@ def flop_variants() -> list[dict[str, Any]]:
             del encoders
         flops = C.count_flops(lambda: model(**inputs))[0] / 2  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
         parameters = C.count_parameters(model)
-        rows.append(dict(variant=name, overrides=overrides, parameters=parameters,
-                         gflops_per_post=flops / 1e9, flop_ratio=flops / encoder_flops))
-        print(f"{name:<40} {parameters / 1e6:8.1f} M {flops / 1e9:8.2f} GFLOP/post "
-              f"{flops / encoder_flops:15.2f}", flush=True)
+        rows.append(
+            dict(
+                variant=name,
+                overrides=overrides,
+                parameters=parameters,
+                gflops_per_post=flops / 1e9,
+                flop_ratio=flops / encoder_flops,
+            )
+        )
+        print(
+            f"{name:<40} {parameters / 1e6:8.1f} M {flops / 1e9:8.2f} GFLOP/post {flops / encoder_flops:15.2f}",
+            flush=True,
+        )
         del model
         gc.collect()
     print(f"(encoders alone: {encoder_flops / 1e9:.2f} GFLOP/post; goal for the time ratio <= {RATIO_GOAL})")
@@ -109,8 +118,14 @@ def flop_variants() -> list[dict[str, Any]]:
 autocast = C.autocast
 
 
-def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int, warmup: int, repeats: int,
-                    precisions: tuple[str, ...] = ("fp32",)) -> list[dict[str, Any]]:
+def bench_inference(
+    models: dict[str, torch.nn.Module],
+    config: Any,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    precisions: tuple[str, ...] = ("fp32",),
+) -> list[dict[str, Any]]:
     """Median seconds per forward pass of ``batch`` posts in eval mode, one row per model and precision.
 
     The timed calls are interleaved (A B A B ..., every precision of every model in one round) so
@@ -134,12 +149,22 @@ def bench_inference(models: dict[str, torch.nn.Module], config: Any, batch: int,
         for _ in range(repeats):
             for label, model, precision in runs:
                 times[label, precision] += C.time_calls(lambda: call(model, precision), 0, 1)
-    return [_row(label, "inference", batch, times[label, precision], peaks[label, precision], precision)
-            for label, _, precision in runs]
+    return [
+        _row(label, "inference", batch, times[label, precision], peaks[label, precision], precision)
+        for label, _, precision in runs
+    ]
 
 
-def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any, batch: int, warmup: int, repeats: int,
-                   precision: str = "fp32") -> dict[str, Any]:
+def bench_training(
+    label: str,
+    model: torch.nn.Module,
+    loss_fn: Any,
+    config: Any,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    precision: str = "fp32",
+) -> dict[str, Any]:
     """Median seconds per optimisation step of ``batch`` posts (forward, loss, backward, AdamW);
     under bf16 the forward runs in autocast and the loss in fp32."""
     inputs, targets = C.synthetic_batch(config, batch)
@@ -154,12 +179,26 @@ def bench_training(label: str, model: torch.nn.Module, loss_fn: Any, config: Any
     return _row(label, "train", batch, times, mem.peak_delta, precision)
 
 
-def _row(label: str, mode: str, batch: int, times: list[float], peak_bytes: int, precision: str = "fp32") -> dict[str, Any]:
+def _row(
+    label: str, mode: str, batch: int, times: list[float], peak_bytes: int, precision: str = "fp32"
+) -> dict[str, Any]:
     med = C.median(times)
-    row = dict(model=label, mode=mode, precision=precision, batch=batch, median_s=med, best_s=min(times),
-               posts_per_s=batch / med, peak_rss_mb=peak_bytes / 2**20, times_s=times)
-    print(f"  {label:<14} {mode:<9} {precision:<4} batch {batch:>2}: {med * 1000:9.1f} ms  {batch / med:8.2f} posts/s  "
-          f"peak +{C.fmt_mb(peak_bytes)} MB", flush=True)
+    row = dict(
+        model=label,
+        mode=mode,
+        precision=precision,
+        batch=batch,
+        median_s=med,
+        best_s=min(times),
+        posts_per_s=batch / med,
+        peak_rss_mb=peak_bytes / 2**20,
+        times_s=times,
+    )
+    print(
+        f"  {label:<14} {mode:<9} {precision:<4} batch {batch:>2}: {med * 1000:9.1f} ms  {batch / med:8.2f} posts/s  "
+        f"peak +{C.fmt_mb(peak_bytes)} MB",
+        flush=True,
+    )
     return row
 
 
@@ -188,7 +227,9 @@ def encoder_loss(outputs: tuple[torch.Tensor, torch.Tensor | None], _targets: An
     return loss, {}
 
 
-def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int, max_depth: int = 3) -> list[dict[str, Any]]:
+def module_profile(
+    model: torch.nn.Module, config: Any, batch: int, repeats: int, max_depth: int = 3
+) -> list[dict[str, Any]]:
     """Inclusive wall time (median over ``repeats`` forward passes) and FLOPs of the sub-modules
     down to ``max_depth`` dotted levels. A module called several times in one pass is summed; a
     module whose own forward is never called (e.g. a vision tower driven layer by layer) gets the
@@ -227,7 +268,7 @@ def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int
             h.remove()
     _, flops_by_path = C.count_flops(lambda: model(**inputs))
     root = type(model).__name__
-    flops = {k[len(root) + 1:]: v for k, v in flops_by_path.items() if k.startswith(root + ".")}
+    flops = {k[len(root) + 1 :]: v for k, v in flops_by_path.items() if k.startswith(root + ".")}
 
     def effective(values: dict[str, float], name: str) -> float:
         return values[name] if name in values else sum(effective(values, c) for c in children[name])
@@ -243,10 +284,24 @@ def module_profile(model: torch.nn.Module, config: Any, batch: int, repeats: int
         if "." not in name:
             glue_s, glue_flops = glue_s - seconds, glue_flops - module_flops
         if seconds > 0 or module_flops > 0:
-            rows.append(dict(module=name, seconds=seconds, time_share=seconds / total_s,
-                             gflops=module_flops / 1e9, flop_share=module_flops / total_flops))
-    rows.append(dict(module="(outside sub-modules: functional code, hooks)", seconds=glue_s,
-                     time_share=glue_s / total_s, gflops=glue_flops / 1e9, flop_share=glue_flops / total_flops))
+            rows.append(
+                dict(
+                    module=name,
+                    seconds=seconds,
+                    time_share=seconds / total_s,
+                    gflops=module_flops / 1e9,
+                    flop_share=module_flops / total_flops,
+                )
+            )
+    rows.append(
+        dict(
+            module="(outside sub-modules: functional code, hooks)",
+            seconds=glue_s,
+            time_share=glue_s / total_s,
+            gflops=glue_flops / 1e9,
+            flop_share=glue_flops / total_flops,
+        )
+    )
     return rows
 
 
@@ -257,8 +312,10 @@ def print_profile(rows: list[dict[str, Any]], min_share: float = 0.01, what: str
         if r["time_share"] < min_share and r["flop_share"] < min_share:
             continue
         indent = "  " * r["module"].count(".")
-        print(f"  {indent + r['module']:<48} {r['seconds'] * 1000:9.1f} {r['time_share']:6.1%} "
-              f"{r['gflops']:8.2f} {r['flop_share']:6.1%}")
+        print(
+            f"  {indent + r['module']:<48} {r['seconds'] * 1000:9.1f} {r['time_share']:6.1%} "
+            f"{r['gflops']:8.2f} {r['flop_share']:6.1%}"
+        )
 
 
 # ----------------------------------------------------------------------------- main
@@ -268,12 +325,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="per-module profile even if the ratio meets the goal")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a field of the full-size QGNConfig, e.g. --set num_decoder_layers=1 (repeatable)")
-    parser.add_argument("--precision", choices=["auto", "both", "fp32", "bf16"], default="auto",
-                        help="auto: fp32, and bf16 too where the CPU has AMX / AVX-512 bf16 units (default)")
-    parser.add_argument("--variants", action="store_true",
-                        help="only print the forward-FLOP ratio QGN / encoders of a few depth / width variants")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a field of the full-size QGNConfig, e.g. --set num_decoder_layers=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "both", "fp32", "bf16"],
+        default="auto",
+        help="auto: fp32, and bf16 too where the CPU has AMX / AVX-512 bf16 units (default)",
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="only print the forward-FLOP ratio QGN / encoders of a few depth / width variants",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -288,11 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     contention = C.CpuContention()
     big = dict(warmup=1, repeats=4) if quick else dict(warmup=2, repeats=5)  # batch 16, full size
     small = dict(warmup=2, repeats=10) if quick else dict(warmup=3, repeats=20)  # batch 1 or tiny model
-    results: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": C.machine_info(), "rows": [],
-                               "config_overrides": overrides}
+    results: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "machine": C.machine_info(),
+        "rows": [],
+        "config_overrides": overrides,
+    }
     info = results["machine"]
-    print(f"torch {info['torch']}, transformers {info['transformers']}, {info['torch_threads']} threads, "
-          f"{info['cpu_count']} CPUs: {info['cpu_model']}")
+    print(
+        f"torch {info['torch']}, transformers {info['transformers']}, {info['torch_threads']} threads, "
+        f"{info['cpu_count']} CPUs: {info['cpu_model']}"
+    )
     units = tuple(info["cpu_bf16_units"])
     precisions = results["precisions"] = choose_precisions(args.precision, units)
     print(bf16_units_line(units) + f"; measuring {' and '.join(precisions)}")
@@ -300,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"measured fp32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s (measured again at the end)")
     peak_bf16 = C.matmul_peak(dtype=torch.bfloat16) if "bf16" in precisions else None
     if peak_bf16:
-        print(f"measured bf16 matmul peak (2048^3): {peak_bf16 / 1e9:.1f} GFLOP/s "
-              f"({peak_bf16 / peak:.1f} x fp32; measured again at the end)")
+        print(
+            f"measured bf16 matmul peak (2048^3): {peak_bf16 / 1e9:.1f} GFLOP/s "
+            f"({peak_bf16 / peak:.1f} x fp32; measured again at the end)"
+        )
     print()
     rows = results["rows"]
 
@@ -313,26 +391,34 @@ def main(argv: list[str] | None = None) -> int:
     qgn, criterion = C.build_qgn(full)
     encoders = C.Encoders(full)
     results["parameters"] = {"qgn_full": C.count_parameters(qgn), "encoders_full": C.count_parameters(encoders)}
-    print(f"  QGN {C.count_parameters(qgn) / 1e6:.1f} M parameters, encoders {C.count_parameters(encoders) / 1e6:.1f} M")
+    print(
+        f"  QGN {C.count_parameters(qgn) / 1e6:.1f} M parameters, encoders {C.count_parameters(encoders) / 1e6:.1f} M"
+    )
     time_of: dict[tuple[str, str, int, str], float] = {}
     best_of: dict[tuple[str, int, str], float] = {}
     for batch in (1, 16):
         setting = small if batch == 1 else big
-        for row in bench_inference({"qgn-full": qgn, "encoders-full": encoders}, full, batch, **setting,
-                                   precisions=precisions):
+        for row in bench_inference(
+            {"qgn-full": qgn, "encoders-full": encoders}, full, batch, **setting, precisions=precisions
+        ):
             rows.append(row)
             time_of[(row["model"], "inference", batch, row["precision"])] = row["median_s"]
             best_of[(row["model"], batch, row["precision"])] = row["best_s"]
     first = precisions[0]  # fp32, which the ratio goal is about; bf16 with --precision bf16 alone
-    ratios = {f"batch_{b}": time_of[("qgn-full", "inference", b, first)] / time_of[("encoders-full", "inference", b, first)]
-              for b in (1, 16)}
+    ratios = {
+        f"batch_{b}": time_of[("qgn-full", "inference", b, first)] / time_of[("encoders-full", "inference", b, first)]
+        for b in (1, 16)
+    }
     results["inference_ratio"] = ratios
     results["inference_ratio_best"] = {
-        f"batch_{b}": best_of[("qgn-full", b, first)] / best_of[("encoders-full", b, first)] for b in (1, 16)}
+        f"batch_{b}": best_of[("qgn-full", b, first)] / best_of[("encoders-full", b, first)] for b in (1, 16)
+    }
     if precisions == ("fp32", "bf16"):
         results["bf16_speedup"] = {
             f"{model}_batch_{b}": time_of[(model, "inference", b, "fp32")] / time_of[(model, "inference", b, "bf16")]
-            for model in ("qgn-full", "encoders-full") for b in (1, 16)}
+            for model in ("qgn-full", "encoders-full")
+            for b in (1, 16)
+        }
 
     # -- FLOPs per post (batch 16 / 16: the padded shape of every post is the same)
     inputs16, targets16 = C.synthetic_batch(full, 16)
@@ -340,8 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     qgn_flops, _ = C.count_flops(lambda: qgn(**inputs16))  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
     enc_flops, _ = C.count_flops(lambda: encoders(**inputs16))  # noqa: F821  (called before the del below; pyflakes reads closures at the end of the scope)
     flops = {"qgn_forward_per_post": qgn_flops / 16, "encoders_forward_per_post": enc_flops / 16}
-    batch16_times = {(label, p): (time_of[(label, "inference", 16, p)], best_of[(label, 16, p)])
-                     for label in ("qgn-full", "encoders-full") for p in precisions}
+    batch16_times = {
+        (label, p): (time_of[(label, "inference", 16, p)], best_of[(label, 16, p)])
+        for label in ("qgn-full", "encoders-full")
+        for p in precisions
+    }
     if not quick:  # forward + backward of one training step (the optimizer step is not counted)
         qgn.train()
 
@@ -360,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
             setting = small if batch == 1 else big
             for precision in precisions:
                 rows.append(bench_training("qgn-full", qgn, criterion, full, batch, **setting, precision=precision))
-                rows.append(bench_training("encoders-full", encoders, encoder_loss, full, batch, **setting,
-                                           precision=precision))
+                rows.append(
+                    bench_training("encoders-full", encoders, encoder_loss, full, batch, **setting, precision=precision)
+                )
     profile_needed = args.profile or ratios["batch_16"] > RATIO_GOAL
     if profile_needed:
         results["profile"] = module_profile(qgn, full, 16, repeats=3 if quick else 5)
@@ -398,37 +488,57 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     print(f"qgn/encoders inference ratio: {ratios['batch_16']:.2f}")
     speedup = results.get("bf16_speedup", {}).get("qgn-full_batch_16")
-    print(f"bf16/fp32 inference speed-up: {speedup:.2f}" if speedup else
-          "bf16/fp32 inference speed-up: n/a (bf16 not measured: " +
-          ("no bf16 units on this CPU; --precision both measures it emulated)" if not units else
-           f"--precision {args.precision})"))
+    print(
+        f"bf16/fp32 inference speed-up: {speedup:.2f}"
+        if speedup
+        else "bf16/fp32 inference speed-up: n/a (bf16 not measured: "
+        + (
+            "no bf16 units on this CPU; --precision both measures it emulated)"
+            if not units
+            else f"--precision {args.precision})"
+        )
+    )
     return 0
 
 
 def print_report(results: dict[str, Any]) -> None:
-    print(f"\n{'model':<14} {'mode':<9} {'prec':<4} {'batch':>5} {'ms/batch':>10} {'best ms':>10} {'posts/s':>9} "
-          f"{'peak RSS +MB':>13}")
+    print(
+        f"\n{'model':<14} {'mode':<9} {'prec':<4} {'batch':>5} {'ms/batch':>10} {'best ms':>10} {'posts/s':>9} "
+        f"{'peak RSS +MB':>13}"
+    )
     for r in results["rows"]:
-        print(f"{r['model']:<14} {r['mode']:<9} {r['precision']:<4} {r['batch']:>5} {r['median_s'] * 1000:10.1f} "
-              f"{r['best_s'] * 1000:10.1f} {r['posts_per_s']:9.2f} {r['peak_rss_mb']:13,.0f}")
+        print(
+            f"{r['model']:<14} {r['mode']:<9} {r['precision']:<4} {r['batch']:>5} {r['median_s'] * 1000:10.1f} "
+            f"{r['best_s'] * 1000:10.1f} {r['posts_per_s']:9.2f} {r['peak_rss_mb']:13,.0f}"
+        )
     ratios, flops, peak = results["inference_ratio"], results["flops"], results["matmul_peak_gflops"]
-    print(f"\nQGN / encoders inference time (medians): batch 1 {ratios['batch_1']:.2f}, batch 16 {ratios['batch_16']:.2f} "
-          f"(goal <= {RATIO_GOAL})")
-    print(f"forward FLOPs per post: QGN {flops['qgn_forward_per_post'] / 1e9:.2f} GFLOP, encoders "
-          f"{flops['encoders_forward_per_post'] / 1e9:.2f} GFLOP "
-          f"(QGN / encoders {flops['qgn_forward_per_post'] / flops['encoders_forward_per_post']:.2f})")
+    print(
+        f"\nQGN / encoders inference time (medians): batch 1 {ratios['batch_1']:.2f}, batch 16 {ratios['batch_16']:.2f} "
+        f"(goal <= {RATIO_GOAL})"
+    )
+    print(
+        f"forward FLOPs per post: QGN {flops['qgn_forward_per_post'] / 1e9:.2f} GFLOP, encoders "
+        f"{flops['encoders_forward_per_post'] / 1e9:.2f} GFLOP "
+        f"(QGN / encoders {flops['qgn_forward_per_post'] / flops['encoders_forward_per_post']:.2f})"
+    )
     if "qgn_train_per_post" in flops:
-        print(f"training FLOPs per post (forward + backward): {flops['qgn_train_per_post'] / 1e9:.2f} GFLOP "
-              f"({flops['qgn_train_per_post'] / flops['qgn_forward_per_post']:.2f} x forward)")
+        print(
+            f"training FLOPs per post (forward + backward): {flops['qgn_train_per_post'] / 1e9:.2f} GFLOP "
+            f"({flops['qgn_train_per_post'] / flops['qgn_forward_per_post']:.2f} x forward)"
+        )
     if "qgn_inference_achieved_gflops" in flops:
-        print(f"QGN inference at batch 16: {flops['qgn_inference_achieved_gflops']:.1f} GFLOP/s = "
-              f"{flops['qgn_inference_peak_fraction']:.0%} of the measured fp32 matmul peak ({peak:.0f} GFLOP/s); "
-              f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}")
+        print(
+            f"QGN inference at batch 16: {flops['qgn_inference_achieved_gflops']:.1f} GFLOP/s = "
+            f"{flops['qgn_inference_peak_fraction']:.0%} of the measured fp32 matmul peak ({peak:.0f} GFLOP/s); "
+            f"encoders alone {flops['encoders_inference_peak_fraction']:.0%}"
+        )
     if "qgn_inference_achieved_gflops_bf16" in flops:
-        print(f"QGN inference at batch 16 in bf16: {flops['qgn_inference_achieved_gflops_bf16']:.1f} GFLOP/s = "
-              f"{flops['qgn_inference_peak_fraction_bf16']:.0%} of the measured bf16 matmul peak "
-              f"({results['matmul_peak_bf16_gflops']:.0f} GFLOP/s); encoders alone "
-              f"{flops['encoders_inference_peak_fraction_bf16']:.0%}")
+        print(
+            f"QGN inference at batch 16 in bf16: {flops['qgn_inference_achieved_gflops_bf16']:.1f} GFLOP/s = "
+            f"{flops['qgn_inference_peak_fraction_bf16']:.0%} of the measured bf16 matmul peak "
+            f"({results['matmul_peak_bf16_gflops']:.0f} GFLOP/s); encoders alone "
+            f"{flops['encoders_inference_peak_fraction_bf16']:.0%}"
+        )
     for key, value in results.get("bf16_speedup", {}).items():
         model, batch = key.rsplit("_batch_", 1)
         print(f"bf16 / fp32 inference speed-up, {model}, batch {batch}: {value:.2f} x")

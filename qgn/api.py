@@ -58,8 +58,15 @@ def entity_dict(post: Post, pred: Prediction) -> dict[str, Any]:
 class Predictor:
     """A loaded QGN checkpoint ready for inference on (image, text) pairs."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_transform: Any, postprocessor: Any, device: torch.device,
-                 precision: str = "no"):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_transform: Any,
+        postprocessor: Any,
+        device: torch.device,
+        precision: str = "no",
+    ):
         from qgn.engine.precision import autocast_dtype
 
         self.model, self.tokenizer, self.image_transform = model.eval(), tokenizer, image_transform
@@ -69,8 +76,9 @@ class Predictor:
         self.autocast = autocast_dtype(precision)
 
     @classmethod
-    def from_pretrained(cls, checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32",
-                        **thresholds: Any) -> Predictor:
+    def from_pretrained(
+        cls, checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32", **thresholds: Any
+    ) -> Predictor:
         """Load ``checkpoint_dir`` (a ``best/`` folder of a run, or a hub repo id ``owner/name[@rev]``
         resolved through the hub cache); ``thresholds`` override the post-processor's
         (``score_threshold``, ``no_target_threshold``, ``remove_overlaps``). ``precision``: ``fp32``,
@@ -92,14 +100,18 @@ class Predictor:
         return cls(model, tokenizer, transform, PostProcessor(model.config, **thresholds), dev, chosen)
 
     # ------------------------------------------------------------------ inputs
-    def make_post(self, text: str | None, image: ImageLike = None, post_id: str = "0",
-                  tokens: Sequence[str] | None = None) -> tuple[Post, Image.Image | None]:
+    def make_post(
+        self, text: str | None, image: ImageLike = None, post_id: str = "0", tokens: Sequence[str] | None = None
+    ) -> tuple[Post, Image.Image | None]:
         """A post from raw ``text`` (split into words like the benchmark) or from ``tokens`` (the
         words as given, e.g. a benchmark's: predicted word indices then refer to them, so the output
         scores with ``qgn evaluate``), and its image opened upright."""
         if tokens is not None:
-            if (not isinstance(tokens, (list, tuple)) or not tokens
-                    or not all(isinstance(t, str) and t.strip() and not any(c.isspace() for c in t) for t in tokens)):
+            if (
+                not isinstance(tokens, (list, tuple))
+                or not tokens
+                or not all(isinstance(t, str) and t.strip() and not any(c.isspace() for c in t) for t in tokens)
+            ):
                 raise QGNError("tokens must be a non-empty list of words without spaces")
             text, offsets, at = " ".join(tokens), [], 0
             for token in tokens:
@@ -118,7 +130,9 @@ class Predictor:
         return Post(post_id, tokens, [], path, size, text, offsets), img
 
     # ----------------------------------------------------------------- predict
-    def predict_posts(self, posts: Sequence[Post], images: Sequence[Image.Image | None], batch_size: int = 16) -> list[list[Prediction]]:
+    def predict_posts(
+        self, posts: Sequence[Post], images: Sequence[Image.Image | None], batch_size: int = 16
+    ) -> list[list[Prediction]]:
         from torch.utils.data import DataLoader
 
         from qgn.data.pipeline import Collator, GMNERDataset
@@ -127,17 +141,32 @@ class Predictor:
         if len({post.id for post in posts}) != len(posts):
             raise QGNError("predict_posts needs distinct post ids")
         with _without_training_warnings():  # its truncation warning speaks of training targets
-            dataset = GMNERDataset(list(posts), self.tokenizer, self.config, image_transform=self.image_transform,
-                                   text_only=self.config.text_only, placeholder_on_error=True, images=list(images))
+            dataset = GMNERDataset(
+                list(posts),
+                self.tokenizer,
+                self.config,
+                image_transform=self.image_transform,
+                text_only=self.config.text_only,
+                placeholder_on_error=True,
+                images=list(images),
+            )
         cut = [(post, enc.num_words) for post, enc in zip(posts, dataset.encoded) if enc.truncated]
         if cut:
             post, read = cut[0]
-            logger.warning("%d of %d posts are longer than max_text_length=%d sub-words and were truncated at "
-                           "inference: no entity is found past the cut (post %s: the first %d of %d words read)",
-                           len(cut), len(posts), self.config.max_text_length, post.id, read, len(post.tokens))
+            logger.warning(
+                "%d of %d posts are longer than max_text_length=%d sub-words and were truncated at "
+                "inference: no entity is found past the cut (post %s: the first %d of %d words read)",
+                len(cut),
+                len(posts),
+                self.config.max_text_length,
+                post.id,
+                read,
+                len(post.tokens),
+            )
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
-        by_id = predict_loader(self.model, self.postprocessor, loader, device=self.device, progress=False,
-                               autocast=self.autocast)
+        by_id = predict_loader(
+            self.model, self.postprocessor, loader, device=self.device, progress=False, autocast=self.autocast
+        )
         return [by_id[post.id] for post in posts]
 
     def words_read(self, post: Post) -> int:
@@ -160,8 +189,10 @@ class Predictor:
         return [[entity_dict(p, e) for e in preds] for p, preds in zip(posts, predictions)]
 
 
-NO_IMAGE = ("no image: this model finds entities in an image and grounds them there; give the post's image "
-            "(qgn predict --image FILE; an \"image\" field in --input lines)")
+NO_IMAGE = (
+    "no image: this model finds entities in an image and grounds them there; give the post's image "
+    '(qgn predict --image FILE; an "image" field in --input lines)'
+)
 
 # Files that hold a tokenizer's vocabulary (fast tokenizer, WordPiece, BPE, SentencePiece): without
 # one, AutoTokenizer builds a tokenizer of special tokens only and every word becomes [UNK].
@@ -182,8 +213,10 @@ def checkpoint_folder(checkpoint: str | os.PathLike) -> Path:
         hint = " (a run directory's model is in its best/ folder)" if (folder / "best").is_dir() else ""
         raise QGNError(f"{folder} is not a QGN checkpoint: no config.json{hint}")
     if not any((folder / name).is_file() for name in _VOCAB_FILES):
-        raise QGNError(f"{folder} has no tokenizer (no {' or '.join(_VOCAB_FILES[:2])}): copy it from the folder "
-                       "the checkpoint came from (a run's best/ holds it)")
+        raise QGNError(
+            f"{folder} has no tokenizer (no {' or '.join(_VOCAB_FILES[:2])}): copy it from the folder "
+            "the checkpoint came from (a run's best/ holds it)"
+        )
     return folder
 
 
@@ -217,7 +250,8 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load(checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32",
-         **thresholds: Any) -> Predictor:
+def load(
+    checkpoint_dir: str | os.PathLike, device: str | None = None, precision: str = "fp32", **thresholds: Any
+) -> Predictor:
     """Load a trained QGN checkpoint for inference (see :meth:`Predictor.from_pretrained`)."""
     return Predictor.from_pretrained(checkpoint_dir, device=device, precision=precision, **thresholds)

@@ -46,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         _plain_help(command)
         # `qgn predict -v` as well as `qgn -v predict`; SUPPRESS: unset here, the top-level value stands
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help="debug logging, and tracebacks instead of one-line errors")
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging, and tracebacks instead of one-line errors",
+        )
     return parser
 
 
@@ -86,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         terminated = type(stop).__name__ == "Terminated"  # SIGTERM, turned into this by qgn train
         hint = getattr(stop, "hint", None)
-        print(f"qgn {args.command}: {'terminated' if terminated else 'interrupted'}" + (f"; {hint}" if hint else ""),
-              file=sys.stderr)
+        print(
+            f"qgn {args.command}: {'terminated' if terminated else 'interrupted'}" + (f"; {hint}" if hint else ""),
+            file=sys.stderr,
+        )
         return 143 if terminated else 130
     except BrokenPipeError:
         # `qgn ... | head`: the reader has gone; stop quietly, as Unix tools do. Point stdout at

@@ -47,9 +47,11 @@ def draw_examples(checkpoint: Path, posts: list, out_path: Path, count: int = 4)
     for post, image, preds in zip(chosen, images, predictions):
         entities = [entity_dict(post, p) for p in preds]
         gold = [{"box": b} for e in post.entities for b in e.boxes]
-        tile = draw_entities(image.resize((image.width * 3, image.height * 3)), [
-            {**e, "box": None if e["box"] is None else [v * 3 for v in e["box"]]} for e in entities
-        ], gold=[{"box": [v * 3 for v in g["box"]]} for g in gold])
+        tile = draw_entities(
+            image.resize((image.width * 3, image.height * 3)),
+            [{**e, "box": None if e["box"] is None else [v * 3 for v in e["box"]]} for e in entities],
+            gold=[{"box": [v * 3 for v in g["box"]]} for g in gold],
+        )
         caption = Image.new("RGB", (tile.width, 28), "white")
         ImageDraw.Draw(caption).text((4, 8), " ".join(post.tokens)[:90], fill="black")
         framed = Image.new("RGB", (tile.width, tile.height + 28), "white")
@@ -83,8 +85,14 @@ def _changed_settings(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = None, progress: bool = True,
-             train_posts: int = DEMO_TRAIN_POSTS, overwrite: bool = False, variant: str = "default") -> dict[str, Any]:
+def run_demo(
+    output_dir: str | Path = "qgn-demo",
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    train_posts: int = DEMO_TRAIN_POSTS,
+    overwrite: bool = False,
+    variant: str = "default",
+) -> dict[str, Any]:
     import shutil
 
     import yaml
@@ -119,20 +127,26 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         changes = _changed_settings(saved, settings.to_dict())
         if changes:
-            raise QGNError(f"{run_dir} holds a demo run with other settings ({'; '.join(changes[:4])}); rerun with "
-                           "--overwrite to start afresh, or choose another --output-dir")
+            raise QGNError(
+                f"{run_dir} holds a demo run with other settings ({'; '.join(changes[:4])}); rerun with "
+                "--overwrite to start afresh, or choose another --output-dir"
+            )
         logger.info("continuing the demo run in %s (same settings)", run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise QGNError(f"{run_dir} holds files but no training state to continue; rerun with --overwrite to start "
-                       "afresh, or choose another --output-dir")
+        raise QGNError(
+            f"{run_dir} holds files but no training state to continue; rerun with --overwrite to start "
+            "afresh, or choose another --output-dir"
+        )
     # Many distinct posts and few epochs rather than the reverse: with a small training set the tiny
     # model memorises posts instead of learning where an entity's object is.
     try:
         generate_synthetic_benchmark(data_dir, num_train=train_posts, num_dev=DEMO_DEV_POSTS, variant=variant)
     except QGNError:
-        raise QGNError(f"{data_dir} holds other files or a synthetic benchmark of another size or variant "
-                       "(--train-posts, --variant?); rerun with --overwrite to start afresh, or choose another "
-                       "--output-dir") from None
+        raise QGNError(
+            f"{data_dir} holds other files or a synthetic benchmark of another size or variant "
+            "(--train-posts, --variant?); rerun with --overwrite to start afresh, or choose another "
+            "--output-dir"
+        ) from None
     final = run_training(settings, run_dir, resume=resume, progress=progress)
 
     test_posts = read_dataset(str(data_dir), split="test", image_dir=str(Path(data_dir) / "images"))
@@ -140,18 +154,28 @@ def run_demo(output_dir: str | Path = "qgn-demo", overrides: list[str] | None = 
     picture = draw_examples(run_dir / "best", test_posts, out / "predictions.png")
     curve = dev_curve(run_dir / "metrics.jsonl")
     elapsed = time.time() - started
-    result = {"variant": chosen_variant.name, "qgn": final["test"], "qgn_default_thresholds": final["with_default_thresholds"]["test"],
-              "thresholds": final["thresholds"], "text_only_baseline": baseline, "best_epoch": final["best_epoch"],
-              "dev_curve": curve, "seconds": round(elapsed, 1), "picture": str(picture),
-              "checkpoint": str(run_dir / "best")}
+    result = {
+        "variant": chosen_variant.name,
+        "qgn": final["test"],
+        "qgn_default_thresholds": final["with_default_thresholds"]["test"],
+        "thresholds": final["thresholds"],
+        "text_only_baseline": baseline,
+        "best_epoch": final["best_epoch"],
+        "dev_curve": curve,
+        "seconds": round(elapsed, 1),
+        "picture": str(picture),
+        "checkpoint": str(run_dir / "best"),
+    }
     (out / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
 
     chosen = final["thresholds"]["chosen"]
     print("\nDev GMNER F1 by epoch: " + ", ".join(f"{f1:.1f}" for f1 in curve["GMNER"]))
-    print(f"\nQGN (tiny, trained on CPU) on the test split of the synthetic benchmark, variant "
-          f"{chosen_variant.name} ({chosen_variant.summary}), best dev epoch {final['best_epoch']}, "
-          f"thresholds chosen on dev (score {chosen['score_threshold']:g}, no-target "
-          f"{chosen['no_target_threshold']:g}, remove_overlaps {chosen['remove_overlaps']}):")
+    print(
+        f"\nQGN (tiny, trained on CPU) on the test split of the synthetic benchmark, variant "
+        f"{chosen_variant.name} ({chosen_variant.summary}), best dev epoch {final['best_epoch']}, "
+        f"thresholds chosen on dev (score {chosen['score_threshold']:g}, no-target "
+        f"{chosen['no_target_threshold']:g}, remove_overlaps {chosen['remove_overlaps']}):"
+    )
     print(format_summary({"test": final["test"]}))
     print("\n" + "\n".join(format_breakdown(final["test"]["breakdown"])))
     print("\nThe same checkpoint with the default thresholds:")
@@ -170,10 +194,14 @@ def grounding_verdict(qgn_f1: float, baseline_f1: float) -> str:
     knows every span and type and so loses only the grounding."""
     head = f"\nGMNER F1: QGN {qgn_f1:.2f} vs text-only {baseline_f1:.2f}: "
     if qgn_f1 > baseline_f1 + 5:
-        return head + ("the baseline knows every span and type, so all it misses is the grounding, which QGN "
-                       "learned from the image")
-    return head + ("QGN does not clear the box-less baseline: it has not learned to ground (too few epochs or "
-                   "posts? see docs/benchmarks.md, \"The demo\")")
+        return head + (
+            "the baseline knows every span and type, so all it misses is the grounding, which QGN "
+            "learned from the image"
+        )
+    return head + (
+        "QGN does not clear the box-less baseline: it has not learned to ground (too few epochs or "
+        'posts? see docs/benchmarks.md, "The demo")'
+    )
 
 
 def dev_curve(metrics_file: Path) -> dict[str, list[float]]:
@@ -195,20 +223,43 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--output-dir", default="qgn-demo", help="where the data, run and pictures go (default: qgn-demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a setting of the shipped demo config, e.g. --set train.epochs=5")
-    p.add_argument("--train-posts", type=int, default=DEMO_TRAIN_POSTS,
-                   help=f"training posts to generate (default {DEMO_TRAIN_POSTS}; the goal is measured with it)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in --output-dir (deletes its run and data); without it, a finished or "
-                   "interrupted demo there is continued if its settings are the same, and refused if not")
-    p.add_argument("--variant", default="default", choices=list(_variant_names()),
-                   help="which synthetic benchmark: default, or a variant with what real posts have and the "
-                   "default lacks (images of every shape, outline looks, more identities, small and large "
-                   "objects, or all: mixed); docs/benchmarks.md describes each")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting of the shipped demo config, e.g. --set train.epochs=5",
+    )
+    p.add_argument(
+        "--train-posts",
+        type=int,
+        default=DEMO_TRAIN_POSTS,
+        help=f"training posts to generate (default {DEMO_TRAIN_POSTS}; the goal is measured with it)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in --output-dir (deletes its run and data); without it, a finished or "
+        "interrupted demo there is continued if its settings are the same, and refused if not",
+    )
+    p.add_argument(
+        "--variant",
+        default="default",
+        choices=list(_variant_names()),
+        help="which synthetic benchmark: default, or a variant with what real posts have and the "
+        "default lacks (images of every shape, outline looks, more identities, small and large "
+        "objects, or all: mixed); docs/benchmarks.md describes each",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=lambda args: run_demo(args.output_dir, args.overrides, not args.no_progress,
-                                              args.train_posts, args.overwrite, args.variant) and 0)
+    p.set_defaults(
+        func=lambda args: (
+            run_demo(
+                args.output_dir, args.overrides, not args.no_progress, args.train_posts, args.overwrite, args.variant
+            )
+            and 0
+        )
+    )
 
 
 def _variant_names() -> tuple[str, ...]:

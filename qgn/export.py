@@ -57,11 +57,23 @@ def _graph_module(model: Any) -> Any:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor,
-                    word_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                    pixel_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, word_index=word_index,
-                                 word_mask=word_mask, pixel_values=pixel_values, pixel_mask=pixel_mask)
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            word_index: torch.Tensor,
+            word_mask: torch.Tensor,
+            pixel_values: torch.Tensor | None = None,
+            pixel_mask: torch.Tensor | None = None,
+        ) -> tuple[torch.Tensor, ...]:
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                word_index=word_index,
+                word_mask=word_mask,
+                pixel_values=pixel_values,
+                pixel_mask=pixel_mask,
+            )
             return tuple(outputs[name] for name in names)
 
     return Graph().eval()
@@ -74,11 +86,18 @@ def example_inputs(predictor: Any) -> dict[str, Any]:
     from qgn.data.pipeline import Collator, GMNERDataset, model_inputs
 
     image = None if predictor.config.text_only else Image.new("RGB", (64, 48), (120, 160, 200))
-    pairs = [predictor.make_post("Anna met the Blue Comets in Paris", image, "0"),
-             predictor.make_post("Hugo", image, "1")]
-    dataset = GMNERDataset([p for p, _ in pairs], predictor.tokenizer, predictor.config,
-                           image_transform=predictor.image_transform, text_only=predictor.config.text_only,
-                           images=[i for _, i in pairs])
+    pairs = [
+        predictor.make_post("Anna met the Blue Comets in Paris", image, "0"),
+        predictor.make_post("Hugo", image, "1"),
+    ]
+    dataset = GMNERDataset(
+        [p for p, _ in pairs],
+        predictor.tokenizer,
+        predictor.config,
+        image_transform=predictor.image_transform,
+        text_only=predictor.config.text_only,
+        images=[i for _, i in pairs],
+    )
     batch = Collator(predictor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     return model_inputs(batch)
 
@@ -105,14 +124,26 @@ def export_onnx(checkpoint: str, output: str | Path, opset: int | None = None) -
     batch = torch.export.Dim("batch", min=1, max=4096)
     subwords = torch.export.Dim("subwords", min=2, max=predictor.config.max_text_length)
     words = torch.export.Dim("words", min=1, max=predictor.config.max_text_length)
-    shapes = {"input_ids": {0: batch, 1: subwords}, "attention_mask": {0: batch, 1: subwords},
-              "word_index": {0: batch, 1: subwords}, "word_mask": {0: batch, 1: words}, "pixel_values": {0: batch},
-              "pixel_mask": {0: batch}}
+    shapes = {
+        "input_ids": {0: batch, 1: subwords},
+        "attention_mask": {0: batch, 1: subwords},
+        "word_index": {0: batch, 1: subwords},
+        "word_mask": {0: batch, 1: words},
+        "pixel_values": {0: batch},
+        "pixel_mask": {0: batch},
+    }
     chatter = io.StringIO()  # the exporter prints its progress; keep it for -v
     with torch.no_grad(), contextlib.redirect_stdout(chatter), _quiet_exporter():
-        torch.onnx.export(_graph_module(predictor.model), args, str(output), dynamo=True, input_names=list(names),
-                          output_names=list(output_names(predictor.config)),
-                          dynamic_shapes={name: shapes[name] for name in names}, opset_version=opset)
+        torch.onnx.export(
+            _graph_module(predictor.model),
+            args,
+            str(output),
+            dynamo=True,
+            input_names=list(names),
+            output_names=list(output_names(predictor.config)),
+            dynamic_shapes={name: shapes[name] for name in names},
+            opset_version=opset,
+        )
     logger.debug("%s", chatter.getvalue())
     return output
 
@@ -199,14 +230,19 @@ class OnnxModel(torch.nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own kinds for a bad file
-            raise QGNError(f"--onnx {path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]}); is its "
-                           "NAME.onnx.data beside it, and is it a graph qgn export wrote?") from None
+            raise QGNError(
+                f"--onnx {path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]}); is its "
+                "NAME.onnx.data beside it, and is it a graph qgn export wrote?"
+            ) from None
         self.config = config
         graph_inputs = [i.name for i in self.session.get_inputs()]
-        if set(graph_inputs) != set(input_names(config)) or \
-                [o.name for o in self.session.get_outputs()] != list(output_names(config)):
-            raise QGNError(f"--onnx {path} takes {graph_inputs}, but the checkpoint's model takes "
-                           f"{list(input_names(config))}: export the graph from this checkpoint")
+        if set(graph_inputs) != set(input_names(config)) or [o.name for o in self.session.get_outputs()] != list(
+            output_names(config)
+        ):
+            raise QGNError(
+                f"--onnx {path} takes {graph_inputs}, but the checkpoint's model takes "
+                f"{list(input_names(config))}: export the graph from this checkpoint"
+            )
 
     def forward(self, **inputs: Any) -> dict[str, Any]:
         return onnx_outputs(self.session, inputs)
@@ -235,6 +271,9 @@ def _main(args: Any) -> int:
     files = written_files(path)
     shown = " and ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
     together = "; the graph reads its weights from the .data file: keep the two together" if len(files) > 1 else ""
-    print(f"exported {args.checkpoint} to {shown}{together}. Predict with it: qgn predict --onnx {path} "
-          f"--checkpoint {args.checkpoint} ...", file=sys.stderr)
+    print(
+        f"exported {args.checkpoint} to {shown}{together}. Predict with it: qgn predict --onnx {path} "
+        f"--checkpoint {args.checkpoint} ...",
+        file=sys.stderr,
+    )
     return 0

@@ -35,12 +35,15 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision or None))
     except LocalEntryNotFoundError:
-        raise QGNError(f"{checkpoint} is not a local folder, and the hub repo is not in the cache "
-                       f"({_cache_dir()}) while offline or unreachable; download it once online, or give a folder"
-                       ) from None
+        raise QGNError(
+            f"{checkpoint} is not a local folder, and the hub repo is not in the cache "
+            f"({_cache_dir()}) while offline or unreachable; download it once online, or give a folder"
+        ) from None
     except RepositoryNotFoundError:
-        raise QGNError(f"{checkpoint}: no such folder here, and no such model repo on the hub (or it is private: "
-                       "log in with `hf auth login`)") from None
+        raise QGNError(
+            f"{checkpoint}: no such folder here, and no such model repo on the hub (or it is private: "
+            "log in with `hf auth login`)"
+        ) from None
     except HfHubHTTPError as err:
         raise QGNError(f"{checkpoint}: the hub answered {err}") from None
 
@@ -51,8 +54,14 @@ def _cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-         revision: str | None = None, commit_message: str = "Upload QGN checkpoint") -> str:
+def push(
+    checkpoint: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload QGN checkpoint",
+) -> str:
     """Upload a checkpoint folder (model card included) to the hub; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -68,8 +77,9 @@ def push(checkpoint: str | os.PathLike, repo_id: str, private: bool = False, tok
         write_model_card(folder, QGNConfig.load(folder / "config.json"))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                             commit_message=commit_message, repo_type="model")
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message, repo_type="model"
+    )
     return str(getattr(info, "commit_url", info))
 
 
@@ -102,7 +112,13 @@ def register(subparsers: Any) -> None:
 
 
 def _main(args: Any) -> int:
-    url = push(args.checkpoint, args.repo_id, private=args.private, token=args.token, revision=args.revision,
-               commit_message=args.message)
+    url = push(
+        args.checkpoint,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.message,
+    )
     print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
     return 0

@@ -19,8 +19,15 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: Any, fill: str, background: str,
-           size: tuple[int, int]) -> tuple[int, int, int, int]:
+def _label(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    font: Any,
+    fill: str,
+    background: str,
+    size: tuple[int, int],
+) -> tuple[int, int, int, int]:
     """``text`` on a filled box at ``xy``, moved left / down as needed to stay inside the image."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     w, h = right - left + 4, bottom - top + 4

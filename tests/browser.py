@@ -32,8 +32,10 @@ def install_chromium(run: Callable[..., subprocess.CompletedProcess] = subproces
     """``apt-get install chromium`` (as root, else through ``sudo -n``); the path of the browser.
     :class:`ChromiumUnavailable` with the failed command's last words and what to do otherwise."""
     if shutil.which("apt-get") is None:
-        raise ChromiumUnavailable("the browser test needs Chromium and this machine has no apt-get: install "
-                                  "Chromium so that `chromium` is on PATH, then run the tests again")
+        raise ChromiumUnavailable(
+            "the browser test needs Chromium and this machine has no apt-get: install "
+            "Chromium so that `chromium` is on PATH, then run the tests again"
+        )
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", PACKAGE]):
@@ -45,11 +47,14 @@ def install_chromium(run: Callable[..., subprocess.CompletedProcess] = subproces
             said = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
             raise ChromiumUnavailable(
                 f"the browser test needs Chromium; `{' '.join(sudo + command)}` failed ({said[0]}): run "
-                f"`sudo apt-get install {PACKAGE}` yourself, then run the tests again")
+                f"`sudo apt-get install {PACKAGE}` yourself, then run the tests again"
+            )
     path = find_chromium()
     if path is None:
-        raise ChromiumUnavailable(f"apt-get installed {PACKAGE} but no `chromium` is on PATH "
-                                  f"({os.environ.get('PATH', '')}); put it there and run the tests again")
+        raise ChromiumUnavailable(
+            f"apt-get installed {PACKAGE} but no `chromium` is on PATH "
+            f"({os.environ.get('PATH', '')}); put it there and run the tests again"
+        )
     return path
 
 

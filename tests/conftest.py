@@ -11,8 +11,9 @@ import pytest
 def tiny_bench(tmp_path_factory) -> Path:
     from qgn.data.synthetic import generate_synthetic_benchmark
 
-    return generate_synthetic_benchmark(tmp_path_factory.mktemp("tiny-bench"), num_train=96, num_dev=8, num_test=8,
-                                        seed=5)
+    return generate_synthetic_benchmark(
+        tmp_path_factory.mktemp("tiny-bench"), num_train=96, num_dev=8, num_test=8, seed=5
+    )
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +25,20 @@ def tiny_checkpoint(tiny_bench, tmp_path_factory) -> Path:
     from qgn.engine.train import run_training
 
     run = tmp_path_factory.mktemp("tiny-run")
-    settings = settings_from_dict({
-        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
-        "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1,
-                  "tune_thresholds": False},
-    })
+    settings = settings_from_dict(
+        {
+            "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
+            "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
+            "train": {
+                "epochs": 4,
+                "batch_size": 8,
+                "lr": 1e-3,
+                "eval_batch_size": 8,
+                "seed": 1,
+                "tune_thresholds": False,
+            },
+        }
+    )
     run_training(settings, run, progress=False)
     return run / "best"
 

@@ -39,8 +39,10 @@ def test_chromium_missing_is_installed_with_apt_get(bare_path):
     assert browser.find_chromium() is None
     assert browser.chromium_path() == str(bare_path / "chromium")
     calls = log.read_text().splitlines()
-    assert calls == ["update -qq DEBIAN_FRONTEND=noninteractive",
-                     "install -y -qq chromium DEBIAN_FRONTEND=noninteractive"]
+    assert calls == [
+        "update -qq DEBIAN_FRONTEND=noninteractive",
+        "install -y -qq chromium DEBIAN_FRONTEND=noninteractive",
+    ]
     # Found now: no second install.
     assert browser.chromium_path() == str(bare_path / "chromium")
     assert len(log.read_text().splitlines()) == 2

@@ -24,8 +24,13 @@ def config() -> QGNConfig:
 def two_posts():
     targets = [
         # entity 0 has two boxes (two targets, one span), entity 1 has none
-        make_targets([0, 0, 2], [1, 1, 4], [2, 2, 4], [[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.2, 0.3], [0, 0, 0, 0]],
-                     [True, True, False]),
+        make_targets(
+            [0, 0, 2],
+            [1, 1, 4],
+            [2, 2, 4],
+            [[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.2, 0.3], [0, 0, 0, 0]],
+            [True, True, False],
+        ),
         make_targets([3], [0], [0], [[0.5, 0.5, 0.4, 0.4]], [True]),
     ]
     targets[0]["entity_index"] = torch.tensor([0, 0, 1])
@@ -33,8 +38,11 @@ def two_posts():
 
 
 def weighted_total(config, parts):
-    return (config.lambda_pred * parts.get("loss_pred", 0.0) + config.lambda_nt * parts.get("loss_nt", 0.0)
-            + config.lambda_con * parts.get("loss_con", 0.0))
+    return (
+        config.lambda_pred * parts.get("loss_pred", 0.0)
+        + config.lambda_nt * parts.get("loss_nt", 0.0)
+        + config.lambda_con * parts.get("loss_con", 0.0)
+    )
 
 
 def test_finite_scalar_with_all_parts(config):
@@ -43,15 +51,21 @@ def test_finite_scalar_with_all_parts(config):
     assert total.dim() == 0 and torch.isfinite(total)
     assert set(parts) == {"loss_ce", "loss_boundary", "loss_l1", "loss_giou", "loss_pred", "loss_nt", "loss_con"}
     assert all(not p.requires_grad and torch.isfinite(p) for p in parts.values())
-    pred = (config.weight_ce * parts["loss_ce"] + config.weight_boundary * parts["loss_boundary"]
-            + config.weight_l1 * parts["loss_l1"] + config.weight_giou * parts["loss_giou"])
+    pred = (
+        config.weight_ce * parts["loss_ce"]
+        + config.weight_boundary * parts["loss_boundary"]
+        + config.weight_l1 * parts["loss_l1"]
+        + config.weight_giou * parts["loss_giou"]
+    )
     assert parts["loss_pred"].item() == pytest.approx(pred.item(), rel=1e-5)
     assert total.item() == pytest.approx(float(weighted_total(config, parts)), rel=1e-5)
 
 
 def test_never_calls_backward_and_half_inputs_work(config):
-    out = {k: v.clone().half().requires_grad_(v.is_floating_point()) if v.is_floating_point() else v
-           for k, v in random_outputs(2, 6, 7, C, seed=1).items()}
+    out = {
+        k: v.clone().half().requires_grad_(v.is_floating_point()) if v.is_floating_point() else v
+        for k, v in random_outputs(2, 6, 7, C, seed=1).items()
+    }
     total, _ = SetCriterion(config)(out, two_posts())
     assert total.dtype == torch.float32
     assert all(v.grad is None for v in out.values() if torch.is_tensor(v) and v.is_floating_point())
@@ -66,8 +80,9 @@ def test_zero_target_batch(config):
     total, parts = SetCriterion(config)(out, empty)
     assert torch.isfinite(total)
     labels = torch.full((2, 5), C)
-    assert parts["loss_ce"].item() == pytest.approx(F.cross_entropy(out["type_logits"].transpose(1, 2), labels).item(),
-                                                    rel=1e-5)
+    assert parts["loss_ce"].item() == pytest.approx(
+        F.cross_entropy(out["type_logits"].transpose(1, 2), labels).item(), rel=1e-5
+    )
     nt = F.cross_entropy(out["notarget_logits"].transpose(1, 2), torch.ones(2, 5, dtype=torch.long))
     assert parts["loss_nt"].item() == pytest.approx(nt.item(), rel=1e-5)
     for name in ("loss_boundary", "loss_l1", "loss_giou", "loss_con"):
@@ -110,12 +125,16 @@ def test_box_losses_by_hand_skip_box_less_targets(config):
     # Two posts, 4 targets, 2 of them without a box (their zero boxes must not count, in the sum
     # or in the denominator). Boxes in cxcywh.
     out = random_outputs(2, 4, 5, C, seed=12)
-    out["pred_boxes"] = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.5, 0.5, 0.4, 0.2], [0.6, 0.6, 0.3, 0.3],
-                                       [0.2, 0.7, 0.2, 0.1]],
-                                      [[0.5, 0.4, 0.2, 0.4], [0.7, 0.7, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1],
-                                       [0.9, 0.9, 0.1, 0.1]]])
-    targets = [make_targets([0, 1], [0, 2], [1, 2], [[0.35, 0.3, 0.2, 0.3], [0, 0, 0, 0]], [True, False]),
-               make_targets([2, 3], [1, 3], [1, 4], [[0, 0, 0, 0], [0.5, 0.5, 0.4, 0.4]], [False, True])]
+    out["pred_boxes"] = torch.tensor(
+        [
+            [[0.3, 0.3, 0.2, 0.2], [0.5, 0.5, 0.4, 0.2], [0.6, 0.6, 0.3, 0.3], [0.2, 0.7, 0.2, 0.1]],
+            [[0.5, 0.4, 0.2, 0.4], [0.7, 0.7, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]],
+        ]
+    )
+    targets = [
+        make_targets([0, 1], [0, 2], [1, 2], [[0.35, 0.3, 0.2, 0.3], [0, 0, 0, 0]], [True, False]),
+        make_targets([2, 3], [1, 3], [1, 4], [[0, 0, 0, 0], [0.5, 0.5, 0.4, 0.4]], [False, True]),
+    ]
     indices = [(torch.tensor([0, 2]), torch.tensor([0, 1])), (torch.tensor([1, 3]), torch.tensor([0, 1]))]
     _, parts = SetCriterion(config)(out, targets, indices)
     # pairs with a box: post 0 query 0 <-> (0.35, 0.3, 0.2, 0.3); post 1 query 3 <-> (0.5, 0.5, 0.4, 0.4)
@@ -142,8 +161,10 @@ def test_auxiliary_layers_add_their_own_losses(config):
     final_only = criterion(layers[-1], two_posts())[1]
     assert {k: v.item() for k, v in parts.items()} == pytest.approx({k: v.item() for k, v in final_only.items()})
     # each auxiliary layer is matched itself: a layer whose queries are permuted has the same loss
-    permuted = {k: v[:, torch.randperm(6, generator=torch.Generator().manual_seed(0))] if v.dim() == 3 else v
-                for k, v in layers[0].items()}
+    permuted = {
+        k: v[:, torch.randperm(6, generator=torch.Generator().manual_seed(0))] if v.dim() == 3 else v
+        for k, v in layers[0].items()
+    }
     again = criterion({**layers[-1], "aux_outputs": [permuted, layers[1]]}, two_posts())[0]
     assert again.item() == pytest.approx(sum(alone), rel=1e-5)
 
@@ -180,7 +201,8 @@ def test_one_to_many_matches_each_target_k_times_in_auxiliary_layers_only(config
     expected = one(layers[-1], posts)[0] + one(layers[0], [repeat_targets(t, 2) for t in posts])[0]
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert {k: v.item() for k, v in parts.items()} == pytest.approx(
-        {k: v.item() for k, v in one(layers[-1], posts)[1].items()})
+        {k: v.item() for k, v in one(layers[-1], posts)[1].items()}
+    )
     with pytest.raises(ValueError, match="aux_one_to_many"):
         config.replace(aux_one_to_many=0)
 
@@ -201,8 +223,15 @@ def test_consistency_groups_every_query_decoding_a_gold_span(config):
     # duplicate decoding the same span, query 3 is matched to the box-less entity, query 4
     # (unmatched) decodes a span of no entity.
     out = peaked_spans(random_outputs(1, 5, 6, C, seed=5), [(1, 2), (1, 2), (1, 2), (4, 4), (0, 3)])
-    targets = [make_targets([0, 0, 1], [1, 1, 4], [2, 2, 4], [[0.4, 0.4, 0.2, 0.2], [0.7, 0.6, 0.2, 0.2], [0, 0, 0, 0]],
-                            [True, True, False])]
+    targets = [
+        make_targets(
+            [0, 0, 1],
+            [1, 1, 4],
+            [2, 2, 4],
+            [[0.4, 0.4, 0.2, 0.2], [0.7, 0.6, 0.2, 0.2], [0, 0, 0, 0]],
+            [True, True, False],
+        )
+    ]
     targets[0]["entity_index"] = torch.tensor([0, 0, 1])
     indices = [(torch.tensor([0, 1, 3]), torch.tensor([0, 1, 2]))]
     out["notarget_logits"].requires_grad_(True)
@@ -242,8 +271,10 @@ def test_consistency_is_not_the_matched_no_target_loss(config):
     _, parts = criterion(out, targets, indices)
     starts = out["start_logits"].argmax(-1)
     logits = out["notarget_logits"]
-    matched_ce = sum(F.cross_entropy(logits[b, q], (~t["has_box"][j]).long(), reduction="sum")
-                     for b, (t, (q, j)) in enumerate(zip(targets, indices)))
+    matched_ce = sum(
+        F.cross_entropy(logits[b, q], (~t["has_box"][j]).long(), reduction="sum")
+        for b, (t, (q, j)) in enumerate(zip(targets, indices))
+    )
     matched_ce = matched_ce / sum(len(t["labels"]) for t in targets)
     assert starts.numel() and abs(parts["loss_con"].item() - matched_ce.item()) > 1e-4
 
@@ -280,8 +311,9 @@ def test_given_indices_skip_the_matcher(config):
             raise AssertionError("matcher called although indices were given")
 
     out = random_outputs(1, 3, 5, C, seed=8)
-    total, _ = SetCriterion(config, matcher=Refuse())(out, [make_targets([0], [0], [1])],
-                                                      [(torch.tensor([0]), torch.tensor([0]))])
+    total, _ = SetCriterion(config, matcher=Refuse())(
+        out, [make_targets([0], [0], [1])], [(torch.tensor([0]), torch.tensor([0]))]
+    )
     assert torch.isfinite(total)
 
 
@@ -341,9 +373,13 @@ def test_box_patches_cover_cell_centres_and_the_box_centre():
     # 4x4 grid, cell centres at 1/8, 3/8, 5/8, 7/8. Target 0: the top-left 2x2 block; target 1: one
     # cell; target 2: a box smaller than a cell (no centre inside: only the cell holding its
     # centre); target 3: no box.
-    t = make_targets([0, 0, 1, 2], [0, 0, 1, 2], [0, 0, 1, 2],
-                     [[0.25, 0.25, 0.5, 0.5], [0.875, 0.875, 0.2, 0.2], [0.55, 0.3, 0.05, 0.05], [0, 0, 0, 0]],
-                     [True, True, True, False])
+    t = make_targets(
+        [0, 0, 1, 2],
+        [0, 0, 1, 2],
+        [0, 0, 1, 2],
+        [[0.25, 0.25, 0.5, 0.5], [0.875, 0.875, 0.2, 0.2], [0.55, 0.3, 0.05, 0.05], [0, 0, 0, 0]],
+        [True, True, True, False],
+    )
     cells = SetCriterion.box_patches(t, 4, torch.device("cpu"))
     assert cells[0].nonzero().flatten().tolist() == [0, 1, 4, 5]
     assert cells[1].nonzero().flatten().tolist() == [15]
@@ -407,7 +443,8 @@ def test_word_alignment_by_hand_and_padding_words_are_no_candidates(config):
     assert parts["loss_align_words"].item() == pytest.approx((rows + cols / 4) / 2, rel=1e-5)
     out["align_word_logits"][0, 4] = 50.0  # a padding word that "matches" everything changes nothing
     assert criterion(out, targets, indices)[1]["loss_align_words"].item() == pytest.approx(
-        parts["loss_align_words"].item(), rel=1e-5)
+        parts["loss_align_words"].item(), rel=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- by-hand checks of the details
@@ -415,10 +452,12 @@ def test_box_patches_match_a_plain_loop_on_off_centre_boxes():
     # Boxes whose edges fall exactly on cell centres (inclusive), off-centre and non-square, one
     # whose centre sits on the image border (its cell is the last one, not past the grid).
     grid = 4
-    boxes = [[0.3125, 0.25, 0.375, 0.25],   # x in [0.125, 0.5], y in [0.125, 0.375]: edges on centres
-             [0.6, 0.3, 0.5, 0.1],          # wide and flat, right half
-             [0.2, 0.7, 0.1, 0.5],          # narrow and tall, left
-             [1.0, 1.0, 0.1, 0.1]]          # centre on the corner
+    boxes = [
+        [0.3125, 0.25, 0.375, 0.25],  # x in [0.125, 0.5], y in [0.125, 0.375]: edges on centres
+        [0.6, 0.3, 0.5, 0.1],  # wide and flat, right half
+        [0.2, 0.7, 0.1, 0.5],  # narrow and tall, left
+        [1.0, 1.0, 0.1, 0.1],
+    ]  # centre on the corner
     t = make_targets([0] * 4, [0] * 4, [0] * 4, boxes, [True] * 4)
     cells = SetCriterion.box_patches(t, grid, torch.device("cpu"))
     for k, (cx, cy, w, h) in enumerate(boxes):
@@ -434,7 +473,16 @@ def test_box_patches_match_a_plain_loop_on_off_centre_boxes():
     # every edge exactly on a cell centre, cx != cy: x in [0.125, 0.625], y in [0.375, 0.875]
     edges = make_targets([0], [0], [0], [[0.375, 0.625, 0.5, 0.5]], [True])
     assert SetCriterion.box_patches(edges, grid, torch.device("cpu"))[0].nonzero().flatten().tolist() == [
-        4, 5, 6, 8, 9, 10, 12, 13, 14]
+        4,
+        5,
+        6,
+        8,
+        9,
+        10,
+        12,
+        13,
+        14,
+    ]
 
 
 def test_boundary_loss_by_hand_with_several_targets_a_one_word_post_and_no_mask(config):
@@ -447,27 +495,34 @@ def test_boundary_loss_by_hand_with_several_targets_a_one_word_post_and_no_mask(
     for b, q, start, end in ((0, 2, 0, 1), (0, 0, 2, 3), (1, 1, 0, 0)):
         n = int(out["word_mask"][b].sum())
         for key, gold in (("start_logits", start), ("end_logits", end)):
-            expected += F.binary_cross_entropy_with_logits(out[key][b, q, :n],
-                                                           F.one_hot(torch.tensor(gold), n).float()).item()
+            expected += F.binary_cross_entropy_with_logits(
+                out[key][b, q, :n], F.one_hot(torch.tensor(gold), n).float()
+            ).item()
     assert parts["loss_boundary"].item() == pytest.approx(expected / 3, rel=1e-5)
     # without a word_mask every position is a word: the same as an all-true mask (3 posts of 2
     # queries: more posts than queries)
     full = random_outputs(3, 2, 4, C, seed=31)
     targets = [make_targets([0], [0], [1]), make_targets([2], [0], [0]), make_targets([1], [2], [3])]
-    indices = [(torch.tensor([1]), torch.tensor([0])), (torch.tensor([0]), torch.tensor([0])),
-               (torch.tensor([1]), torch.tensor([0]))]
+    indices = [
+        (torch.tensor([1]), torch.tensor([0])),
+        (torch.tensor([0]), torch.tensor([0])),
+        (torch.tensor([1]), torch.tensor([0])),
+    ]
     with_mask = SetCriterion(config)(full, targets, indices)[1]["loss_boundary"]
     del full["word_mask"]
     assert SetCriterion(config)(full, targets, indices)[1]["loss_boundary"].item() == pytest.approx(with_mask.item())
 
 
-@pytest.mark.parametrize("switch, absent, present", [
-    ({"weight_ce": 0.0}, {"loss_ce"}, {"loss_boundary", "loss_l1", "loss_giou"}),
-    ({"weight_boundary": 0.0}, {"loss_boundary"}, {"loss_ce"}),
-    ({"weight_l1": 0.0}, set(), {"loss_giou", "loss_l1"}),  # the box losses run while either weighs
-    ({"weight_l1": 0.0, "weight_giou": 0.0}, {"loss_l1", "loss_giou"}, {"loss_ce"}),
-    ({"lambda_align": 0.0, "lambda_align_words": 0.0}, {"loss_align", "loss_align_words"}, {"loss_ce"}),
-])
+@pytest.mark.parametrize(
+    "switch, absent, present",
+    [
+        ({"weight_ce": 0.0}, {"loss_ce"}, {"loss_boundary", "loss_l1", "loss_giou"}),
+        ({"weight_boundary": 0.0}, {"loss_boundary"}, {"loss_ce"}),
+        ({"weight_l1": 0.0}, set(), {"loss_giou", "loss_l1"}),  # the box losses run while either weighs
+        ({"weight_l1": 0.0, "weight_giou": 0.0}, {"loss_l1", "loss_giou"}, {"loss_ce"}),
+        ({"lambda_align": 0.0, "lambda_align_words": 0.0}, {"loss_align", "loss_align_words"}, {"loss_ce"}),
+    ],
+)
 def test_each_weight_switches_exactly_its_loss(config, switch, absent, present):
     out = random_outputs(2, 6, 7, C, seed=32)
     out["align_logits"] = torch.randn(2, 7, 5)
@@ -487,8 +542,13 @@ def test_total_is_the_weighted_sum_of_every_part_alignment_included(config):
     out["align_logits"] = torch.randn(2, 7, 5)
     out["align_word_logits"] = torch.randn(2, 8, 5)
     total, parts = SetCriterion(config)(out, two_posts())
-    expected = (config.lambda_pred * parts["loss_pred"] + 1.5 * parts["loss_nt"] + 0.5 * parts["loss_con"]
-                + 0.7 * parts["loss_align"] + 0.3 * parts["loss_align_words"])
+    expected = (
+        config.lambda_pred * parts["loss_pred"]
+        + 1.5 * parts["loss_nt"]
+        + 0.5 * parts["loss_con"]
+        + 0.7 * parts["loss_align"]
+        + 0.3 * parts["loss_align_words"]
+    )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -43,12 +43,16 @@ needs_shared = pytest.mark.skipif(not GMNER_V2.is_dir(), reason=f"shared Twitter
 
 # ------------------------------------------------------------------------------- fixtures
 def voc_xml(width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
-    parts = [f"<annotation><folder>x</folder><filename>wrong_region.jpg</filename><path>C:\\a.jpg</path>"
-             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><folder>x</folder><filename>wrong_region.jpg</filename><path>C:\\a.jpg</path>"
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+    ]
     for name, (x1, y1, x2, y2) in objects:
-        parts.append(f"\n<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                     f"<difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
-                     f"<ymax>{y2}</ymax></bndbox></object>")
+        parts.append(
+            f"\n<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+            f"<ymax>{y2}</ymax></bndbox></object>"
+        )
     return "".join(parts) + "\n</annotation>\n"
 
 
@@ -80,8 +84,16 @@ Jackson\tI-PER
 Five\tB-OTHER
 """
 GMNER_XML = {
-    "1001": voc_xml(100, 80, [("Kevin Durant", (1, 2, 30, 40)), ("Golden State Warriors", (40, 0, 60, 50)),
-                             ("Golden State Warriors", (61, 0, 99, 79)), ("Bob", (0, 0, 5, 5))]),
+    "1001": voc_xml(
+        100,
+        80,
+        [
+            ("Kevin Durant", (1, 2, 30, 40)),
+            ("Golden State Warriors", (40, 0, 60, 50)),
+            ("Golden State Warriors", (61, 0, 99, 79)),
+            ("Bob", (0, 0, 5, 5)),
+        ],
+    ),
     "1003": voc_xml(50, 50, [("Nike", (10, 10, 20, 20))]),
 }
 
@@ -124,14 +136,17 @@ def test_gmner_reader_links_boxes_by_exact_string(tmp_path, caplog):
     assert (report.xml_files, report.xml_objects, report.unmatched_names, report.stray_i_tags) == (2, 5, 1, 1)
 
 
-@pytest.mark.parametrize("txt, line, words", [
-    ("IMGID:1\nKevin\tB-PER\nDurant\n", 3, "expected 2 tab-separated fields"),
-    ("IMGID:1\nKevin\tB-PER\tB-actor\n", 2, "expected 2 tab-separated fields"),
-    ("IMGID:1\nKevin\tB-FOO\n", 2, "unknown entity type 'FOO'"),
-    ("IMGID:1\nKevin\tX-PER\n", 2, "malformed tag 'X-PER'"),
-    ("Kevin\tB-PER\n", 1, "token line outside a post"),
-    ("IMGID:1\nA\tO\n\nIMGID:1\nB\tO\n", 4, "repeats the post of line 1"),
-])
+@pytest.mark.parametrize(
+    "txt, line, words",
+    [
+        ("IMGID:1\nKevin\tB-PER\nDurant\n", 3, "expected 2 tab-separated fields"),
+        ("IMGID:1\nKevin\tB-PER\tB-actor\n", 2, "expected 2 tab-separated fields"),
+        ("IMGID:1\nKevin\tB-FOO\n", 2, "unknown entity type 'FOO'"),
+        ("IMGID:1\nKevin\tX-PER\n", 2, "malformed tag 'X-PER'"),
+        ("Kevin\tB-PER\n", 1, "token line outside a post"),
+        ("IMGID:1\nA\tO\n\nIMGID:1\nB\tO\n", 4, "repeats the post of line 1"),
+    ],
+)
 def test_gmner_malformed_text_names_file_and_line(tmp_path, txt, line, words):
     root = write_gmner(tmp_path, txt, xmls={})
     with pytest.raises(DataError) as err:
@@ -139,11 +154,14 @@ def test_gmner_malformed_text_names_file_and_line(tmp_path, txt, line, words):
     assert f"train.txt:{line}: " in str(err.value) and words in str(err.value)
 
 
-@pytest.mark.parametrize("xml_text, words, line", [
-    (voc_xml(50, 50, [("A", (1, 1, 5, 5)), ("A", (0, 0, 51, 10))]), "outside the 50x50 image", 3),
-    (voc_xml(50, 50, [("A", (10, 1, 5, 5))]), "x2 < x1", 2),
-    ("<annotation><size><width>5</width>", "xml does not parse", 1),
-])
+@pytest.mark.parametrize(
+    "xml_text, words, line",
+    [
+        (voc_xml(50, 50, [("A", (1, 1, 5, 5)), ("A", (0, 0, 51, 10))]), "outside the 50x50 image", 3),
+        (voc_xml(50, 50, [("A", (10, 1, 5, 5))]), "x2 < x1", 2),
+        ("<annotation><size><width>5</width>", "xml does not parse", 1),
+    ],
+)
 def test_gmner_bad_xml_names_file_and_line(tmp_path, xml_text, words, line):
     root = write_gmner(tmp_path, "IMGID:7\nA\tB-PER\n", xmls={"7": xml_text})
     with pytest.raises(DataError) as err:
@@ -190,13 +208,18 @@ def test_one_three_column_line_at_the_top_is_that_lines_error_not_fmnerg(tmp_pat
         read_dataset(root, split="train")
 
 
-@pytest.mark.parametrize("text, words", [
-    ("Angelina Jolie's #Paris trip!", ["Angelina", "Jolie", "'", "s", "#", "Paris", "trip", "!"]),
-    # a t.co link the benchmark holds as two tokens, and an HTML entity as escaped in tweets
-    ("RT @Bob : http://t. co/1DzVeOJVyM Tom &amp; Jerry", ["RT", "@", "Bob", ":", "http://t.", "co/1DzVeOJVyM",
-                                                          "Tom", "&amp", ";", "Jerry"]),
-    ("24/7 w/ friends :) see http… ", ["24", "/", "7", "w/", "friends", ":)", "see", "http…"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("Angelina Jolie's #Paris trip!", ["Angelina", "Jolie", "'", "s", "#", "Paris", "trip", "!"]),
+        # a t.co link the benchmark holds as two tokens, and an HTML entity as escaped in tweets
+        (
+            "RT @Bob : http://t. co/1DzVeOJVyM Tom &amp; Jerry",
+            ["RT", "@", "Bob", ":", "http://t.", "co/1DzVeOJVyM", "Tom", "&amp", ";", "Jerry"],
+        ),
+        ("24/7 w/ friends :) see http… ", ["24", "/", "7", "w/", "friends", ":)", "see", "http…"]),
+    ],
+)
 def test_split_words_keeps_the_benchmarks_tokens(text, words):
     from qgn.data.text import split_words
 
@@ -280,9 +303,16 @@ def test_jsonl_raw_text_with_char_offsets(tmp_path):
     path = tmp_path / "own.jsonl"
     write_image(tmp_path / "img" / "a.png", (20, 10))
     lines = [
-        {"id": "a", "text": "Angelina Jolie's #Paris trip", "image": "img/a.png", "image_size": [20, 10],
-         "entities": [{"char_start": 0, "char_end": 14, "type": "PER", "boxes": [[0, 0, 10, 10]]},
-                      {"char_start": 18, "char_end": 23, "type": "LOC"}]},
+        {
+            "id": "a",
+            "text": "Angelina Jolie's #Paris trip",
+            "image": "img/a.png",
+            "image_size": [20, 10],
+            "entities": [
+                {"char_start": 0, "char_end": 14, "type": "PER", "boxes": [[0, 0, 10, 10]]},
+                {"char_start": 18, "char_end": 23, "type": "LOC"},
+            ],
+        },
         {"id": "b", "tokens": ["Hi", "Bob"], "entities": [{"start": 1, "end": 2, "type": "PER", "boxes": []}]},
     ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
@@ -295,16 +325,28 @@ def test_jsonl_raw_text_with_char_offsets(tmp_path):
     assert read_jsonl(tmp_path / "out" / "copy.jsonl") == [a, b]
 
 
-@pytest.mark.parametrize("obj, words", [
-    ({"id": "a", "text": "Angelina Jolie", "entities": [{"char_start": 0, "char_end": 4, "type": "PER"}]},
-     "do not fall on word boundaries"),
-    ({"id": "a", "tokens": ["x"], "entites": []}, "unknown post key(s) entites"),
-    ({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 2, "type": "PER"}]}, "0 <= start < end <= 1"),
-    ({"id": "a", "tokens": ["x"], "image_size": [5, 5],
-      "entities": [{"start": 0, "end": 1, "type": "PER", "boxes": [[0, 0, 6, 5]]}]}, "outside the 5x5 image"),
-    ({"id": 3, "tokens": ["x"]}, "'id' must be a non-empty string"),
-    ({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 1, "type": "FOO"}]}, "unknown entity type"),
-])
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        (
+            {"id": "a", "text": "Angelina Jolie", "entities": [{"char_start": 0, "char_end": 4, "type": "PER"}]},
+            "do not fall on word boundaries",
+        ),
+        ({"id": "a", "tokens": ["x"], "entites": []}, "unknown post key(s) entites"),
+        ({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 2, "type": "PER"}]}, "0 <= start < end <= 1"),
+        (
+            {
+                "id": "a",
+                "tokens": ["x"],
+                "image_size": [5, 5],
+                "entities": [{"start": 0, "end": 1, "type": "PER", "boxes": [[0, 0, 6, 5]]}],
+            },
+            "outside the 5x5 image",
+        ),
+        ({"id": 3, "tokens": ["x"]}, "'id' must be a non-empty string"),
+        ({"id": "a", "tokens": ["x"], "entities": [{"start": 0, "end": 1, "type": "FOO"}]}, "unknown entity type"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, obj, words):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"id": "ok", "tokens": ["fine"]}) + "\n" + json.dumps(obj) + "\n")
@@ -326,18 +368,32 @@ def posts_strategy(draw):
     starts = sorted(draw(st.sets(st.integers(0, len(tokens) - 1), max_size=3)))
     entities = []
     for start in starts:
-        boxes = [(x, y, x + w, y + h) for x, y, w, h in
-                 draw(st.lists(st.tuples(coordinate, coordinate, coordinate, coordinate), max_size=2))]
-        entities.append(Entity(start, start + 1, draw(st.sampled_from(["PER", "loc", "x_y"])), boxes,
-                               draw(st.none() | st.just("person"))))
+        boxes = [
+            (x, y, x + w, y + h)
+            for x, y, w, h in draw(st.lists(st.tuples(coordinate, coordinate, coordinate, coordinate), max_size=2))
+        ]
+        entities.append(
+            Entity(
+                start,
+                start + 1,
+                draw(st.sampled_from(["PER", "loc", "x_y"])),
+                boxes,
+                draw(st.none() | st.just("person")),
+            )
+        )
     text = draw(st.booleans())
     offsets, cursor = [], 0
     for token in tokens:
         offsets.append((cursor, cursor + len(token)))
         cursor += len(token) + 1
-    return Post(id=draw(words), tokens=tokens, entities=entities,
-                image_size=draw(st.none() | st.just((200, 100))),
-                text=" ".join(tokens) if text else None, char_offsets=offsets if text else None)
+    return Post(
+        id=draw(words),
+        tokens=tokens,
+        entities=entities,
+        image_size=draw(st.none() | st.just((200, 100))),
+        text=" ".join(tokens) if text else None,
+        char_offsets=offsets if text else None,
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -414,8 +470,12 @@ def test_exif_orientation_is_applied_everywhere_an_image_is_opened(tmp_path):
     photo = phone_photo(tmp_path / "phone.jpg", 6)
     with Image.open(photo) as raw:
         assert raw.size == (40, 20)  # the stored frame
-    for opened in (load_image(photo), read_image(str(photo)), _open_image(str(photo))[0],
-                   _open_image(Image.open(photo))[0]):
+    for opened in (
+        load_image(photo),
+        read_image(str(photo)),
+        _open_image(str(photo))[0],
+        _open_image(Image.open(photo))[0],
+    ):
         assert opened.size == (20, 40) and opened.mode == "RGB"
         assert opened.getpixel((10, 5))[0] > 200 and opened.getpixel((10, 35))[2] > 200  # red on top
     assert probe_image(str(photo)) == ((20, 40), None)  # the scan reports the upright size too
@@ -486,7 +546,7 @@ def plain_count(root: Path, split: str) -> dict[str, int]:
     counts = {"posts": 0, "entities": 0, "grounded": 0, "boxes": 0, "without_xml": 0}
     for block in text.strip().split("\n\n"):
         lines = block.split("\n")
-        post_id, rows = lines[0][len("IMGID:"):], [line.split("\t") for line in lines[1:]]
+        post_id, rows = lines[0][len("IMGID:") :], [line.split("\t") for line in lines[1:]]
         names: list[str] = []
         xml = root / "xml" / f"{post_id}.xml"
         if xml.exists():
@@ -496,7 +556,7 @@ def plain_count(root: Path, split: str) -> dict[str, int]:
         spans = re.findall(r"B-\w+(?: I-\w+)*", " ".join(tag for _, tag in rows))
         starts = [i for i, (_, tag) in enumerate(rows) if tag.startswith("B-")]
         for start, span in zip(starts, spans):
-            surface = " ".join(token for token, _ in rows[start:start + len(span.split())])
+            surface = " ".join(token for token, _ in rows[start : start + len(span.split())])
             counts["grounded"] += surface in names
         counts["posts"] += 1
         counts["entities"] += len(starts)
@@ -507,24 +567,47 @@ def plain_count(root: Path, split: str) -> dict[str, int]:
 @needs_shared
 def test_stats_match_the_notes_on_v2():
     stats = dataset_stats(GMNER_V2)
-    got = {s: (x.posts, x.entities, x.grounded_entities, x.boxes, x.posts_without_xml, x.entity_box_links,
-               x.posts_without_entities) for s, x in stats.items()}
-    assert got == {"train": (7000, 11779, 4733, 5652, 3075, 5723, 358), "dev": (1500, 2450, 991, 1164, 668, 1171, 87),
-                   "test": (1500, 2543, 1046, 1242, 645, 1254, 82)}
+    got = {
+        s: (
+            x.posts,
+            x.entities,
+            x.grounded_entities,
+            x.boxes,
+            x.posts_without_xml,
+            x.entity_box_links,
+            x.posts_without_entities,
+        )
+        for s, x in stats.items()
+    }
+    assert got == {
+        "train": (7000, 11779, 4733, 5652, 3075, 5723, 358),
+        "dev": (1500, 2450, 991, 1164, 668, 1171, 87),
+        "test": (1500, 2543, 1046, 1242, 645, 1254, 82),
+    }
     assert list(stats["train"].entities_per_type.values()) == [5019, 1918, 3035, 1807]
     assert list(stats["dev"].grounded_per_type.values()) == [698, 42, 139, 112]
     assert list(stats["test"].grounded_per_type.values()) == [711, 40, 181, 114]
     for split, x in stats.items():
         plain = plain_count(GMNER_V2, split)
         assert (x.posts, x.entities, x.grounded_entities, x.boxes, x.posts_without_xml) == (
-            plain["posts"], plain["entities"], plain["grounded"], plain["boxes"], plain["without_xml"])
+            plain["posts"],
+            plain["entities"],
+            plain["grounded"],
+            plain["boxes"],
+            plain["without_xml"],
+        )
 
 
 @needs_shared
 def test_stats_v1_test_split_and_round_trip(tmp_path):
     test = dataset_stats(GMNER_V1, split="test")["test"]
     assert (test.posts, test.entities, test.grounded_entities, test.boxes, test.entity_box_links) == (
-        1500, 2543, 1036, 1242, 1244)
+        1500,
+        2543,
+        1036,
+        1242,
+        1244,
+    )
     assert (test.unmatched_xml_boxes, test.stray_i_tags) == (10, 1)
     posts = read_dataset(GMNER_V2, split="test")
     write_jsonl(posts, tmp_path / "test.jsonl")

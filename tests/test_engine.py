@@ -19,7 +19,9 @@ from qgn.errors import QGNError
 def bench(tmp_path_factory) -> Path:
     from qgn.data.synthetic import generate_synthetic_benchmark
 
-    return generate_synthetic_benchmark(tmp_path_factory.mktemp("synthetic"), num_train=32, num_dev=8, num_test=8, seed=3)
+    return generate_synthetic_benchmark(
+        tmp_path_factory.mktemp("synthetic"), num_train=32, num_dev=8, num_test=8, seed=3
+    )
 
 
 def tiny_settings(bench: Path, **train):
@@ -50,7 +52,13 @@ def test_training_writes_run_and_lowers_loss(trained_run):
     assert final["selected_on"] == "dev GMNER micro F1"
     assert set(final["test"]) == {"GMNER", "MNER", "EEG", "breakdown"}
     assert set(final["with_default_thresholds"]) == {"dev", "test"}
-    for name in ("config.yaml", "run_info.json", "best/config.json", "best/model.safetensors", "checkpoint/trainer_state.json"):
+    for name in (
+        "config.yaml",
+        "run_info.json",
+        "best/config.json",
+        "best/model.safetensors",
+        "checkpoint/trainer_state.json",
+    ):
         assert (trained_run / name).exists(), name
     assert json.loads((trained_run / "checkpoint/trainer_state.json").read_text())["epoch"] == 3
 
@@ -98,8 +106,9 @@ def test_resume_after_interrupt_matches_uninterrupted(bench, straight_run, tmp_p
 
     monkeypatch.setattr(Trainer, "_loss", flaky_loss)
     with pytest.raises(KeyboardInterrupt):
-        run_training(tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0), interrupted,
-                     progress=False)
+        run_training(
+            tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0), interrupted, progress=False
+        )
     monkeypatch.setattr(Trainer, "_loss", original)
     state = json.loads((interrupted / "checkpoint/trainer_state.json").read_text())
     assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 2, 6)
@@ -125,9 +134,14 @@ sys.exit(main(["train", "--config", sys.argv[1], "--output-dir", sys.argv[2], "-
 """
 
 
-@pytest.mark.parametrize("periodic", [{"checkpoint_every_steps": 3, "checkpoint_every_minutes": 0},
-                                      {"checkpoint_every_steps": 0, "checkpoint_every_minutes": 1e-9}],
-                         ids=["every_steps", "every_minutes"])
+@pytest.mark.parametrize(
+    "periodic",
+    [
+        {"checkpoint_every_steps": 3, "checkpoint_every_minutes": 0},
+        {"checkpoint_every_steps": 0, "checkpoint_every_minutes": 1e-9},
+    ],
+    ids=["every_steps", "every_minutes"],
+)
 def test_resume_after_sigkill_matches_uninterrupted(bench, straight_run, tmp_path, periodic):
     # A periodic checkpoint (by steps, or by time: here at once after every step), then SIGKILL
     # right after the one at step 6 (inside epoch 2): only the periodic save can have kept the position.
@@ -139,8 +153,9 @@ def test_resume_after_sigkill_matches_uninterrupted(bench, straight_run, tmp_pat
     script = tmp_path / "kill.py"
     script.write_text(KILL_AFTER_CHECKPOINT)
     killed = tmp_path / "killed"
-    done = subprocess.run([sys.executable, str(script), str(config), str(killed), "6"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(config), str(killed), "6"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == -9, done.stderr[-2000:]
     assert not (killed / "final_metrics.json").exists()
     state = json.loads((killed / "checkpoint/trainer_state.json").read_text())
@@ -176,8 +191,9 @@ sys.exit(main(["train", "--config", sys.argv[1], "--output-dir", sys.argv[2], "-
 
 
 @pytest.mark.parametrize("mode, code, said", [("sigterm", 143, "terminated"), ("double-ctrl-c", 130, "interrupted")])
-def test_sigterm_and_a_second_ctrl_c_during_the_save_leave_a_resumable_state(bench, straight_run, tmp_path, mode,
-                                                                              code, said):
+def test_sigterm_and_a_second_ctrl_c_during_the_save_leave_a_resumable_state(
+    bench, straight_run, tmp_path, mode, code, said
+):
     # Real signals through the real handlers, in a subprocess, with no periodic checkpoint: SIGTERM
     # used to save nothing (exit 143, up to 10 minutes lost); a second Ctrl-C mid-save left an
     # empty checkpoint.tmp and "nothing to resume".
@@ -189,8 +205,9 @@ def test_sigterm_and_a_second_ctrl_c_during_the_save_leave_a_resumable_state(ben
     script = tmp_path / "stop.py"  # not signal.py: it would shadow the standard module
     script.write_text(SIGNAL_IN_TRAINING)
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, str(script), str(config), str(run), mode], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(config), str(run), mode], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == code, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"qgn train: {said}; the training state is saved; continue with: qgn train --resume {run}"
@@ -222,14 +239,18 @@ def test_resume_names_the_missing_file_in_a_whole_sentence(trained_run, tmp_path
     (run / "checkpoint/model.safetensors").unlink()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"qgn train: error: cannot resume: {run}/checkpoint/model.safetensors (the model weights) is "
-                   "missing; nothing was changed: restore it, or start a new run")
+    assert err == (
+        f"qgn train: error: cannot resume: {run}/checkpoint/model.safetensors (the model weights) is "
+        "missing; nothing was changed: restore it, or start a new run"
+    )
     run = _copy_run(trained_run, tmp_path / "run2")
     _truncate(run / "checkpoint/optimizer.bin")
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{run}/checkpoint/optimizer.bin is truncated or overwritten; nothing was changed: restore "
-                        "the file, or start a new run"), err
+    assert err.endswith(
+        f"{run}/checkpoint/optimizer.bin is truncated or overwritten; nothing was changed: restore "
+        "the file, or start a new run"
+    ), err
     run = _copy_run(trained_run, tmp_path / "run3")
     shutil.rmtree(run / "checkpoint")
     (run / "checkpoint.tmp").mkdir()  # stopped while saving the first state, before this fix
@@ -243,10 +264,14 @@ def test_best_checkpoint_is_the_best_dev_epoch_not_the_last(bench, tmp_path, mon
     weights_at_eval = []
 
     def fake_evaluate(self, model, posts, loader, split):
-        weights_at_eval.append({k: v.detach().clone() for k, v in self.accelerator.unwrap_model(model).state_dict().items()})
+        weights_at_eval.append(
+            {k: v.detach().clone() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
+        )
         f1 = next(scripted)
-        return {m: {"precision": f1, "recall": f1, "f1": f1, "tp": 0, "n_pred": 0, "n_gold": 0}
-                for m in ("GMNER", "MNER", "EEG")}
+        return {
+            m: {"precision": f1, "recall": f1, "f1": f1, "tp": 0, "n_pred": 0, "n_gold": 0}
+            for m in ("GMNER", "MNER", "EEG")
+        }
 
     monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
     run = tmp_path / "run"
@@ -283,8 +308,12 @@ def test_corrupt_checkpoint_files_are_named(bench, trained_run, tmp_path, capsys
     image = next((bench / "images").glob("*.jpg"))
     assert main(["predict", "--checkpoint", str(run / "best"), "--text", "Paris", "--image", str(image)]) == 2
     assert "model.safetensors is corrupt or truncated" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(run / "best"), "--data", str(bench), "--image-dir",
-                 str(bench / "images")]) == 2
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(run / "best"), "--data", str(bench), "--image-dir", str(bench / "images")]
+        )
+        == 2
+    )
     assert "model.safetensors is corrupt or truncated" in capsys.readouterr().err
     # resume: the training state's files, then best/, are checked before any epoch runs
     state = json.loads((run / "checkpoint/trainer_state.json").read_text())
@@ -322,16 +351,32 @@ def test_a_best_model_that_does_not_load_never_replaces_the_previous_one(trained
 
 
 def test_bad_settings_and_devices_are_one_clear_line(bench, trained_run, tmp_path, capsys):
-    for setting, message in (("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
-                             ("train.epochs=0", "train.epochs must be at least 1"),
-                             ("train.lr=fast", "train.lr must be a number")):
+    for setting, message in (
+        ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
+        ("train.epochs=0", "train.epochs must be at least 1"),
+        ("train.lr=fast", "train.lr must be a number"),
+    ):
         assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--set", setting]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "demo").exists(), "a bad setting fails before any work"
     if not torch.cuda.is_available():
         image = str(next((bench / "images").glob("*.jpg")))
-        assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--image", image,
-                     "--device", "cuda"]) == 2
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(trained_run / "best"),
+                    "--text",
+                    "Paris",
+                    "--image",
+                    image,
+                    "--device",
+                    "cuda",
+                ]
+            )
+            == 2
+        )
         assert "no usable CUDA GPU; use --device cpu" in capsys.readouterr().err
 
 
@@ -342,10 +387,13 @@ def test_broken_pipe_ends_quietly(bench, trained_run, tmp_path):
     # `qgn predict ... | head -c 1`: the reader leaves early; no BrokenPipeError traceback
     posts = tmp_path / "posts.jsonl"
     image = str(next((bench / "images").glob("*.jpg")))
-    posts.write_text("".join(json.dumps({"id": str(i), "text": "Anna in Paris " * 20, "image": image}) + "\n"
-                             for i in range(300)))
-    cmd = f"{sys.executable} -m qgn.cli predict --checkpoint {trained_run / 'best'} --input {posts} " \
-          "--score-threshold 0 | head -c 1"
+    posts.write_text(
+        "".join(json.dumps({"id": str(i), "text": "Anna in Paris " * 20, "image": image}) + "\n" for i in range(300))
+    )
+    cmd = (
+        f"{sys.executable} -m qgn.cli predict --checkpoint {trained_run / 'best'} --input {posts} "
+        "--score-threshold 0 | head -c 1"
+    )
     done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr[-2000:]
 
@@ -410,8 +458,21 @@ def test_existing_run_is_not_overwritten(bench, trained_run):
 def test_evaluate_checkpoint_matches_standalone_scorer(bench, trained_run, tmp_path, capsys):
     preds = tmp_path / "preds.jsonl"
     common = ["--data", str(bench), "--split", "test", "--json"]
-    assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--image-dir", str(bench / "images"),
-                 "--pred-out", str(preds), *common]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--image-dir",
+                str(bench / "images"),
+                "--pred-out",
+                str(preds),
+                *common,
+            ]
+        )
+        == 0
+    )
     from_model = json.loads(capsys.readouterr().out)
     assert main(["evaluate", "--pred", str(preds), *common]) == 0
     from_file = json.loads(capsys.readouterr().out)
@@ -428,11 +489,14 @@ def test_evaluate_checkpoint_never_falls_back_to_blank_images_silently(bench, tr
     assert json.loads(capsys.readouterr().out)["images"] == "none"
     assert main([*common, "--no-images"]) == 0
     assert "images: none (--no-images)" in capsys.readouterr().out
-    assert main([*common, "--image-dir", str(bench / "images"), "--json", "--pred-out", str(tmp_path / "seen.jsonl")]) == 0
+    assert (
+        main([*common, "--image-dir", str(bench / "images"), "--json", "--pred-out", str(tmp_path / "seen.jsonl")]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["images"] == "images"
     # the blank run really ran on other pixels: the boxes differ
-    boxes = lambda name: [e["box"] for line in (tmp_path / name).read_text().splitlines()  # noqa: E731
-                          for e in json.loads(line)["entities"]]
+    boxes = lambda name: [  # noqa: E731
+        e["box"] for line in (tmp_path / name).read_text().splitlines() for e in json.loads(line)["entities"]
+    ]
     assert boxes("blank.jsonl") != boxes("seen.jsonl")
 
 
@@ -443,14 +507,32 @@ def test_thresholds_chosen_on_dev_are_stored_in_the_checkpoint_and_used(bench, t
     final = json.loads((trained_run / "final_metrics.json").read_text())
     chosen, default = final["thresholds"]["chosen"], final["thresholds"]["default"]
     # the run's own settings are the defaults (tiny_settings sets score_threshold 0)
-    assert set(chosen) == set(THRESHOLD_FIELDS) and default == {"score_threshold": 0.0, "no_target_threshold": 0.5,
-                                                                "remove_overlaps": False}
+    assert set(chosen) == set(THRESHOLD_FIELDS) and default == {
+        "score_threshold": 0.0,
+        "no_target_threshold": 0.5,
+        "remove_overlaps": False,
+    }
     assert current_thresholds(QGNConfig.load(trained_run / "best" / "config.json")) == chosen
     # never worse on dev than the defaults (they are in the search and win ties)
     assert final["dev"]["GMNER"]["f1"] >= final["with_default_thresholds"]["dev"]["GMNER"]["f1"]
     # `qgn evaluate --checkpoint` predicts with the stored thresholds: it reproduces the final test figures
-    assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--image-dir", str(bench / "images"),
-                 "--data", str(bench), "--split", "test", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--image-dir",
+                str(bench / "images"),
+                "--data",
+                str(bench),
+                "--split",
+                "test",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert final["test"]["GMNER"]["n_pred"] > 0, "the comparison needs predictions"
     for metric in ("GMNER", "MNER", "EEG"):
@@ -479,7 +561,10 @@ def test_tune_thresholds_takes_the_best_dev_setting_and_keeps_defaults_on_ties()
     # nothing to gain: the defaults stay
     easy = {"p": [Candidate(0, 1, "PER", 0.9, box, 0.1), Candidate(2, 3, "LOC", 0.9, None, 0.9)]}
     assert tune_thresholds(PostProcessor(config), config, [post], easy, split="dev")["thresholds"] == {
-        "score_threshold": 0.3, "no_target_threshold": 0.5, "remove_overlaps": False}
+        "score_threshold": 0.3,
+        "no_target_threshold": 0.5,
+        "remove_overlaps": False,
+    }
 
 
 def test_evaluate_prints_where_gmner_is_lost(bench, trained_run, tmp_path, capsys):
@@ -504,8 +589,9 @@ def test_evaluate_prints_where_gmner_is_lost(bench, trained_run, tmp_path, capsy
     assert rows["box-less entity predicted with a box"][0] == "1"
     assert rows["missed: no prediction with the span"][0] == str(n_gold - 2)
     assert rows["correct (span, type and region)"][0] == "0"
-    assert main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "p.jsonl"),
-                 "--json"]) == 0
+    assert (
+        main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "p.jsonl"), "--json"]) == 0
+    )
     breakdown = json.loads(capsys.readouterr().out)["breakdown"]
     assert breakdown["boxless_with_box"]["count"] == 1 and breakdown["correct"]["count"] == 0
     assert sum(breakdown[k]["count"] for k in breakdown if k != "spurious") == n_gold
@@ -517,10 +603,15 @@ def test_gold_predictions_score_100(bench, tmp_path, capsys):
     from qgn.metrics import write_predictions
 
     posts = read_dataset(str(bench), split="test")
-    gold = {p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None, 1.0) for e in p.entities]
-            for p in posts}
+    gold = {
+        p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None, 1.0) for e in p.entities]
+        for p in posts
+    }
     write_predictions(gold, tmp_path / "gold.jsonl")
-    assert main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "gold.jsonl"), "--json"]) == 0
+    assert (
+        main(["evaluate", "--data", str(bench), "--split", "test", "--pred", str(tmp_path / "gold.jsonl"), "--json"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert [result[m]["f1"] for m in ("GMNER", "MNER", "EEG")] == [100.0, 100.0, 100.0]
 
@@ -548,18 +639,53 @@ def test_predict_api_and_cli_follow_schema(bench, trained_run, tmp_path, capsys)
     assert len(spans) == len(entities), "at most one entity per span"
 
     drawn = tmp_path / "drawn.png"
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--image", str(image), "--text", text,
-                 "--json", "--draw", str(drawn), "--score-threshold", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--image",
+                str(image),
+                "--text",
+                text,
+                "--json",
+                "--draw",
+                str(drawn),
+                "--score-threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["entities"] == entities
     assert drawn.stat().st_size > 0
 
     batch = tmp_path / "posts.jsonl"
-    batch.write_text(json.dumps({"id": "a", "text": text, "image": str(image)}) + "\n"
-                     + json.dumps({"id": "b", "text": "Paris", "image": str(image)}) + "\n")
+    batch.write_text(
+        json.dumps({"id": "a", "text": text, "image": str(image)})
+        + "\n"
+        + json.dumps({"id": "b", "text": "Paris", "image": str(image)})
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(out),
-                 "--score-threshold", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--input",
+                str(batch),
+                "--output",
+                str(out),
+                "--score-threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"]
     # batched, each post gets what it gets alone (padding and batching change nothing)
@@ -573,37 +699,55 @@ def test_predict_with_tokens_scores_like_evaluate_checkpoint(bench, trained_run,
 
     posts = read_dataset(str(bench), split="test", image_dir=str(bench / "images"))
     batch = tmp_path / "test.jsonl"
-    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n"
-                             for p in posts))
+    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n" for p in posts))
     preds = tmp_path / "preds.jsonl"
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output",
-                 str(preds)]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(preds)]) == 0
+    )
     assert main(["evaluate", "--pred", str(preds), "--data", str(bench), "--split", "test", "--json"]) == 0
     from_predict = json.loads(capsys.readouterr().out)
-    assert main(["evaluate", "--checkpoint", str(trained_run / "best"), "--data", str(bench), "--split", "test",
-                 "--image-dir", str(bench / "images"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--data",
+                str(bench),
+                "--split",
+                "test",
+                "--image-dir",
+                str(bench / "images"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     from_checkpoint = json.loads(capsys.readouterr().out)
     assert from_checkpoint["GMNER"]["n_pred"] > 0
     for metric in ("GMNER", "MNER", "EEG"):
         assert from_predict[metric] == from_checkpoint[metric], metric
     row = json.loads(preds.read_text().splitlines()[0])
     for e in row["entities"]:
-        assert e["text"] == " ".join(posts[0].tokens[e["start"]:e["end"]])
+        assert e["text"] == " ".join(posts[0].tokens[e["start"] : e["end"]])
 
 
 def test_predict_input_bad_lines_are_named_and_the_rest_written(bench, trained_run, tmp_path, capsys):
     image = next((bench / "images").glob("*.jpg"))
-    lines = [{"id": "a", "text": "Anna in Paris", "image": str(image)},
-             {"id": "b", "text": "   "},
-             {"id": "c", "text": "Paris", "image": "missing.jpg"},
-             "not json",
-             {"id": "d", "tokens": ["Blue", "Comets"], "image": str(image)},
-             {"id": "e", "tokens": "Blue Comets"}]
+    lines = [
+        {"id": "a", "text": "Anna in Paris", "image": str(image)},
+        {"id": "b", "text": "   "},
+        {"id": "c", "text": "Paris", "image": "missing.jpg"},
+        "not json",
+        {"id": "d", "tokens": ["Blue", "Comets"], "image": str(image)},
+        {"id": "e", "tokens": "Blue Comets"},
+    ]
     batch = tmp_path / "posts.jsonl"
     batch.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     out = tmp_path / "out.jsonl"
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output",
-                 str(out)]) == 1
+    assert (
+        main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--output", str(out)]) == 1
+    )
     err = capsys.readouterr().err
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "d"]
     for number, words in ((2, "empty text"), (3, "not found"), (4, "not valid JSON"), (6, "tokens must be")):
@@ -614,8 +758,22 @@ def test_predict_input_bad_lines_are_named_and_the_rest_written(bench, trained_r
     assert "posts.jsonl:2: id 'a' repeats the post of line 1" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(trained_run / "best"), "--input", str(batch), "--draw", "x.png"]) == 2
     assert "--draw and --image are for one post" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(trained_run / "best"), "--text", "Paris", "--image", str(image),
-                 "--draw", str(tmp_path / "picture")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained_run / "best"),
+                "--text",
+                "Paris",
+                "--image",
+                str(image),
+                "--draw",
+                str(tmp_path / "picture"),
+            ]
+        )
+        == 2
+    )
     assert "ending in .png or .jpg" in capsys.readouterr().err
 
 
@@ -638,7 +796,7 @@ def test_predict_rejects_bad_input(bench, trained_run, tmp_path, caplog):
     # truncated with a warning, not an error; what is predicted lies in the words that were kept
     assert "longer than max_text_length" in caplog.text and "truncated at inference" in caplog.text
     assert entities and all(0 <= e["start"] < e["end"] <= 500 for e in entities)
-    assert all(long_text[e["char_start"]:e["char_end"]] == e["text"] for e in entities)
+    assert all(long_text[e["char_start"] : e["char_end"]] == e["text"] for e in entities)
 
 
 def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys, caplog):
@@ -648,8 +806,9 @@ def test_demo_runs_end_to_end_and_prints_both_tables(tmp_path, capsys, caplog):
     from qgn.data import read_dataset
 
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--train-posts", "48", "--set", "train.epochs=1",
-                 "--no-progress"]) == 0
+    assert (
+        main(["demo", "--output-dir", str(out), "--train-posts", "48", "--set", "train.epochs=1", "--no-progress"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "Text-only baseline" in printed and "wall time" in printed
     result = json.loads((out / "demo_result.json").read_text())
@@ -689,8 +848,19 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
     from qgn.modeling.configuration_qgn import QGNConfig
 
     model, default = settings_from_dict(load_run_file(name)).model, QGNConfig()
-    levers = ("lambda_align", "lambda_align_words", "align_presence", "align_box_prior", "box_refine",
-              "aux_loss", "aux_one_to_many", "cost_span", "cost_l1", "cost_giou", "weight_ce")
+    levers = (
+        "lambda_align",
+        "lambda_align_words",
+        "align_presence",
+        "align_box_prior",
+        "box_refine",
+        "aux_loss",
+        "aux_one_to_many",
+        "cost_span",
+        "cost_l1",
+        "cost_giou",
+        "weight_ce",
+    )
     # notarget_unmatched_weight is 0.0 there, the paper's L_nt (tests/test_paper_configs.py)
     assert {k: getattr(model, k) for k in levers} == {k: getattr(default, k) for k in levers}
     assert not default.box_refine and default.lambda_align == 0 and default.aux_one_to_many == 1

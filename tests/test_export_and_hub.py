@@ -54,8 +54,9 @@ def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 def _batch(predictor, posts):
-    dataset = GMNERDataset(posts, predictor.tokenizer, predictor.config, image_transform=predictor.image_transform,
-                           text_only=False)
+    dataset = GMNERDataset(
+        posts, predictor.tokenizer, predictor.config, image_transform=predictor.image_transform, text_only=False
+    )
     return Collator(predictor.tokenizer.pad_token_id)([dataset[i] for i in range(len(posts))])
 
 
@@ -72,8 +73,16 @@ def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_be
     from qgn.modeling import QGNConfig, QGNModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
-    config = QGNConfig.tiny(vocab_size=len(tokenizer), num_queries=8, score_threshold=0.0, lambda_align=1.0,
-                            lambda_align_words=1.0, align_presence=True, align_box_prior=True, box_refine=True)
+    config = QGNConfig.tiny(
+        vocab_size=len(tokenizer),
+        num_queries=8,
+        score_threshold=0.0,
+        lambda_align=1.0,
+        lambda_align_words=1.0,
+        align_presence=True,
+        align_box_prior=True,
+        box_refine=True,
+    )
     torch.manual_seed(0)
     model = QGNModel(config).eval()
     torch.nn.init.normal_(model.heads.box_refine.mlp.layers[-1].weight, std=0.1)  # a correction to export
@@ -107,8 +116,9 @@ def _assert_onnx_matches(predictor, onnx_file, tiny_bench):
         expected = predictor.postprocessor(reference, batch["posts"])
         got = predictor.postprocessor(ours, batch["posts"])
         for a_post, b_post in zip(expected, got):
-            assert [(p.start, p.end, p.type, p.box is None) for p in a_post] == \
-                   [(p.start, p.end, p.type, p.box is None) for p in b_post]
+            assert [(p.start, p.end, p.type, p.box is None) for p in a_post] == [
+                (p.start, p.end, p.type, p.box is None) for p in b_post
+            ]
             for a, b in zip(a_post, b_post):
                 assert a.score == pytest.approx(b.score, abs=1e-4)
                 if a.box is not None:
@@ -126,32 +136,53 @@ def test_export_is_quiet_and_names_the_weights_file(onnx_file):
     assert f"{onnx_file}.data" in printed and "keep the two together" in printed and "qgn predict --onnx" in printed
 
 
-def test_predict_with_the_onnx_graph_gives_the_pytorch_entities(tiny_checkpoint, onnx_file, tiny_bench, tmp_path,
-                                                                capsys):
+def test_predict_with_the_onnx_graph_gives_the_pytorch_entities(
+    tiny_checkpoint, onnx_file, tiny_bench, tmp_path, capsys
+):
     posts = read_dataset(str(tiny_bench), split="test", image_dir=str(tiny_bench / "images"))
     batch = tmp_path / "posts.jsonl"
-    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n"
-                             for p in posts))
+    batch.write_text("".join(json.dumps({"id": p.id, "tokens": p.tokens, "image": p.image_path}) + "\n" for p in posts))
     outputs = {}
     for name, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_file)])):
         out = tmp_path / f"{name}.jsonl"
         # every query's best span kept, every entity a box: the comparison covers spans, types and boxes
-        assert main(["predict", "--checkpoint", str(tiny_checkpoint), "--input", str(batch), "--output", str(out),
-                     "--device", "cpu", "--score-threshold", "0", "--no-target-threshold", "1", *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(tiny_checkpoint),
+                    "--input",
+                    str(batch),
+                    "--output",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--score-threshold",
+                    "0",
+                    "--no-target-threshold",
+                    "1",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in outputs["onnx"]] == [p.id for p in posts]
     compared = 0
     for a, b in zip(outputs["torch"], outputs["onnx"]):
-        assert [(e["start"], e["end"], e["type"]) for e in a["entities"]] == \
-               [(e["start"], e["end"], e["type"]) for e in b["entities"]]
+        assert [(e["start"], e["end"], e["type"]) for e in a["entities"]] == [
+            (e["start"], e["end"], e["type"]) for e in b["entities"]
+        ]
         for x, y in zip(a["entities"], b["entities"]):
             assert x["score"] == pytest.approx(y["score"], abs=2e-4)
             assert x["box"] == pytest.approx(y["box"], abs=0.2)
             compared += 1
     assert compared > 0
     capsys.readouterr()
-    code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--onnx", str(tmp_path / "none.onnx"),
-                 "--input", str(batch)])
+    code = main(
+        ["predict", "--checkpoint", str(tiny_checkpoint), "--onnx", str(tmp_path / "none.onnx"), "--input", str(batch)]
+    )
     assert code == 2 and "--onnx" in capsys.readouterr().err
 
 
@@ -194,8 +225,22 @@ def test_a_hub_repo_id_loads_offline_from_the_cache(tiny_checkpoint, tiny_bench,
     cache = _hub_cache(tmp_path, tiny_checkpoint)
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     image = sorted((tiny_bench / "images").iterdir())[0]
-    cmd = [sys.executable, "-m", "qgn.cli", "predict", "--device", "cpu", "--image", str(image), "--text",
-           "Anna met Hugo", "--json", "--score-threshold", "0", "--checkpoint"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qgn.cli",
+        "predict",
+        "--device",
+        "cpu",
+        "--image",
+        str(image),
+        "--text",
+        "Anna met Hugo",
+        "--json",
+        "--score-threshold",
+        "0",
+        "--checkpoint",
+    ]
     from_hub = subprocess.run([*cmd, "acme/qgn-tiny"], env=env, capture_output=True, text=True, timeout=120)
     assert from_hub.returncode == 0, from_hub.stderr
     local = subprocess.run([*cmd, str(tiny_checkpoint)], env=env, capture_output=True, text=True, timeout=120)

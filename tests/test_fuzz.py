@@ -21,19 +21,92 @@ from qgn.metrics import read_predictions
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Pieces that make the garbage look like the formats, so the parsers get past their first line.
-TXT_PIECES = ["IMGID:", "IMGID:7", "7", "\t", "\n", "\r\n", " ", "B-PER", "I-PER", "B-LOC", "O", "I-ORG",
-              "B-person", "B-city", "Anna", "\ufeff", "\x00", "é", "B-", "-"]
-XML_PIECES = ["<annotation>", "</annotation>", "<size>", "</size>", "<width>", "</width>", "<height>",
-              "</height>", "<object>", "</object>", "<name>", "</name>", "Anna", "<bndbox>", "</bndbox>",
-              "<xmin>", "</xmin>", "<ymin>", "</ymin>", "<xmax>", "</xmax>", "<ymax>", "</ymax>", "10", "-5",
-              "1e9", "nan", "abc", " ", "\n", "<", "&"]
+TXT_PIECES = [
+    "IMGID:",
+    "IMGID:7",
+    "7",
+    "\t",
+    "\n",
+    "\r\n",
+    " ",
+    "B-PER",
+    "I-PER",
+    "B-LOC",
+    "O",
+    "I-ORG",
+    "B-person",
+    "B-city",
+    "Anna",
+    "\ufeff",
+    "\x00",
+    "é",
+    "B-",
+    "-",
+]
+XML_PIECES = [
+    "<annotation>",
+    "</annotation>",
+    "<size>",
+    "</size>",
+    "<width>",
+    "</width>",
+    "<height>",
+    "</height>",
+    "<object>",
+    "</object>",
+    "<name>",
+    "</name>",
+    "Anna",
+    "<bndbox>",
+    "</bndbox>",
+    "<xmin>",
+    "</xmin>",
+    "<ymin>",
+    "</ymin>",
+    "<xmax>",
+    "</xmax>",
+    "<ymax>",
+    "</ymax>",
+    "10",
+    "-5",
+    "1e9",
+    "nan",
+    "abc",
+    " ",
+    "\n",
+    "<",
+    "&",
+]
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 50) | st.floats(allow_nan=True) | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["id", "text", "tokens", "entities", "start", "end", "type", "box", "boxes", "image",
-                         "image_size", "char_offsets", "score", "coarse_type"]) | st.text(max_size=4),
-        inner, max_size=6),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "text",
+                    "tokens",
+                    "entities",
+                    "start",
+                    "end",
+                    "type",
+                    "box",
+                    "boxes",
+                    "image",
+                    "image_size",
+                    "char_offsets",
+                    "score",
+                    "coarse_type",
+                ]
+            )
+            | st.text(max_size=4),
+            inner,
+            max_size=6,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 def pieces(alphabet: list[str]) -> st.SearchStrategy[str]:
@@ -95,8 +168,11 @@ def _predict_input_rows(path: Path) -> list:
     return list(_batch_rows(path))
 
 
-@pytest.mark.parametrize("read", [read_jsonl, read_predictions, _predict_input_rows],
-                         ids=["jsonl_posts", "prediction_files", "predict_input_rows"])
+@pytest.mark.parametrize(
+    "read",
+    [read_jsonl, read_predictions, _predict_input_rows],
+    ids=["jsonl_posts", "prediction_files", "predict_input_rows"],
+)
 @FUZZ
 @given(content=json_lines())
 def test_json_lines_readers(folder, read, content):

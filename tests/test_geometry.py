@@ -116,9 +116,13 @@ def test_boxes_map_back_to_the_original_pixels(tmp_path, rotated):
 def padded_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Two posts whose images fill the top 24 rows and the left 40 columns of the 64 px square."""
     g = torch.Generator().manual_seed(seed)
-    batch = {"input_ids": torch.randint(5, 100, (2, 6), generator=g), "attention_mask": torch.ones(2, 6, dtype=torch.long),
-             "word_index": torch.tensor([[-1, 0, 1, 2, 3, -1]] * 2), "word_mask": torch.ones(2, 4, dtype=torch.bool),
-             "pixel_values": torch.randn(2, 3, 64, 64, generator=g)}
+    batch = {
+        "input_ids": torch.randint(5, 100, (2, 6), generator=g),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+        "word_index": torch.tensor([[-1, 0, 1, 2, 3, -1]] * 2),
+        "word_mask": torch.ones(2, 4, dtype=torch.bool),
+        "pixel_values": torch.randn(2, 3, 64, 64, generator=g),
+    }
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
     mask[0, :24] = True
     mask[1, :, :40] = True
@@ -128,8 +132,15 @@ def padded_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def lever_config(**overrides) -> QGNConfig:
-    return QGNConfig.tiny(vocab_size=100, lambda_align=1.0, lambda_align_words=1.0, align_presence=True,
-                          align_box_prior=True, box_refine=True, **overrides)
+    return QGNConfig.tiny(
+        vocab_size=100,
+        lambda_align=1.0,
+        lambda_align_words=1.0,
+        align_presence=True,
+        align_box_prior=True,
+        box_refine=True,
+        **overrides,
+    )
 
 
 def test_padding_pixels_change_nothing():
@@ -167,9 +178,17 @@ def test_padding_patches_are_no_alignment_candidates_and_have_no_loss():
     assert (align[:, :, :-1][padding[:, None, :].expand(-1, align.shape[1], -1)] <= -1e3).all()
     reference = model.alignment.reference_points(align)
     assert (reference[0, :, 1] < 3 / 8).all() and (reference[1, :, 0] < 5 / 8).all()  # inside the image
-    targets = [{"labels": torch.tensor([0]), "start": torch.tensor([0]), "end": torch.tensor([0]),
-                "boxes": torch.tensor([[0.3, 0.15, 0.2, 0.1]]), "has_box": torch.tensor([True]),
-                "entity_index": torch.tensor([0])} for _ in range(2)]
+    targets = [
+        {
+            "labels": torch.tensor([0]),
+            "start": torch.tensor([0]),
+            "end": torch.tensor([0]),
+            "boxes": torch.tensor([[0.3, 0.15, 0.2, 0.1]]),
+            "has_box": torch.tensor([True]),
+            "entity_index": torch.tensor([0]),
+        }
+        for _ in range(2)
+    ]
     loss, parts = SetCriterion(model.config)(outputs, targets)
     assert torch.isfinite(loss) and {"loss_align", "loss_align_words"} <= set(parts)
     loss.backward()

@@ -23,8 +23,8 @@ def saved(image: Image.Image, fmt: str = "PNG") -> io.BytesIO:
 
 def test_transparent_pixels_are_shown_on_white_not_in_their_hidden_colour():
     rgba = Image.new("RGBA", (4, 2), (255, 0, 0, 0))  # invisible red
-    rgba.putpixel((0, 0), (0, 0, 255, 255))           # one visible blue pixel
-    rgba.putpixel((1, 0), (0, 0, 0, 128))             # half-transparent black
+    rgba.putpixel((0, 0), (0, 0, 255, 255))  # one visible blue pixel
+    rgba.putpixel((1, 0), (0, 0, 0, 128))  # half-transparent black
     out = load_image(saved(rgba), name="t.png")
     assert out.mode == "RGB"
     assert out.getpixel((3, 1)) == (255, 255, 255)

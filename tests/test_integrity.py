@@ -53,11 +53,13 @@ def test_training_chooses_the_epoch_and_the_thresholds_on_dev_posts_only(tmp_pat
 
     monkeypatch.setattr(Trainer, "evaluate", spy_evaluate)
     monkeypatch.setattr(thresholds, "tune_thresholds", spy_tune)
-    settings = settings_from_dict({
-        "model": {"preset": "tiny", "num_queries": 4, "score_threshold": 0.0},
-        "data": {"path": str(bench), "image_dir": str(bench / "images"), "tokenizer": "words"},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1},
-    })
+    settings = settings_from_dict(
+        {
+            "model": {"preset": "tiny", "num_queries": 4, "score_threshold": 0.0},
+            "data": {"path": str(bench), "image_dir": str(bench / "images"), "tokenizer": "words"},
+            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1},
+        }
+    )
     run = tmp_path / "run"
     final = run_training(settings, run, progress=False)
 

@@ -42,8 +42,9 @@ def test_box_conversions_round_trip():
     g = torch.Generator().manual_seed(0)
     xyxy = random_xyxy(20, g)
     assert torch.allclose(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(xyxy)), xyxy, atol=1e-6)
-    assert torch.allclose(box_xyxy_to_cxcywh(torch.tensor([[10.0, 20.0, 30.0, 60.0]])),
-                          torch.tensor([[20.0, 40.0, 20.0, 40.0]]))
+    assert torch.allclose(
+        box_xyxy_to_cxcywh(torch.tensor([[10.0, 20.0, 30.0, 60.0]])), torch.tensor([[20.0, 40.0, 20.0, 40.0]])
+    )
     assert box_area(torch.tensor([[10.0, 20.0, 30.0, 60.0]])).item() == 800.0  # no +1
 
 
@@ -55,10 +56,12 @@ def test_normalise_denormalise_round_trip_and_clamp():
     assert torch.allclose(normalised[1], torch.tensor([0.15, 0.15, 0.1, 0.1]))
     assert torch.allclose(denormalize_boxes(normalised, size), pixels, atol=1e-4)
     # boxes past the border are clamped to the image both ways
-    assert torch.allclose(normalize_boxes(torch.tensor([-5.0, 0.0, 700.0, 450.0]), size),
-                          torch.tensor([0.5, 0.5, 1.0, 1.0]))
-    assert torch.allclose(denormalize_boxes(torch.tensor([0.9, 0.5, 0.4, 0.2]), size),
-                          torch.tensor([420.0, 180.0, 600.0, 270.0]))
+    assert torch.allclose(
+        normalize_boxes(torch.tensor([-5.0, 0.0, 700.0, 450.0]), size), torch.tensor([0.5, 0.5, 1.0, 1.0])
+    )
+    assert torch.allclose(
+        denormalize_boxes(torch.tensor([0.9, 0.5, 0.4, 0.2]), size), torch.tensor([420.0, 180.0, 600.0, 270.0])
+    )
 
 
 def test_iou_known_values():
@@ -113,9 +116,16 @@ def test_obvious_assignment_is_found(config):
         out["end_logits"][0, q, end] = BIG
         if box is not None:
             out["pred_boxes"][0, q] = torch.tensor(box)
-    targets = [make_targets([g[0] for g in gold], [g[1] for g in gold], [g[2] for g in gold],
-                            [g[3] or [0, 0, 0, 0] for g in gold], [g[3] is not None for g in gold])]
-    (rows, cols), = HungarianMatcher(config)(out, targets)
+    targets = [
+        make_targets(
+            [g[0] for g in gold],
+            [g[1] for g in gold],
+            [g[2] for g in gold],
+            [g[3] or [0, 0, 0, 0] for g in gold],
+            [g[3] is not None for g in gold],
+        )
+    ]
+    ((rows, cols),) = HungarianMatcher(config)(out, targets)
     assert rows.dtype == cols.dtype == torch.long
     assert dict(zip(rows.tolist(), cols.tolist())) == plan
     assert rows.tolist() == sorted(rows.tolist())
@@ -131,7 +141,7 @@ def test_boxes_break_ties_between_same_span_targets(config):
     out["pred_boxes"][0, 0] = torch.tensor([0.8, 0.8, 0.2, 0.2])
     out["pred_boxes"][0, 2] = torch.tensor([0.2, 0.2, 0.2, 0.2])
     targets = [make_targets([0, 0], [1, 1], [2, 2], [[0.2, 0.2, 0.2, 0.2], [0.8, 0.8, 0.2, 0.2]], [True, True])]
-    (rows, cols), = HungarianMatcher(config)(out, targets)
+    ((rows, cols),) = HungarianMatcher(config)(out, targets)
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 2: 0}
 
 
@@ -148,7 +158,7 @@ def test_batched_equals_per_post(config):
     matcher = HungarianMatcher(config)
     batched = matcher(out, targets)
     for b in range(3):
-        single = matcher({k: v[b:b + 1] for k, v in out.items()}, [targets[b]])[0]
+        single = matcher({k: v[b : b + 1] for k, v in out.items()}, [targets[b]])[0]
         assert torch.equal(batched[b][0], single[0]) and torch.equal(batched[b][1], single[1])
     assert [len(r) for r, _ in batched] == [3, 1, 0]
 
@@ -181,9 +191,16 @@ def test_box_cost_decides_when_targets_have_boxes(config):
     out["start_logits"].zero_()
     out["end_logits"].zero_()
     out["pred_boxes"] = torch.tensor([[[0.8, 0.8, 0.1, 0.1], [0.5, 0.5, 0.1, 0.1], [0.2, 0.2, 0.1, 0.1]]])
-    targets = [make_targets([0, 0, 0], [1, 1, 1], [1, 1, 1],
-                            [[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1], [0.5, 0.5, 0.1, 0.1]], [True] * 3)]
-    (rows, cols), = HungarianMatcher(config)(out, targets)
+    targets = [
+        make_targets(
+            [0, 0, 0],
+            [1, 1, 1],
+            [1, 1, 1],
+            [[0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1], [0.5, 0.5, 0.1, 0.1]],
+            [True] * 3,
+        )
+    ]
+    ((rows, cols),) = HungarianMatcher(config)(out, targets)
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 2, 2: 0}
 
 
@@ -199,21 +216,26 @@ def test_type_cost_decides_when_spans_and_boxes_are_equal(config):
     for q, label in enumerate((2, 0, 1)):
         out["type_logits"][0, q, label] = BIG
     targets = [make_targets([0, 1, 2], [1, 1, 1], [2, 2, 2], [[0.5, 0.5, 0.2, 0.2]] * 3, [True] * 3)]
-    (rows, cols), = HungarianMatcher(config)(out, targets)
+    ((rows, cols),) = HungarianMatcher(config)(out, targets)
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 2, 1: 0, 2: 1}
 
 
 def hand_cost(config: QGNConfig, out: dict, target: dict, q: int, j: int) -> float:
     """The matching cost of query q for target j, written out from the definition."""
     c = -config.cost_class * out["type_logits"][0, q].softmax(-1)[target["labels"][j]].item()
-    c -= config.cost_span * (out["start_logits"][0, q].softmax(-1)[target["start"][j]].item()
-                             + out["end_logits"][0, q].softmax(-1)[target["end"][j]].item())
+    c -= config.cost_span * (
+        out["start_logits"][0, q].softmax(-1)[target["start"][j]].item()
+        + out["end_logits"][0, q].softmax(-1)[target["end"][j]].item()
+    )
     if not target["has_box"][j]:
         return c + config.cost_no_box
     box, gold = out["pred_boxes"][0, q].tolist(), target["boxes"][j].tolist()
     xyxy = lambda b: [b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2]  # noqa: E731
-    return c + config.cost_l1 * sum(abs(a - b) for a, b in zip(box, gold)) - config.cost_giou * brute_iou_giou(
-        xyxy(box), xyxy(gold))[1]
+    return (
+        c
+        + config.cost_l1 * sum(abs(a - b) for a, b in zip(box, gold))
+        - config.cost_giou * brute_iou_giou(xyxy(box), xyxy(gold))[1]
+    )
 
 
 @pytest.mark.parametrize("only", [None, "cost_class", "cost_span", "cost_l1", "cost_giou"])
@@ -225,23 +247,30 @@ def test_assignment_is_the_brute_force_optimum_of_the_hand_cost(only):
         weights = {k: (1.0 if k == only else 0.0) for k in weights}
     config = QGNConfig.tiny(**weights)
     g = torch.Generator().manual_seed(11)
-    target = make_targets([1, 3, 0], [0, 2, 4], [1, 3, 4], (torch.rand(3, 4, generator=g) * 0.4 + 0.1).tolist(),
-                          [True, True, True] if only in ("cost_l1", "cost_giou") else [True, False, True])
+    target = make_targets(
+        [1, 3, 0],
+        [0, 2, 4],
+        [1, 3, 4],
+        (torch.rand(3, 4, generator=g) * 0.4 + 0.1).tolist(),
+        [True, True, True] if only in ("cost_l1", "cost_giou") else [True, False, True],
+    )
     for seed in range(5):
         out = random_outputs(1, 4, 6, 4, seed=100 + seed)
         out = {k: v * 3 if k.endswith("logits") else v for k, v in out.items()}  # peakier: the terms differ
-        costs = {perm: sum(hand_cost(config, out, target, q, j) for j, q in enumerate(perm))
-                 for perm in itertools.permutations(range(4), 3)}
+        costs = {
+            perm: sum(hand_cost(config, out, target, q, j) for j, q in enumerate(perm))
+            for perm in itertools.permutations(range(4), 3)
+        }
         best = min(costs.values())
         assert sorted(costs.values())[1] - best > 1e-4, "the example must have one optimum"
-        (rows, cols), = HungarianMatcher(config)(out, [target])
+        ((rows, cols),) = HungarianMatcher(config)(out, [target])
         chosen = tuple(dict(zip(cols.tolist(), rows.tolist()))[j] for j in range(3))
         assert costs[chosen] == pytest.approx(best, abs=1e-5), (only, seed)
 
 
 def test_text_only_outputs_and_more_targets_than_queries(config):
     out = random_outputs(1, 2, 5, 4, seed=7, boxes=False)
-    (rows, cols), = HungarianMatcher(config)(out, [make_targets([0, 1, 2], [0, 1, 2], [0, 1, 2])])
+    ((rows, cols),) = HungarianMatcher(config)(out, [make_targets([0, 1, 2], [0, 1, 2], [0, 1, 2])])
     assert len(rows) == 2 and len(set(cols.tolist())) == 2
 
 

@@ -149,10 +149,22 @@ def test_string_matching_is_one_to_one_whatever_the_order():
 def test_to_dict_is_json_and_table_shows_counts():
     report = score([example_post()], {"t1": [Prediction(0, 2, "PER", (51, 51, 61, 61))]})
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["GMNER"] == {"precision": 100.0, "recall": 50.0, "f1": pytest.approx(200 / 3),
-                             "tp": 1, "n_pred": 1, "n_gold": 2}
-    assert data["per_type"]["MNER"]["ORG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
-                                               "tp": 0, "n_pred": 0, "n_gold": 1}
+    assert data["GMNER"] == {
+        "precision": 100.0,
+        "recall": 50.0,
+        "f1": pytest.approx(200 / 3),
+        "tp": 1,
+        "n_pred": 1,
+        "n_gold": 2,
+    }
+    assert data["per_type"]["MNER"]["ORG"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "tp": 0,
+        "n_pred": 0,
+        "n_gold": 1,
+    }
     assert "fmnerg" not in data and data["n_posts"] == 1
     table = report.format_table()
     assert "#pred" in table and "#gold" in table
@@ -161,21 +173,32 @@ def test_to_dict_is_json_and_table_shows_counts():
 
 
 # ----------------------------------------------------------------------------- FMNERG
-FINE_TO_COARSE = {"athlete": "person", "actor": "person", "city": "location", "country": "location",
-                  "band": "organization"}
+FINE_TO_COARSE = {
+    "athlete": "person",
+    "actor": "person",
+    "city": "location",
+    "country": "location",
+    "band": "organization",
+}
 
 
 def test_fmnerg_per_category():
-    post = Post("f", ["w"] * 6, [
-        Entity(0, 1, "athlete", [(0, 0, 10, 10)], coarse_type="person"),
-        Entity(2, 3, "city", coarse_type="location"),
-        Entity(4, 5, "actor", coarse_type="person"),
-    ])
-    preds = {"f": [
-        Prediction(0, 1, "city", (0, 0, 10, 10)),  # wrong category: FP location, FN person
-        Prediction(2, 3, "country"),  # right category, wrong fine type: FP and FN in location
-        Prediction(4, 5, "actor"),  # correct
-    ]}
+    post = Post(
+        "f",
+        ["w"] * 6,
+        [
+            Entity(0, 1, "athlete", [(0, 0, 10, 10)], coarse_type="person"),
+            Entity(2, 3, "city", coarse_type="location"),
+            Entity(4, 5, "actor", coarse_type="person"),
+        ],
+    )
+    preds = {
+        "f": [
+            Prediction(0, 1, "city", (0, 0, 10, 10)),  # wrong category: FP location, FN person
+            Prediction(2, 3, "country"),  # right category, wrong fine type: FP and FN in location
+            Prediction(4, 5, "actor"),  # correct
+        ]
+    }
     report = score([post], preds, fine_to_coarse=FINE_TO_COARSE)
     coarse = report.fmnerg_coarse
     assert list(coarse) == ["person", "location", "organization"]
@@ -195,15 +218,18 @@ def test_fmnerg_per_category():
 
 
 # ----------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("pred, message", [
-    (Prediction(0, 9, "PER"), r"post 't1', entity 0: span \[0, 9\) is out of range of the post's 8 tokens"),
-    (Prediction(3, 3, "PER"), r"span \[3, 3\) is empty or reversed"),
-    (Prediction(-1, 2, "PER"), "'start' must be >= 0"),
-    (Prediction(0, 2, "PER", (1, 2, 3)), "'box' must be 4 finite numbers"),
-    (Prediction(0, 2, "PER", (5, 0, 4, 10)), "x2 < x1 or y2 < y1"),
-    (Prediction(0, 2, "PER", (0, 0, float("nan"), 10)), "'box' must be 4 finite numbers"),
-    (Prediction(0, 2, "MISC"), "unknown type 'MISC'"),
-])
+@pytest.mark.parametrize(
+    "pred, message",
+    [
+        (Prediction(0, 9, "PER"), r"post 't1', entity 0: span \[0, 9\) is out of range of the post's 8 tokens"),
+        (Prediction(3, 3, "PER"), r"span \[3, 3\) is empty or reversed"),
+        (Prediction(-1, 2, "PER"), "'start' must be >= 0"),
+        (Prediction(0, 2, "PER", (1, 2, 3)), "'box' must be 4 finite numbers"),
+        (Prediction(0, 2, "PER", (5, 0, 4, 10)), "x2 < x1 or y2 < y1"),
+        (Prediction(0, 2, "PER", (0, 0, float("nan"), 10)), "'box' must be 4 finite numbers"),
+        (Prediction(0, 2, "MISC"), "unknown type 'MISC'"),
+    ],
+)
 def test_malformed_predictions_raise(pred, message):
     with pytest.raises(DataError, match=message):
         score([example_post()], {"t1": [pred]}, entity_types=TYPES)
@@ -222,34 +248,44 @@ def test_bad_ids_and_settings_raise():
 
 # ----------------------------------------------------------------------------- prediction file
 def test_prediction_file_round_trip(tmp_path):
-    preds = {"t1": [Prediction(0, 2, "PER", (51.0, 51.0, 61.0, 61.0), score=0.9), Prediction(5, 6, "ORG")],
-             "t2": []}
+    preds = {"t1": [Prediction(0, 2, "PER", (51.0, 51.0, 61.0, 61.0), score=0.9), Prediction(5, 6, "ORG")], "t2": []}
     path = tmp_path / "sub" / "pred.jsonl"
     write_predictions(preds, path)
     back = read_predictions(path)
     assert dict(back) == preds and back.lines == {"t1": 1, "t2": 2}
     # Numeric ids, extra keys (as written by `qgn predict`) and blank lines are accepted.
-    path.write_text('\n{"id": 71044, "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, '
-                    '"text": "Anna", "score": null}]}\n\n', encoding="utf-8")
+    path.write_text(
+        '\n{"id": 71044, "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, '
+        '"text": "Anna", "score": null}]}\n\n',
+        encoding="utf-8",
+    )
     assert read_predictions(path) == {"71044": [Prediction(0, 1, "PER", None, None)]}
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ('["t1"]', "each line must be an object"),
-    ('{"entities": []}', "missing key 'id'"),
-    ('{"id": "t1"}', "missing key 'entities'"),
-    ('{"id": true, "entities": []}', "'id' must be a non-empty string"),
-    ('{"id": "t1", "entities": {}}', "'entities' must be a list"),
-    ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER"}]}', r"entity 0: missing key\(s\) box"),
-    ('{"id": "t1", "entities": [{"start": "0", "end": 1, "type": "PER", "box": null}]}',
-     "'start' must be an integer"),
-    ('{"id": "t1", "entities": [{"start": 0, "end": 1.5, "type": "PER", "box": null}]}', "'end' must be an integer"),
-    ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": 3, "box": null}]}', "'type' must be a non-empty"),
-    ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": [1, 2, 3]}]}', "'box' must be 4"),
-    ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": [3, 0, 1, 1]}]}', "x2 < x1"),
-    ('{"id": "t1", "entities": [{"start": 2, "end": 1, "type": "PER", "box": null}]}', "empty or reversed"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('["t1"]', "each line must be an object"),
+        ('{"entities": []}', "missing key 'id'"),
+        ('{"id": "t1"}', "missing key 'entities'"),
+        ('{"id": true, "entities": []}', "'id' must be a non-empty string"),
+        ('{"id": "t1", "entities": {}}', "'entities' must be a list"),
+        ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER"}]}', r"entity 0: missing key\(s\) box"),
+        (
+            '{"id": "t1", "entities": [{"start": "0", "end": 1, "type": "PER", "box": null}]}',
+            "'start' must be an integer",
+        ),
+        (
+            '{"id": "t1", "entities": [{"start": 0, "end": 1.5, "type": "PER", "box": null}]}',
+            "'end' must be an integer",
+        ),
+        ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": 3, "box": null}]}', "'type' must be a non-empty"),
+        ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": [1, 2, 3]}]}', "'box' must be 4"),
+        ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": [3, 0, 1, 1]}]}', "x2 < x1"),
+        ('{"id": "t1", "entities": [{"start": 2, "end": 1, "type": "PER", "box": null}]}', "empty or reversed"),
+    ],
+)
 def test_prediction_file_errors_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "pred.jsonl"
     path.write_text('{"id": "ok", "entities": []}\n' + line + "\n", encoding="utf-8")
@@ -264,8 +300,7 @@ def test_prediction_file_duplicate_id_and_score_time_errors_name_the_line(tmp_pa
     with pytest.raises(DataError, match=rf"^{path}:2: duplicate id 't1' \(first on line 1\)"):
         read_predictions(path)
     # Range and id checks need the gold posts, so they happen in score(), still naming the line.
-    path.write_text('{"id": "t1", "entities": []}\n'
-                    '{"id": "zz", "entities": []}\n', encoding="utf-8")
+    path.write_text('{"id": "t1", "entities": []}\n{"id": "zz", "entities": []}\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"^{path}:2: predictions for 1 post id"):
         score([example_post()], read_predictions(path))
     path.write_text('{"id": "t1", "entities": [{"start": 7, "end": 12, "type": "PER", "box": null}]}\n')
@@ -328,8 +363,10 @@ PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_che
 @PROPERTY_SETTINGS
 @given(gold_posts(), st.sampled_from(["span", "string"]))
 def test_gold_against_itself_is_perfect(posts, match_by):
-    predictions = {post.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None)
-                             for e in post.entities] for post in posts}
+    predictions = {
+        post.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None) for e in post.entities]
+        for post in posts
+    }
     report = score(posts, predictions, match_by=match_by)
     n_gold = sum(len(post.entities) for post in posts)
     for metric in ("GMNER", "MNER", "EEG"):
@@ -361,8 +398,10 @@ def _xml(width: int, height: int, objects: list[tuple[str, tuple[int, int, int, 
         f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for name, b in objects
     )
-    return (f"<annotation><folder>x</folder><filename>x.jpg</filename><size><width>{width}</width>"
-            f"<height>{height}</height><depth>3</depth></size><segmented>0</segmented>{body}</annotation>")
+    return (
+        f"<annotation><folder>x</folder><filename>x.jpg</filename><size><width>{width}</width>"
+        f"<height>{height}</height><depth>3</depth></size><segmented>0</segmented>{body}</annotation>"
+    )
 
 
 def write_tiny_dataset(root: Path) -> Path:
@@ -378,7 +417,8 @@ def write_tiny_dataset(root: Path) -> Path:
     (root / "txt" / "test.txt").write_text(text, encoding="utf-8")
     (root / "xml" / "71044.xml").write_text(_xml(100, 100, [("Anna", (10, 10, 50, 50))]), encoding="utf-8")
     (root / "xml" / "O_5.xml").write_text(
-        _xml(200, 100, [("Blue Comets", (0, 0, 20, 20)), ("Blue Comets", (100, 0, 140, 40))]), encoding="utf-8")
+        _xml(200, 100, [("Blue Comets", (0, 0, 20, 20)), ("Blue Comets", (100, 0, 140, 40))]), encoding="utf-8"
+    )
     return root
 
 
@@ -387,18 +427,30 @@ def test_cli_evaluate_pred_json(tmp_path, capsys, caplog):
 
     data = write_tiny_dataset(tmp_path / "data")
     pred = tmp_path / "pred.jsonl"
-    write_predictions({
-        "71044": [Prediction(0, 1, "PER", (10, 10, 50, 55)), Prediction(2, 3, "PER"),
-                  Prediction(4, 5, "LOC", (0, 0, 5, 5))],  # right span and type, box on an ungroundable
-        "17_06_1": [],
-    }, pred)  # O_5 absent: its gold counts as missed
+    write_predictions(
+        {
+            "71044": [
+                Prediction(0, 1, "PER", (10, 10, 50, 55)),
+                Prediction(2, 3, "PER"),
+                Prediction(4, 5, "LOC", (0, 0, 5, 5)),
+            ],  # right span and type, box on an ungroundable
+            "17_06_1": [],
+        },
+        pred,
+    )  # O_5 absent: its gold counts as missed
     assert main(["evaluate", "--data", str(data), "--split", "test", "--pred", str(pred), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {k: out[k]["tp"] for k in ("GMNER", "MNER", "EEG")} == {"GMNER": 2, "MNER": 3, "EEG": 2}
     assert out["GMNER"]["n_pred"] == 3 and out["GMNER"]["n_gold"] == 4
     assert out["GMNER"]["precision"] == pytest.approx(200 / 3) and out["GMNER"]["recall"] == 50.0
-    assert out["per_type"]["MNER"]["ORG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
-                                              "tp": 0, "n_pred": 0, "n_gold": 1}
+    assert out["per_type"]["MNER"]["ORG"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "tp": 0,
+        "n_pred": 0,
+        "n_gold": 1,
+    }
     assert out["n_posts"] == 3 and out["n_posts_without_predictions"] == 1
     assert "1 of 3 gold posts have no entry" in caplog.text
 
@@ -448,8 +500,9 @@ def test_real_test_split_text_only_baseline(tmp_path):
     assert rows(report, "MNER") == (2543, 2543, 2543)
     assert rows(report, "GMNER") == (1497, 2543, 2543)  # 1,497 ungroundable test entities (docs/data.md)
     assert rows(report, "EEG") == (1497, 2543, 2543)
-    perfect = {p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None) for e in p.entities]
-               for p in posts}
+    perfect = {
+        p.id: [Prediction(e.start, e.end, e.type, e.boxes[0] if e.boxes else None) for e in p.entities] for p in posts
+    }
     write_predictions(perfect, tmp_path / "gold.jsonl")
     assert score(posts, read_predictions(tmp_path / "gold.jsonl")).gmner.f1 == 100.0
 
@@ -457,27 +510,57 @@ def test_real_test_split_text_only_baseline(tmp_path):
 # ----------------------------------------------------------------------------- breakdown, bounds, tables
 def breakdown_posts():
     """Two posts with one gold entity in each breakdown category, counted by hand."""
-    a = Post("a", ["w"] * 10, [Entity(0, 1, "PER", [(0, 0, 10, 10)]),      # correct
-                               Entity(1, 2, "LOC"),                        # missed
-                               Entity(2, 3, "ORG", [(0, 0, 10, 10)]),      # wrong type
-                               Entity(3, 4, "PER", [(0, 0, 10, 10)])],     # grounded, no box
-             image_size=(100, 100))
-    b = Post("b", ["w"] * 10, [Entity(0, 2, "PER", [(50, 50, 60, 60)]),    # grounded, IoU < 0.5
-                               Entity(4, 5, "OTHER"),                      # box-less, with a box
-                               Entity(6, 7, "LOC")],                       # correct (none)
-             image_size=(100, 100))
-    preds = {"a": [Prediction(0, 1, "PER", (1, 1, 10, 10)), Prediction(2, 3, "PER", (0, 0, 10, 10)),
-                   Prediction(3, 4, "PER"), Prediction(8, 9, "LOC")],      # the last: spurious
-             "b": [Prediction(0, 2, "PER", (50, 50, 58, 70)), Prediction(4, 5, "OTHER", (0, 0, 5, 5)),
-                   Prediction(6, 7, "LOC"), Prediction(7, 9, "ORG"), Prediction(7, 9, "ORG")]}  # 2 spurious
+    a = Post(
+        "a",
+        ["w"] * 10,
+        [
+            Entity(0, 1, "PER", [(0, 0, 10, 10)]),  # correct
+            Entity(1, 2, "LOC"),  # missed
+            Entity(2, 3, "ORG", [(0, 0, 10, 10)]),  # wrong type
+            Entity(3, 4, "PER", [(0, 0, 10, 10)]),
+        ],  # grounded, no box
+        image_size=(100, 100),
+    )
+    b = Post(
+        "b",
+        ["w"] * 10,
+        [
+            Entity(0, 2, "PER", [(50, 50, 60, 60)]),  # grounded, IoU < 0.5
+            Entity(4, 5, "OTHER"),  # box-less, with a box
+            Entity(6, 7, "LOC"),
+        ],  # correct (none)
+        image_size=(100, 100),
+    )
+    preds = {
+        "a": [
+            Prediction(0, 1, "PER", (1, 1, 10, 10)),
+            Prediction(2, 3, "PER", (0, 0, 10, 10)),
+            Prediction(3, 4, "PER"),
+            Prediction(8, 9, "LOC"),
+        ],  # the last: spurious
+        "b": [
+            Prediction(0, 2, "PER", (50, 50, 58, 70)),
+            Prediction(4, 5, "OTHER", (0, 0, 5, 5)),
+            Prediction(6, 7, "LOC"),
+            Prediction(7, 9, "ORG"),
+            Prediction(7, 9, "ORG"),
+        ],
+    }  # 2 spurious
     return [a, b], preds
 
 
 def test_breakdown_counts_and_shares_by_hand():
     posts, preds = breakdown_posts()
     report = score(posts, preds)
-    expected = {"correct": 2, "missed": 1, "wrong_type": 1, "grounded_without_box": 1, "grounded_wrong_box": 1,
-                "boxless_with_box": 1, "spurious": 3}
+    expected = {
+        "correct": 2,
+        "missed": 1,
+        "wrong_type": 1,
+        "grounded_without_box": 1,
+        "grounded_wrong_box": 1,
+        "boxless_with_box": 1,
+        "spurious": 3,
+    }
     assert report.breakdown == expected
     assert rows(report, "GMNER") == (2, 9, 7)
     shares = report.breakdown_rows()
@@ -529,10 +612,14 @@ def test_unknown_prediction_ids_are_listed_up_to_five():
 
 def test_fmnerg_coarse_counts_sum_over_posts_and_use_the_map():
     fine_to_coarse = {"city": "location", "athlete": "person", "country": "location"}
-    posts = [Post("p1", ["w"] * 4, [Entity(0, 1, "city"), Entity(1, 2, "athlete")]),
-             Post("p2", ["w"] * 4, [Entity(0, 1, "country"), Entity(2, 3, "city")])]
-    preds = {"p1": [Prediction(0, 1, "city"), Prediction(1, 2, "athlete")],
-             "p2": [Prediction(0, 1, "country"), Prediction(2, 3, "athlete")]}
+    posts = [
+        Post("p1", ["w"] * 4, [Entity(0, 1, "city"), Entity(1, 2, "athlete")]),
+        Post("p2", ["w"] * 4, [Entity(0, 1, "country"), Entity(2, 3, "city")]),
+    ]
+    preds = {
+        "p1": [Prediction(0, 1, "city"), Prediction(1, 2, "athlete")],
+        "p2": [Prediction(0, 1, "country"), Prediction(2, 3, "athlete")],
+    }
     report = score(posts, preds, fine_to_coarse=fine_to_coarse)
     loc, per = report.fmnerg_coarse["location"], report.fmnerg_coarse["person"]
     assert (loc.tp, loc.n_gold) == (2, 3) and (per.tp, per.n_gold) == (1, 1)
@@ -544,39 +631,43 @@ def test_fmnerg_coarse_counts_sum_over_posts_and_use_the_map():
 def test_table_layout_exactly():
     posts, preds = breakdown_posts()
     table = score(posts, preds).format_table(per_type=False)
-    expected = "\n".join([
-        "2 posts (0 without predictions), IoU >= 0.5, matched by span, micro-averaged",
-        "metric       P       R      F1      TP   #pred   #gold",
-        "GMNER    22.22   28.57   25.00       2       9       7",
-        "MNER     55.56   71.43   62.50       5       9       7",
-        "EEG      33.33   42.86   37.50       3       9       7",
-        "",
-        "where GMNER is lost                        count    share",
-        "correct (span, type and region)                2   28.57% of #gold",
-        "missed: no prediction with the span            1   14.29% of #gold",
-        "found with the wrong type                      1   14.29% of #gold",
-        "grounded entity predicted without a box        1   14.29% of #gold",
-        "grounded entity, box IoU below threshold       1   14.29% of #gold",
-        "box-less entity predicted with a box           1   14.29% of #gold",
-        "spurious: span of no gold entity               3   33.33% of #pred",
-    ])
+    expected = "\n".join(
+        [
+            "2 posts (0 without predictions), IoU >= 0.5, matched by span, micro-averaged",
+            "metric       P       R      F1      TP   #pred   #gold",
+            "GMNER    22.22   28.57   25.00       2       9       7",
+            "MNER     55.56   71.43   62.50       5       9       7",
+            "EEG      33.33   42.86   37.50       3       9       7",
+            "",
+            "where GMNER is lost                        count    share",
+            "correct (span, type and region)                2   28.57% of #gold",
+            "missed: no prediction with the span            1   14.29% of #gold",
+            "found with the wrong type                      1   14.29% of #gold",
+            "grounded entity predicted without a box        1   14.29% of #gold",
+            "grounded entity, box IoU below threshold       1   14.29% of #gold",
+            "box-less entity predicted with a box           1   14.29% of #gold",
+            "spurious: span of no gold entity               3   33.33% of #pred",
+        ]
+    )
     assert table == expected
-    per_type = "\n".join([
-        "",
-        "GMNER per type       P       R      F1      TP   #pred   #gold",
-        "LOC              50.00   50.00   50.00       1       2       2",
-        "ORG               0.00    0.00    0.00       0       2       1",
-        "OTHER             0.00    0.00    0.00       0       1       1",
-        "PER              25.00   33.33   28.57       1       4       3",
-        "(macro F1 over these types: 19.64; not the headline)",
-        "",
-        "MNER per type       P       R      F1      TP   #pred   #gold",
-        "LOC             50.00   50.00   50.00       1       2       2",
-        "ORG              0.00    0.00    0.00       0       2       1",
-        "OTHER          100.00  100.00  100.00       1       1       1",
-        "PER             75.00  100.00   85.71       3       4       3",
-        "(macro F1 over these types: 58.93; not the headline)",
-    ])
+    per_type = "\n".join(
+        [
+            "",
+            "GMNER per type       P       R      F1      TP   #pred   #gold",
+            "LOC              50.00   50.00   50.00       1       2       2",
+            "ORG               0.00    0.00    0.00       0       2       1",
+            "OTHER             0.00    0.00    0.00       0       1       1",
+            "PER              25.00   33.33   28.57       1       4       3",
+            "(macro F1 over these types: 19.64; not the headline)",
+            "",
+            "MNER per type       P       R      F1      TP   #pred   #gold",
+            "LOC             50.00   50.00   50.00       1       2       2",
+            "ORG              0.00    0.00    0.00       0       2       1",
+            "OTHER          100.00  100.00  100.00       1       1       1",
+            "PER             75.00  100.00   85.71       3       4       3",
+            "(macro F1 over these types: 58.93; not the headline)",
+        ]
+    )
     assert score(posts, preds).format_table() == expected + "\n" + per_type
     assert score(posts, preds).macro_f1("MNER") == pytest.approx((50 + 0 + 100 + 600 / 7) / 4)
 
@@ -594,8 +685,9 @@ def test_box_edge_cases_and_score_fields(tmp_path):
     assert box_iou_xyxy((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 175)
     path = tmp_path / "p.jsonl"
     for bad in ('"0.9"', "true", '"nan"'):
-        path.write_text('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": '
-                        + bad + "}]}\n")
+        path.write_text(
+            '{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": ' + bad + "}]}\n"
+        )
         with pytest.raises(DataError, match=r"p.jsonl:1: post 't1', entity 0: 'score' must be a number or null"):
             read_predictions(path)
     path.write_text('{"id": "t1", "entities": [{"start": 0, "type": "PER"}]}\n')
@@ -614,8 +706,7 @@ def test_written_prediction_files_are_utf8_and_make_their_folders(tmp_path):
 def test_string_matching_with_shared_strings_and_nothing_right():
     named = Post("s", ["Blue", "Comets", "v", "Blue", "Comets"], [Entity(0, 2, "ORG"), Entity(3, 5, "ORG")])
     # two golds share a string; two predictions of the string with the wrong type: 0 matched
-    assert score([named], {"s": [Prediction(0, 2, "PER"), Prediction(3, 5, "PER")]},
-                 match_by="string").mner.tp == 0
+    assert score([named], {"s": [Prediction(0, 2, "PER"), Prediction(3, 5, "PER")]}, match_by="string").mner.tp == 0
     # one prediction for the shared string matches one of the two golds, not both
     assert score([named], {"s": [Prediction(3, 5, "ORG")]}, match_by="string").mner.tp == 1
     assert score([named], {"s": [Prediction(3, 5, "ORG"), Prediction(0, 2, "ORG")]}, match_by="string").mner.tp == 2
@@ -628,24 +719,52 @@ def test_report_dict_carries_settings_fine_rows_and_macro_f1():
     data = score(posts, preds, iou_threshold=0.4, match_by="string").to_dict()
     assert (data["iou_threshold"], data["match_by"], data["n_posts"]) == (0.4, "string", 2)
     assert score(posts, preds).to_dict()["macro_f1"]["MNER"] == pytest.approx((50 + 0 + 100 + 600 / 7) / 4)
-    fine = score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "city")]},
-                 fine_to_coarse={"city": "location"}).to_dict()["fmnerg"]
+    fine = score(
+        [Post("f", ["w"], [Entity(0, 1, "city")])],
+        {"f": [Prediction(0, 1, "city")]},
+        fine_to_coarse={"city": "location"},
+    ).to_dict()["fmnerg"]
     assert fine["fine"]["city"]["tp"] == 1 and fine["coarse"]["location"]["tp"] == 1
     assert score([example_post()], {}).macro_f1("GMNER") == 0.0
 
 
 def test_breakdown_counts_several_of_a_kind_in_one_post_and_degenerate_boxes():
-    post = Post("m", ["w"] * 8, [Entity(0, 1, "PER", [(0, 0, 10, 10)]), Entity(1, 2, "PER", [(0, 0, 10, 10)]),
-                                 Entity(2, 3, "LOC"), Entity(3, 4, "LOC"),
-                                 Entity(4, 5, "ORG", [(0, 0, 10, 10)]), Entity(5, 6, "ORG", [(0, 0, 10, 10)]),
-                                 Entity(6, 7, "OTHER", [(0, 0, 10, 10)]), Entity(7, 8, "OTHER", [(0, 0, 10, 10)])],
-                image_size=(100, 100))
-    preds = {"m": [Prediction(0, 1, "LOC"), Prediction(1, 2, "LOC"),                           # wrong type x2
-                   Prediction(2, 3, "LOC", (0, 0, 5, 5)), Prediction(3, 4, "LOC", (0, 0, 5, 5)),  # box-less, box x2
-                   Prediction(4, 5, "ORG"), Prediction(5, 6, "ORG"),                           # no box x2
-                   Prediction(6, 7, "OTHER", (50, 50, 60, 60)), Prediction(7, 8, "OTHER", (50, 50, 60, 60))]}
-    assert score([post], preds).breakdown == {"correct": 0, "missed": 0, "wrong_type": 2, "boxless_with_box": 2,
-                                              "grounded_without_box": 2, "grounded_wrong_box": 2, "spurious": 0}
+    post = Post(
+        "m",
+        ["w"] * 8,
+        [
+            Entity(0, 1, "PER", [(0, 0, 10, 10)]),
+            Entity(1, 2, "PER", [(0, 0, 10, 10)]),
+            Entity(2, 3, "LOC"),
+            Entity(3, 4, "LOC"),
+            Entity(4, 5, "ORG", [(0, 0, 10, 10)]),
+            Entity(5, 6, "ORG", [(0, 0, 10, 10)]),
+            Entity(6, 7, "OTHER", [(0, 0, 10, 10)]),
+            Entity(7, 8, "OTHER", [(0, 0, 10, 10)]),
+        ],
+        image_size=(100, 100),
+    )
+    preds = {
+        "m": [
+            Prediction(0, 1, "LOC"),
+            Prediction(1, 2, "LOC"),  # wrong type x2
+            Prediction(2, 3, "LOC", (0, 0, 5, 5)),
+            Prediction(3, 4, "LOC", (0, 0, 5, 5)),  # box-less, box x2
+            Prediction(4, 5, "ORG"),
+            Prediction(5, 6, "ORG"),  # no box x2
+            Prediction(6, 7, "OTHER", (50, 50, 60, 60)),
+            Prediction(7, 8, "OTHER", (50, 50, 60, 60)),
+        ]
+    }
+    assert score([post], preds).breakdown == {
+        "correct": 0,
+        "missed": 0,
+        "wrong_type": 2,
+        "boxless_with_box": 2,
+        "grounded_without_box": 2,
+        "grounded_wrong_box": 2,
+        "spurious": 0,
+    }
     # two identical zero-width (or zero-height) boxes: IoU 0, not a division by zero
     assert box_iou_xyxy((5, 0, 5, 10), (5, 0, 5, 10)) == 0.0
     assert box_iou_xyxy((0, 5, 10, 5), (0, 5, 10, 5)) == 0.0
@@ -654,8 +773,12 @@ def test_breakdown_counts_several_of_a_kind_in_one_post_and_degenerate_boxes():
 
 
 def test_string_matching_with_no_right_region_among_shared_strings():
-    named = Post("s", ["Blue", "Comets", "v", "Blue", "Comets"],
-                 [Entity(0, 2, "ORG", [(0, 0, 10, 10)]), Entity(3, 5, "ORG", [(20, 20, 30, 30)])], image_size=(99, 99))
+    named = Post(
+        "s",
+        ["Blue", "Comets", "v", "Blue", "Comets"],
+        [Entity(0, 2, "ORG", [(0, 0, 10, 10)]), Entity(3, 5, "ORG", [(20, 20, 30, 30)])],
+        image_size=(99, 99),
+    )
     wrong = {"s": [Prediction(0, 2, "ORG", (60, 60, 70, 70)), Prediction(3, 5, "ORG", (80, 80, 90, 90))]}
     report = score([named], wrong, match_by="string")
     assert (report.gmner.tp, report.mner.tp) == (0, 2)
@@ -666,29 +789,37 @@ def test_fmnerg_table_layout_exactly():
     posts = [Post("p", ["w"] * 3, [Entity(0, 1, "city"), Entity(1, 2, "athlete")])]
     report = score(posts, {"p": [Prediction(0, 1, "city"), Prediction(1, 2, "city")]}, fine_to_coarse=fine_to_coarse)
     table = report.format_table(per_type=False).split("\n")
-    start = table.index("") + 1 + table[table.index("") + 1:].index("")  # the block after the breakdown
-    assert table[start + 1:] == [
+    start = table.index("") + 1 + table[table.index("") + 1 :].index("")  # the block after the breakdown
+    assert table[start + 1 :] == [
         "FMNERG GMNER per category       P       R      F1      TP   #pred   #gold",
         "location                    50.00  100.00   66.67       1       2       1",
         "person                       0.00    0.00    0.00       0       0       1",
         "All                         50.00   50.00   50.00       1       2       2",
     ]
     full = report.format_table().split("\n")
-    fine = full[full.index("FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold"):]
-    assert fine == ["FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold",
-                    "athlete                       0.00    0.00    0.00       0       0       1",
-                    "city                         50.00  100.00   66.67       1       2       1"]
+    fine = full[full.index("FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold") :]
+    assert fine == [
+        "FMNERG GMNER per fine type       P       R      F1      TP   #pred   #gold",
+        "athlete                       0.00    0.00    0.00       0       0       1",
+        "city                         50.00  100.00   66.67       1       2       1",
+    ]
     assert full[full.index(fine[0]) - 1] == ""
 
 
 def test_prediction_file_messages_in_full(tmp_path):
     path = tmp_path / "pred.jsonl"
-    cases = [('["t1"]', 'each line must be an object {"id": ..., "entities": [...]}'),
-             ('{"id": "t1", "entities": [5]}', "post 't1', entity 0: expected an object {start, end, type, box}, got 5"),
-             ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": 5}]}',
-              "'box' must be 4 finite numbers [x1, y1, x2, y2] or null, got 5"),
-             ('{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": [1]}]}',
-              "'score' must be a number or null, got [1]")]
+    cases = [
+        ('["t1"]', 'each line must be an object {"id": ..., "entities": [...]}'),
+        ('{"id": "t1", "entities": [5]}', "post 't1', entity 0: expected an object {start, end, type, box}, got 5"),
+        (
+            '{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": 5}]}',
+            "'box' must be 4 finite numbers [x1, y1, x2, y2] or null, got 5",
+        ),
+        (
+            '{"id": "t1", "entities": [{"start": 0, "end": 1, "type": "PER", "box": null, "score": [1]}]}',
+            "'score' must be a number or null, got [1]",
+        ),
+    ]
     for line, message in cases:
         path.write_text(line + "\n")
         with pytest.raises(DataError) as err:
@@ -703,13 +834,19 @@ def test_defaults_of_the_report_helpers():
     report = score(posts, preds)
     assert format_report(report) == report.format_table(per_type=True)  # per-type rows by default
     assert report.macro_f1() == report.macro_f1("GMNER") == pytest.approx((50 + 0 + 0 + 200 / 7) / 4)
-    fine = score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "city")]},
-                 fine_to_coarse={"city": "location"})
+    fine = score(
+        [Post("f", ["w"], [Entity(0, 1, "city")])],
+        {"f": [Prediction(0, 1, "city")]},
+        fine_to_coarse={"city": "location"},
+    )
     assert fine.format_table().startswith("1 posts (0 without predictions)")  # the fine rows are appended
     # with FMNERG types and no explicit inventory, the map's types are the known ones
     with pytest.raises(DataError, match=r"post 'f', entity 0: unknown type 'mayor' \(known: city\)"):
-        score([Post("f", ["w"], [Entity(0, 1, "city")])], {"f": [Prediction(0, 1, "mayor")]},
-              fine_to_coarse={"city": "location"})
+        score(
+            [Post("f", ["w"], [Entity(0, 1, "city")])],
+            {"f": [Prediction(0, 1, "mayor")]},
+            fine_to_coarse={"city": "location"},
+        )
 
 
 def test_breakdown_with_string_matching_counts_one_correct_per_true_positive():
@@ -718,16 +855,30 @@ def test_breakdown_with_string_matching_counts_one_correct_per_true_positive():
     post = Post("s", ["Apple", "and", "Apple"], [Entity(0, 1, "ORG"), Entity(2, 3, "ORG")])
     report = score([post], {"s": [Prediction(2, 3, "ORG")]}, match_by="string")
     assert report.gmner.tp == report.mner.tp == 1
-    assert report.breakdown == {"correct": 1, "missed": 1, "wrong_type": 0, "grounded_without_box": 0,
-                                "grounded_wrong_box": 0, "boxless_with_box": 0, "spurious": 0}
+    assert report.breakdown == {
+        "correct": 1,
+        "missed": 1,
+        "wrong_type": 0,
+        "grounded_without_box": 0,
+        "grounded_wrong_box": 0,
+        "boxless_with_box": 0,
+        "spurious": 0,
+    }
     # one right and one of another type: the second gold is found with the wrong type
     other = score([post], {"s": [Prediction(2, 3, "ORG"), Prediction(0, 1, "PER")]}, match_by="string")
     assert (other.breakdown["correct"], other.breakdown["wrong_type"], other.breakdown["missed"]) == (1, 1, 0)
     # two predictions of the string, one with a wrong box: one correct, one grounded with the wrong box
-    boxed = Post("b", ["Apple", "and", "Apple"], [Entity(0, 1, "ORG", [(0, 0, 10, 10)]),
-                                                   Entity(2, 3, "ORG", [(50, 50, 60, 60)])], image_size=(99, 99))
-    found = score([boxed], {"b": [Prediction(0, 1, "ORG", (50, 50, 60, 60)), Prediction(0, 1, "ORG", (80, 80, 90, 90))]},
-                  match_by="string")
+    boxed = Post(
+        "b",
+        ["Apple", "and", "Apple"],
+        [Entity(0, 1, "ORG", [(0, 0, 10, 10)]), Entity(2, 3, "ORG", [(50, 50, 60, 60)])],
+        image_size=(99, 99),
+    )
+    found = score(
+        [boxed],
+        {"b": [Prediction(0, 1, "ORG", (50, 50, 60, 60)), Prediction(0, 1, "ORG", (80, 80, 90, 90))]},
+        match_by="string",
+    )
     assert (found.gmner.tp, found.mner.tp) == (1, 2)
     assert (found.breakdown["correct"], found.breakdown["grounded_wrong_box"]) == (1, 1)
 
@@ -753,9 +904,12 @@ def test_breakdown_sums_to_the_scores_in_both_match_modes(data, match_by, rng):
         return (start, end) if match_by == "span" else " ".join(post.tokens[start:end])
 
     by_id = {post.id: post for post in posts}
-    expected_spurious = sum(1 for pid, preds in predictions.items() for p in preds
-                            if key(by_id[pid], p.start, p.end) not in {key(by_id[pid], e.start, e.end)
-                                                                        for e in by_id[pid].entities})
+    expected_spurious = sum(
+        1
+        for pid, preds in predictions.items()
+        for p in preds
+        if key(by_id[pid], p.start, p.end) not in {key(by_id[pid], e.start, e.end) for e in by_id[pid].entities}
+    )
     assert spurious == expected_spurious <= report.gmner.n_pred - report.mner.tp
     # the same whatever the order of the predictions
     shuffled = {pid: rng.sample(preds, len(preds)) for pid, preds in predictions.items()}
@@ -764,8 +918,12 @@ def test_breakdown_sums_to_the_scores_in_both_match_modes(data, match_by, rng):
 
 def test_breakdown_sums_on_shared_strings_by_hand():
     """The sums on a post with three golds of one string (two types), in both match modes."""
-    post = Post("x", ["Paris", "v", "Paris", "v", "Paris"],
-                [Entity(0, 1, "LOC", [(0, 0, 10, 10)]), Entity(2, 3, "LOC"), Entity(4, 5, "PER")], image_size=(50, 50))
+    post = Post(
+        "x",
+        ["Paris", "v", "Paris", "v", "Paris"],
+        [Entity(0, 1, "LOC", [(0, 0, 10, 10)]), Entity(2, 3, "LOC"), Entity(4, 5, "PER")],
+        image_size=(50, 50),
+    )
     preds = {"x": [Prediction(4, 5, "LOC", (0, 0, 10, 10)), Prediction(0, 1, "LOC"), Prediction(2, 3, "ORG")]}
     for match_by in ("span", "string"):
         report = score([post], preds, match_by=match_by)

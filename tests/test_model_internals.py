@@ -36,11 +36,28 @@ D, HEADS = 8, 2
 
 
 def _config(**overrides):
-    values = dict(hidden_size=D, num_attention_heads=HEADS, ffn_dim=16, dropout=0.0, max_text_length=12,
-                  num_fusion_layers=1, num_decoder_layers=1, num_refinement_layers=2, use_vtf=True, use_fde=True,
-                  use_mre=True, use_tqc=True, use_jca=True, num_queries=3, query_init="random",
-                  text_extract_layers=[1, 3], vision_inject_layers=[2], num_labels=3, text_only=False,
-                  box_refine=False)
+    values = dict(
+        hidden_size=D,
+        num_attention_heads=HEADS,
+        ffn_dim=16,
+        dropout=0.0,
+        max_text_length=12,
+        num_fusion_layers=1,
+        num_decoder_layers=1,
+        num_refinement_layers=2,
+        use_vtf=True,
+        use_fde=True,
+        use_mre=True,
+        use_tqc=True,
+        use_jca=True,
+        num_queries=3,
+        query_init="random",
+        text_extract_layers=[1, 3],
+        vision_inject_layers=[2],
+        num_labels=3,
+        text_only=False,
+        box_refine=False,
+    )
     values.update(overrides)
     return SimpleNamespace(**values)
 
@@ -59,6 +76,7 @@ def _randomize(module: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- references from the formulas
+
 
 def ref_mha(attn: nn.MultiheadAttention, query, kv=None, key_padding=None):
     """softmax(Q K^T / sqrt(dh) masked) V per head, concatenated, then the output projection."""
@@ -112,6 +130,7 @@ def close(actual, expected, atol=1e-5):
 
 
 # ---------------------------------------------------------------- layers
+
 
 def test_attend_by_hand_with_identity_projections_and_a_padded_key():
     attn = nn.MultiheadAttention(2, 1, batch_first=True).eval()
@@ -169,8 +188,9 @@ def test_safe_padding_mask_unmasks_only_the_first_key_of_full_rows():
 
 def test_pool_words_max_over_own_subwords_without_specials_or_padding():
     # [CLS] w0a w0b w1 w2 [SEP] [PAD]; specials and padding hold huge values that must not leak
-    subwords = torch.tensor([[[99.0, 99.0], [1.0, 5.0], [3.0, 2.0], [-4.0, -7.0], [9.0, 9.0], [99.0, 99.0],
-                              [99.0, 99.0]]])
+    subwords = torch.tensor(
+        [[[99.0, 99.0], [1.0, 5.0], [3.0, 2.0], [-4.0, -7.0], [9.0, 9.0], [99.0, 99.0], [99.0, 99.0]]]
+    )
     word_index = torch.tensor([[-1, 0, 0, 1, 5, -1, -1]])  # 5 is past num_words: ignored
     pooled = pool_words(subwords, word_index, 3)
     assert torch.equal(pooled, torch.tensor([[[3.0, 5.0], [-4.0, -7.0], [0.0, 0.0]]]))
@@ -178,7 +198,7 @@ def test_pool_words_max_over_own_subwords_without_specials_or_padding():
 
 def test_sine_position_2d_by_hand_on_a_2x2_grid():
     table = sine_position_2d(5, 8)
-    freq = [1.0, 10000 ** -0.5]
+    freq = [1.0, 10000**-0.5]
     coords = [0.5 / 2 * 2 * math.pi, 1.5 / 2 * 2 * math.pi]
 
     def axis(c):
@@ -189,6 +209,7 @@ def test_sine_position_2d_by_hand_on_a_2x2_grid():
 
 
 # ---------------------------------------------------------------- HVLA
+
 
 def test_text_injection_is_residual_over_normed_tokens_with_text_padding_masked():
     block = _randomize(TextInjection(D, HEADS, 0.0))
@@ -210,8 +231,10 @@ def test_hvla_injector_masks_the_text_padding_and_only_injects_at_its_layers():
     moved = fused.clone()
     moved[0, 1:] -= 50.0
     close(after(2, tokens), hvla.injector(moved, padding)(2, tokens))
-    close(after(2, tokens), tokens + ref_mha(hvla.injections["2"].attn, ref_ln(hvla.injections["2"].norm, tokens),
-                                             fused, padding))
+    close(
+        after(2, tokens),
+        tokens + ref_mha(hvla.injections["2"].attn, ref_ln(hvla.injections["2"].norm, tokens), fused, padding),
+    )
 
 
 def test_fuse_text_is_eq3_in_layer_order():
@@ -229,6 +252,7 @@ def test_visual_projection_is_ln_of_the_projected_concatenation():
 
 
 # ---------------------------------------------------------------- MQA
+
 
 def test_tqc_then_jca_over_text_then_queries():
     config = _config()
@@ -248,8 +272,15 @@ def test_query_initializers_by_hand():
     random = QueryInitializer(_config(query_init="random"))
     assert torch.equal(random(text, padding)[0], random.embeddings)
     shared = QueryInitializer(_config(query_init="batch_shared"))
-    codes = torch.tensor([[math.sin(p / 10000 ** (2 * (i // 2) / D)) if i % 2 == 0 else
-                           math.cos(p / 10000 ** (2 * (i // 2) / D)) for i in range(D)] for p in range(3)])
+    codes = torch.tensor(
+        [
+            [
+                math.sin(p / 10000 ** (2 * (i // 2) / D)) if i % 2 == 0 else math.cos(p / 10000 ** (2 * (i // 2) / D))
+                for i in range(D)
+            ]
+            for p in range(3)
+        ]
+    )
     close(shared(text, padding)[0], shared.shared + codes)
     mean = QueryInitializer(_config(query_init="mean_pooled_text"))
     close(mean(text, padding)[0], 2.0 + mean.offsets)  # mean of 1 and 3, the padding left out
@@ -260,6 +291,7 @@ def test_query_initializers_by_hand():
 
 
 # ---------------------------------------------------------------- MQD
+
 
 def test_vtf_adds_each_embedding_to_its_own_modality():
     vtf = _randomize(VisionTextFusion(_config(num_fusion_layers=0), 5))
@@ -274,9 +306,17 @@ def test_vtf_adds_each_embedding_to_its_own_modality():
 def test_vtf_layers_mask_vision_and_text_padding():
     vtf = _randomize(VisionTextFusion(_config(num_fusion_layers=1), 5))
     vision, text = torch.randn(1, 5, D), torch.randn(1, 3, D)
-    text_padding, vision_padding = torch.tensor([[False, False, True]]), torch.tensor([[False, False, True, True, False]])
-    embedded = torch.cat([vision + vtf.vision_position + vtf.vision_grid + vtf.modality[0],
-                          text + vtf.text_position[:3] + vtf.modality[1]], 1)
+    text_padding, vision_padding = (
+        torch.tensor([[False, False, True]]),
+        torch.tensor([[False, False, True, True, False]]),
+    )
+    embedded = torch.cat(
+        [
+            vision + vtf.vision_position + vtf.vision_grid + vtf.modality[0],
+            text + vtf.text_position[:3] + vtf.modality[1],
+        ],
+        1,
+    )
     expected = ref_encoder(vtf.layers[0], embedded, torch.cat([vision_padding, text_padding], 1))
     close(vtf(vision, text, text_padding, vision_padding), expected)
 
@@ -331,6 +371,7 @@ def test_mqd_pools_words_from_the_text_part_of_the_memory_and_decodes_against_it
 
 
 # ---------------------------------------------------------------- heads
+
 
 def _identity_(linear: nn.Linear):
     with torch.no_grad():
@@ -406,10 +447,16 @@ def test_alignment_head_cosine_over_temperature_nothing_slots_and_padding():
 
 def test_reference_points_are_the_softmax_expected_patch_centre_without_the_nothing_slots():
     big = 50.0
-    logits = torch.tensor([[[big, 0, 0, 0, 2 * big],       # patch 0 (the no-patch column is left out)
-                            [0, big, 0, 0, 0],             # patch 1: right of patch 0
-                            [0, 0, math.log(3.0), 0, 0],   # patch 2 three times the others
-                            [big, big, big, big, big]]])   # the no-row row is dropped
+    logits = torch.tensor(
+        [
+            [
+                [big, 0, 0, 0, 2 * big],  # patch 0 (the no-patch column is left out)
+                [0, big, 0, 0, 0],  # patch 1: right of patch 0
+                [0, 0, math.log(3.0), 0, 0],  # patch 2 three times the others
+                [big, big, big, big, big],
+            ]
+        ]
+    )  # the no-row row is dropped
     points = AlignmentHead.reference_points(logits)
     assert points.shape == (1, 3, 2)
     close(points[0, 0], torch.tensor([0.25, 0.25]))
@@ -419,6 +466,7 @@ def test_reference_points_are_the_softmax_expected_patch_centre_without_the_noth
 
 
 # ---------------------------------------------------------------- box_ops
+
 
 def test_image_frame_and_content_size_by_hand():
     assert box_ops.content_size((300, 100), 64) == (64, 21)
@@ -436,11 +484,15 @@ def test_normalize_and_denormalize_with_a_frame():
     normalized = box_ops.normalize_boxes(boxes, (300, 100), frame)
     # x / 300 * 1, y / 100 * 0.5; the second box clamped to the image first
     close(normalized, torch.tensor([[0.2, 0.15, 0.2, 0.2], [0.5, 0.25, 1.0, 0.5]]))
-    close(box_ops.denormalize_boxes(normalized, (300, 100), frame),
-          torch.tensor([[30.0, 10.0, 90.0, 50.0], [0.0, 0.0, 300.0, 100.0]]))
+    close(
+        box_ops.denormalize_boxes(normalized, (300, 100), frame),
+        torch.tensor([[30.0, 10.0, 90.0, 50.0], [0.0, 0.0, 300.0, 100.0]]),
+    )
     # a box reaching into the padding (below y = 0.5 of the square) is cut at the image's edge
-    close(box_ops.denormalize_boxes(torch.tensor([0.5, 0.5, 0.2, 0.4]), (300, 100), frame),
-          torch.tensor([120.0, 60.0, 180.0, 100.0]))
+    close(
+        box_ops.denormalize_boxes(torch.tensor([0.5, 0.5, 0.2, 0.4]), (300, 100), frame),
+        torch.tensor([120.0, 60.0, 180.0, 100.0]),
+    )
 
 
 def test_patch_centres_are_row_major_x_then_y():
@@ -448,6 +500,7 @@ def test_patch_centres_are_row_major_x_then_y():
 
 
 # ---------------------------------------------------------------- QGNModel glue
+
 
 def _tiny_model(**overrides):
     from qgn.modeling import QGNConfig, QGNModel
@@ -480,7 +533,9 @@ def test_presence_and_box_prior_add_the_alignment_to_the_heads():
         out = model._predict(queries, words, word_mask, vision, patch_padding)
         align = model.alignment(queries, vision, patch_padding)
         plain = model.heads(queries, words, word_mask, vision=vision)
-        prior = model.heads(queries, words, word_mask, box_reference=AlignmentHead.reference_points(align), vision=vision)
+        prior = model.heads(
+            queries, words, word_mask, box_reference=AlignmentHead.reference_points(align), vision=vision
+        )
     evidence = torch.stack([align[0, :-1, :-1].logsumexp(-1), align[0, :-1, -1]], dim=-1)
     close(out["notarget_logits"][0], plain["notarget_logits"][0] + evidence)
     close(out["pred_boxes"], prior["pred_boxes"])

@@ -43,8 +43,7 @@ def make_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
         attention_mask[b, :n] = 1
         word_index[b, 1 : n - 1] = torch.tensor(own)
         word_mask[b, : max(own) + 1] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index,
-             "word_mask": word_mask}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index, "word_mask": word_mask}
     if not config.text_only:
         batch["pixel_values"] = torch.randn(3, 3, config.image_size, config.image_size, generator=g)
     return batch
@@ -53,14 +52,27 @@ def make_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 def make_targets() -> list[dict[str, torch.Tensor]]:
     def t(labels, starts, ends, boxes, has_box, entity):
         long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-        return {"labels": long(labels), "start": long(starts), "end": long(ends),
-                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "has_box": torch.tensor(has_box, dtype=torch.bool), "entity_index": long(entity)}
+        return {
+            "labels": long(labels),
+            "start": long(starts),
+            "end": long(ends),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "has_box": torch.tensor(has_box, dtype=torch.bool),
+            "entity_index": long(entity),
+        }
 
-    return [t([0, 0, 2], [0, 0, 3], [1, 1, 4], [[.3, .3, .2, .2], [.6, .6, .2, .3], [0, 0, 0, 0]],
-              [True, True, False], [0, 0, 1]),
-            t([1], [2], [2], [[.5, .5, .4, .4]], [True], [0]),
-            t([], [], [], [], [], [])]
+    return [
+        t(
+            [0, 0, 2],
+            [0, 0, 3],
+            [1, 1, 4],
+            [[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.2, 0.3], [0, 0, 0, 0]],
+            [True, True, False],
+            [0, 0, 1],
+        ),
+        t([1], [2], [2], [[0.5, 0.5, 0.4, 0.4]], [True], [0]),
+        t([], [], [], [], [], []),
+    ]
 
 
 def build(config: QGNConfig, seed: int = 0) -> QGNModel:
@@ -103,8 +115,17 @@ def test_text_only_has_no_vision_and_no_box_heads():
     assert "pred_boxes" not in out and "notarget_logits" not in out
     assert out["type_logits"].shape == (3, config.num_queries, C + 1)
     names = param_names(model)
-    for prefix in ("vision_encoder.", "hvla.", "vision_projection.", "heads.box_head.", "heads.notarget_head.",
-                   "mqd.mre.vision_layers.", "mqd.mre.vision_merge.", "mqd.vtf.vision_position", "mqd.vtf.modality"):
+    for prefix in (
+        "vision_encoder.",
+        "hvla.",
+        "vision_projection.",
+        "heads.box_head.",
+        "heads.notarget_head.",
+        "mqd.mre.vision_layers.",
+        "mqd.mre.vision_merge.",
+        "mqd.vtf.vision_position",
+        "mqd.vtf.modality",
+    ):
         assert not any(n.startswith(prefix) for n in names), prefix
     # pixel values given to a text-only model are ignored
     pixels = torch.randn(3, 3, 64, 64)
@@ -140,8 +161,9 @@ def test_padding_does_not_change_a_post(overrides):
     with torch.no_grad():
         full = model(**batch)
         n, w = int(batch["attention_mask"][2].sum()), int(batch["word_mask"][2].sum())
-        alone = {k: v[2:3, :n] if k in ("input_ids", "attention_mask", "word_index") else v[2:3]
-                 for k, v in batch.items()}
+        alone = {
+            k: v[2:3, :n] if k in ("input_ids", "attention_mask", "word_index") else v[2:3] for k, v in batch.items()
+        }
         alone["word_mask"] = batch["word_mask"][2:3, :w]
         single = model(**alone)
     for key in ("type_logits", "pred_boxes", "notarget_logits"):
@@ -271,8 +293,12 @@ def test_switches_that_leave_nothing_to_see_the_image_are_refused():
 
 
 def test_query_inits_have_their_own_parameters():
-    expected = {"random": "queries.embeddings", "batch_shared": "queries.shared",
-                "mean_pooled_text": "queries.offsets", "attention_pooled_text": "queries.probes"}
+    expected = {
+        "random": "queries.embeddings",
+        "batch_shared": "queries.shared",
+        "mean_pooled_text": "queries.offsets",
+        "attention_pooled_text": "queries.probes",
+    }
     for mode, name in expected.items():
         names = param_names(build(tiny(query_init=mode)))
         assert [n for n in names if n.startswith("queries.")][0] == name
@@ -285,8 +311,17 @@ def test_batch_shared_queries_differ_from_each_other():
 
 
 # Table VI rows: (extraction stride, extraction start, injection stride, injection start)
-TABLE_VI = [(3, 1, 3, 2), (1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2),
-            (3, 1, 3, 1), (3, 1, 3, 3)]
+TABLE_VI = [
+    (3, 1, 3, 2),
+    (1, 1, 3, 2),
+    (2, 1, 3, 2),
+    (3, 2, 3, 2),
+    (3, 3, 3, 2),
+    (3, 1, 1, 2),
+    (3, 1, 2, 2),
+    (3, 1, 3, 1),
+    (3, 1, 3, 3),
+]
 
 
 def test_table_vi_layer_schedules_build_on_12_layer_encoders():
@@ -298,8 +333,13 @@ def test_table_vi_layer_schedules_build_on_12_layer_encoders():
         inject = layer_schedule(inj_start, inj_stride)
         # Table VI varies the BERT extraction (J) and ViT injection schedules; the ViT features are
         # read at the injection layers (V = {2, 5, 8, 11} follows the injection schedule, Sec. III-A).
-        config = tiny(text_config=text_config, vision_config=vision_config, text_extract_layers=extract,
-                      vision_extract_layers=inject, vision_inject_layers=inject)
+        config = tiny(
+            text_config=text_config,
+            vision_config=vision_config,
+            text_extract_layers=extract,
+            vision_extract_layers=inject,
+            vision_inject_layers=inject,
+        )
         model = build(config)
         assert sorted(int(k) for k in model.hvla.injections) == inject
         assert len(model.hvla.layer_adapters) == len(extract)
@@ -310,8 +350,9 @@ def test_table_vi_layer_schedules_build_on_12_layer_encoders():
     assert out["pred_boxes"].shape == (3, config.num_queries, 4)
 
 
-@pytest.mark.parametrize("field,value", [("text_extract_layers", [1, 5]), ("vision_inject_layers", [9]),
-                                         ("vision_extract_layers", [2, 7])])
+@pytest.mark.parametrize(
+    "field,value", [("text_extract_layers", [1, 5]), ("vision_inject_layers", [9]), ("vision_extract_layers", [2, 7])]
+)
 def test_layer_indices_past_the_encoder_are_refused(field, value):
     with pytest.raises(QGNError, match=field):
         QGNModel(tiny(**{field: value}))
@@ -353,8 +394,9 @@ def test_text_injection_is_a_plain_residual_that_guides_vision_from_the_start():
     other = dict(batch, input_ids=torch.randint(5, VOCAB, batch["input_ids"].shape))
 
     def text_of(b):
-        hidden = model.text_encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    output_hidden_states=True).hidden_states
+        hidden = model.text_encoder(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
+        ).hidden_states
         return model.hvla.fuse_text(hidden)
 
     def vision(b):
@@ -382,8 +424,12 @@ def test_save_and_load_round_trip(tmp_path):
 
     tokenizer = build_word_tokenizer(["Kevin", "Durant", "Paris"])
     # layer 4 of the ViT is unused here, so the rebuilt model must prune it the same way
-    config = tiny(text_config=dict(tiny().text_config, vocab_size=len(tokenizer)), query_init="batch_shared",
-                  vision_inject_layers=[1, 2], vision_extract_layers=[2, 3])
+    config = tiny(
+        text_config=dict(tiny().text_config, vocab_size=len(tokenizer)),
+        query_init="batch_shared",
+        vision_inject_layers=[1, 2],
+        vision_extract_layers=[2, 3],
+    )
     model = build(config).eval()
     batch = make_batch(config)
     batch["input_ids"] = batch["input_ids"].clamp(max=len(tokenizer) - 1)
@@ -454,24 +500,37 @@ def test_encoders_load_from_local_directories_and_fill_the_config(tmp_path):
     bert.save_pretrained(tmp_path / "bert")
     vision = dict(base.vision_config)
     vision.pop("model_type")
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
-                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=100,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision))  # a *full* CLIP folder
     clip.save_pretrained(tmp_path / "clip")
-    config = tiny(text_config=None, vision_config=None, text_encoder=str(tmp_path / "bert"),
-                  vision_encoder=str(tmp_path / "clip"))
+    config = tiny(
+        text_config=None, vision_config=None, text_encoder=str(tmp_path / "bert"), vision_encoder=str(tmp_path / "clip")
+    )
     model = QGNModel(config)
     assert config.text_config["hidden_size"] == 64 and config.vision_config["model_type"] == "clip_vision_model"
     assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
-    assert torch.equal(model.vision_encoder.embeddings.patch_embedding.weight,
-                       clip.vision_model.embeddings.patch_embedding.weight)
+    assert torch.equal(
+        model.vision_encoder.embeddings.patch_embedding.weight, clip.vision_model.embeddings.patch_embedding.weight
+    )
     assert model(**make_batch(config))["pred_boxes"].shape == (3, config.num_queries, 4)
 
 
-@pytest.mark.parametrize("overrides,field", [
-    ({"text_config": None, "text_encoder": "qgn-tests/not-a-cached-bert"}, "text_encoder"),
-    ({"vision_config": None, "vision_encoder": "qgn-tests/not-a-cached-clip"}, "vision_encoder"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"text_config": None, "text_encoder": "qgn-tests/not-a-cached-bert"}, "text_encoder"),
+        ({"vision_config": None, "vision_encoder": "qgn-tests/not-a-cached-clip"}, "vision_encoder"),
+    ],
+)
 def test_hub_names_fail_fast_offline(monkeypatch, overrides, field):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(QGNError, match=rf"could not load .*HF_HUB_OFFLINE.*pass {field}=/path/to/dir"):
@@ -508,10 +567,16 @@ def test_pipeline_batch_through_model_and_criterion(tmp_path, text_only):
 
     image = tmp_path / "a.jpg"
     Image.new("RGB", (120, 80), (200, 30, 30)).save(image)
-    posts = [Post("a", ["Kevin", "Durant", "visits", "Paris", "today"],
-                  [Entity(0, 2, "PER", [(10, 10, 60, 70)]), Entity(3, 4, "LOC")], str(image), (120, 80)),
-             Post("b", ["RT", "@NBA"], [Entity(1, 2, "ORG", [(0, 0, 30, 30), (40, 40, 80, 80)])],
-                  str(image), (120, 80))]
+    posts = [
+        Post(
+            "a",
+            ["Kevin", "Durant", "visits", "Paris", "today"],
+            [Entity(0, 2, "PER", [(10, 10, 60, 70)]), Entity(3, 4, "LOC")],
+            str(image),
+            (120, 80),
+        ),
+        Post("b", ["RT", "@NBA"], [Entity(1, 2, "ORG", [(0, 0, 30, 30), (40, 40, 80, 80)])], str(image), (120, 80)),
+    ]
     tokenizer = build_word_tokenizer(["Kevin", "Paris"])
     config = tiny(text_config=dict(tiny().text_config, vocab_size=len(tokenizer)), text_only=text_only)
     model = build(config)

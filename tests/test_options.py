@@ -20,13 +20,13 @@ from qgn.cli import main
 # What a viewer shows for each EXIF orientation of a stored (H, W, 3) array, from the EXIF spec.
 UPRIGHT = {
     1: lambda a: a,
-    2: lambda a: a[:, ::-1],                            # mirrored left-right
-    3: lambda a: a[::-1, ::-1],                         # turned 180
-    4: lambda a: a[::-1, :],                            # mirrored top-bottom
-    5: lambda a: a.transpose(1, 0, 2),                  # mirrored over the main diagonal
-    6: lambda a: np.rot90(a, k=-1),                     # turned 90 clockwise
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),      # mirrored over the other diagonal
-    8: lambda a: np.rot90(a, k=1),                      # turned 90 counter-clockwise
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180
+    4: lambda a: a[::-1, :],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored over the main diagonal
+    6: lambda a: np.rot90(a, k=-1),  # turned 90 clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # mirrored over the other diagonal
+    8: lambda a: np.rot90(a, k=1),  # turned 90 counter-clockwise
 }
 
 
@@ -49,6 +49,7 @@ def test_every_exif_orientation_comes_out_upright(tmp_path, orientation):
 
 # ---------------------------------------------------------------- a batch whose first post is empty
 
+
 def test_a_batch_whose_first_post_has_no_words_predicts_the_others_as_alone(tiny_checkpoint, tiny_bench):
     from qgn.api import load
     from qgn.data import read_dataset
@@ -62,8 +63,7 @@ def test_a_batch_whose_first_post_has_no_words_predicts_the_others_as_alone(tiny
     empty = Post("empty", [], image_size=image.size)
     first_empty = predictor.predict_posts([empty, post], [image, image])
     assert first_empty[0] == []
-    assert [(p.start, p.end, p.type, p.box) for p in first_empty[1]] == \
-        [(p.start, p.end, p.type, p.box) for p in alone]
+    assert [(p.start, p.end, p.type, p.box) for p in first_empty[1]] == [(p.start, p.end, p.type, p.box) for p in alone]
     for a, b in zip(first_empty[1], alone):
         assert a.score == pytest.approx(b.score, abs=1e-5)
 
@@ -71,10 +71,28 @@ def test_a_batch_whose_first_post_has_no_words_predicts_the_others_as_alone(tiny
 def test_collator_pads_around_a_first_post_without_words():
     from qgn.data.pipeline import Collator
 
-    items = [{"input_ids": [101, 102], "word_index": [-1, -1], "num_words": 0, "pixel_values": None,
-              "pixel_mask": None, "targets": {}, "post": "a", "image_missing": True},
-             {"input_ids": [101, 7, 8, 9, 102], "word_index": [-1, 0, 0, 1, -1], "num_words": 2,
-              "pixel_values": None, "pixel_mask": None, "targets": {}, "post": "b", "image_missing": True}]
+    items = [
+        {
+            "input_ids": [101, 102],
+            "word_index": [-1, -1],
+            "num_words": 0,
+            "pixel_values": None,
+            "pixel_mask": None,
+            "targets": {},
+            "post": "a",
+            "image_missing": True,
+        },
+        {
+            "input_ids": [101, 7, 8, 9, 102],
+            "word_index": [-1, 0, 0, 1, -1],
+            "num_words": 2,
+            "pixel_values": None,
+            "pixel_mask": None,
+            "targets": {},
+            "post": "b",
+            "image_missing": True,
+        },
+    ]
     batch = Collator(0)(items)
     assert batch["input_ids"].tolist() == [[101, 102, 0, 0, 0], [101, 7, 8, 9, 102]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
@@ -83,6 +101,7 @@ def test_collator_pads_around_a_first_post_without_words():
 
 
 # ---------------------------------------------------------------- qgn reproduce: several seeds
+
 
 def test_aggregate_takes_mean_and_std_over_every_seed(tmp_path):
     from qgn.reproduce.aggregate import collect, to_markdown
@@ -98,7 +117,7 @@ def test_aggregate_takes_mean_and_std_over_every_seed(tmp_path):
     ours = result["tables"]["I"]["rows"][0]["ours"]["GMNER F1"]
     assert ours["n"] == 3 and ours["values"] == [50.0, 54.0, 61.0]
     assert ours["mean"] == pytest.approx(55.0)
-    assert ours["std"] == pytest.approx(math.sqrt(((5 ** 2) + (1 ** 2) + (6 ** 2)) / 2))  # sample std
+    assert ours["std"] == pytest.approx(math.sqrt(((5**2) + (1**2) + (6**2)) / 2))  # sample std
     assert result["tables"]["I"]["rows"][0]["ours"]["MNER F1"]["mean"] == pytest.approx(56.0)
     full = next(r for r in result["tables"]["III"]["rows"] if r["ours"] and r["ours"]["n"] == 3)
     assert full["ours"]["mean"] == pytest.approx(55.0) and full["delta"] == pytest.approx(0.0)
@@ -108,6 +127,7 @@ def test_aggregate_takes_mean_and_std_over_every_seed(tmp_path):
 
 
 # ---------------------------------------------------------------- hub revisions
+
 
 def test_a_hub_revision_is_passed_to_snapshot_download(tmp_path, monkeypatch):
     import huggingface_hub
@@ -147,8 +167,21 @@ def test_push_passes_revision_token_and_message(tiny_checkpoint, tmp_path, monke
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
-    code = main(["push", "--checkpoint", str(folder), "--repo-id", "acme/x", "--revision", "dev-branch",
-                 "--token", "T0K", "--message", "my message"])
+    code = main(
+        [
+            "push",
+            "--checkpoint",
+            str(folder),
+            "--repo-id",
+            "acme/x",
+            "--revision",
+            "dev-branch",
+            "--token",
+            "T0K",
+            "--message",
+            "my message",
+        ]
+    )
     if code != 0:
         pytest.fail(capsys.readouterr().err)
     assert calls[0] == ("token", "T0K")
@@ -157,6 +190,7 @@ def test_push_passes_revision_token_and_message(tiny_checkpoint, tmp_path, monke
 
 
 # ---------------------------------------------------------------- qgn evaluate / predict --checkpoint flags
+
 
 @pytest.fixture
 def spy_load(monkeypatch):
@@ -173,8 +207,9 @@ def spy_load(monkeypatch):
     return seen
 
 
-def test_evaluate_checkpoint_passes_precision_split_match_by_and_iou(tiny_checkpoint, tiny_bench, spy_load,
-                                                                     monkeypatch, capsys):
+def test_evaluate_checkpoint_passes_precision_split_match_by_and_iou(
+    tiny_checkpoint, tiny_bench, spy_load, monkeypatch, capsys
+):
     import qgn.engine.evaluate as evaluate
     from qgn.data import read_dataset
 
@@ -186,12 +221,33 @@ def test_evaluate_checkpoint_passes_precision_split_match_by_and_iou(tiny_checkp
         return real(posts, predictions, **kwargs)
 
     monkeypatch.setattr(evaluate, "evaluate_predictions", spy)
-    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_bench), "--split", "dev",
-                 "--image-dir", str(tiny_bench / "images"), "--precision", "bf16", "--match-by", "string",
-                 "--iou-threshold", "0.7", "--batch-size", "3", "--device", "cpu", "--json"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            str(tiny_bench),
+            "--split",
+            "dev",
+            "--image-dir",
+            str(tiny_bench / "images"),
+            "--precision",
+            "bf16",
+            "--match-by",
+            "string",
+            "--iou-threshold",
+            "0.7",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert spy_load == [{"precision": "bf16", "device": "cpu"}]
-    (ids, kwargs), = scored
+    ((ids, kwargs),) = scored
     assert ids == {p.id for p in read_dataset(tiny_bench, "dev")}
     assert kwargs["match_by"] == "string" and kwargs["iou_threshold"] == 0.7
     report = json.loads(capsys.readouterr().out)
@@ -202,14 +258,26 @@ def test_predict_checkpoint_passes_precision_and_threshold_overrides(tiny_checkp
     from qgn.data import read_dataset
 
     post = next(p for p in read_dataset(tiny_bench, "test", image_dir=tiny_bench / "images") if p.entities)
-    args = ["predict", "--checkpoint", str(tiny_checkpoint), "--image", post.image_path, "--text", " ".join(post.tokens),
-            "--json", "--device", "cpu"]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--image",
+        post.image_path,
+        "--text",
+        " ".join(post.tokens),
+        "--json",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--score-threshold", "0", "--no-target-threshold", "1"]) == 0
     everything = json.loads(capsys.readouterr().out)
     assert main([*args, "--score-threshold", "1.01", "--precision", "bf16"]) == 0
     nothing = json.loads(capsys.readouterr().out)
-    assert spy_load == [{"precision": "fp32", "device": "cpu", "score_threshold": 0.0, "no_target_threshold": 1.0},
-                        {"precision": "bf16", "device": "cpu", "score_threshold": 1.01}]
+    assert spy_load == [
+        {"precision": "fp32", "device": "cpu", "score_threshold": 0.0, "no_target_threshold": 1.0},
+        {"precision": "bf16", "device": "cpu", "score_threshold": 1.01},
+    ]
     entities = everything["entities"] if isinstance(everything, dict) else everything
     assert entities, "score threshold 0 keeps every candidate"
     # no-target threshold 1: P(no box) never reaches it, so every entity keeps its box
@@ -219,18 +287,41 @@ def test_predict_checkpoint_passes_precision_and_threshold_overrides(tiny_checkp
 
 # ---------------------------------------------------------------- qgn demo options
 
+
 def test_demo_options_are_passed_through(monkeypatch, tmp_path):
     import qgn.demo
 
     calls = []
     monkeypatch.setattr(qgn.demo, "run_demo", lambda *args, **kwargs: calls.append((args, kwargs)) or {"ok": 1})
     # the parser's lambda looks run_demo up in the module at call time
-    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--variant", "shapes", "--train-posts", "40",
-                 "--overwrite", "--set", "train.epochs=2", "--no-progress"]) == 0
-    (args, kwargs), = calls
+    assert (
+        main(
+            [
+                "demo",
+                "--output-dir",
+                str(tmp_path / "d"),
+                "--variant",
+                "shapes",
+                "--train-posts",
+                "40",
+                "--overwrite",
+                "--set",
+                "train.epochs=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    ((args, kwargs),) = calls
     passed = dict(zip(["output_dir", "overrides", "progress", "train_posts", "overwrite", "variant"], args), **kwargs)
-    assert passed == {"output_dir": str(tmp_path / "d"), "overrides": ["train.epochs=2"], "progress": False,
-                      "train_posts": 40, "overwrite": True, "variant": "shapes"}
+    assert passed == {
+        "output_dir": str(tmp_path / "d"),
+        "overrides": ["train.epochs=2"],
+        "progress": False,
+        "train_posts": 40,
+        "overwrite": True,
+        "variant": "shapes",
+    }
     with pytest.raises(SystemExit):
         main(["demo", "--variant", "no-such-variant"])
     assert len(calls) == 1
@@ -238,10 +329,12 @@ def test_demo_options_are_passed_through(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- flags passed through to their functions
 
+
 def _recorder(calls, result=None):
     def record(*args, **kwargs):
         calls.append((args, kwargs))
         return result
+
     return record
 
 
@@ -250,14 +343,47 @@ def test_serve_passes_every_flag(monkeypatch):
 
     calls = []
     monkeypatch.setattr(qgn.serving.app, "serve", _recorder(calls))
-    assert main(["serve", "--checkpoint", "ck", "--host", "0.0.0.0", "--port", "9001", "--device", "cpu",
-                 "--precision", "bf16", "--examples", "ex.jsonl", "--max-upload-mb", "3.5", "--max-image-pixels", "1e6",
-                 "--score-threshold", "0.25", "--no-target-threshold", "0.65"]) == 0
-    (args, kwargs), = calls
+    assert (
+        main(
+            [
+                "serve",
+                "--checkpoint",
+                "ck",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "9001",
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+                "--examples",
+                "ex.jsonl",
+                "--max-upload-mb",
+                "3.5",
+                "--max-image-pixels",
+                "1e6",
+                "--score-threshold",
+                "0.25",
+                "--no-target-threshold",
+                "0.65",
+            ]
+        )
+        == 0
+    )
+    ((args, kwargs),) = calls
     assert args == ("ck",)
-    assert kwargs == {"host": "0.0.0.0", "port": 9001, "device": "cpu", "precision": "bf16", "examples_file": "ex.jsonl",
-                      "max_upload_mb": 3.5, "max_image_pixels": 1_000_000, "score_threshold": 0.25,
-                      "no_target_threshold": 0.65}
+    assert kwargs == {
+        "host": "0.0.0.0",
+        "port": 9001,
+        "device": "cpu",
+        "precision": "bf16",
+        "examples_file": "ex.jsonl",
+        "max_upload_mb": 3.5,
+        "max_image_pixels": 1_000_000,
+        "score_threshold": 0.25,
+        "no_target_threshold": 0.65,
+    }
 
 
 def test_export_passes_the_opset(monkeypatch, tmp_path, capsys):
@@ -279,12 +405,30 @@ def test_data_convert_and_stats_pass_fmnerg_xml_and_missing_images(monkeypatch, 
     monkeypatch.setattr(qgn.data, "read_dataset", _recorder(reads, []))
     monkeypatch.setattr(qgn.data.stats, "dataset_stats", _recorder(stats, {}))
     monkeypatch.setattr(qgn.data.stats, "format_stats_table", lambda *a, **k: "table")
-    assert main(["data", "convert", str(tmp_path), "--split", "dev", "--out", str(tmp_path / "o.jsonl"),
-                 "--image-dir", "imgs", "--missing-images", "skip", "--fmnerg-xml", "gx"]) == 0
-    (args, kwargs), = reads
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(tmp_path),
+                "--split",
+                "dev",
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--image-dir",
+                "imgs",
+                "--missing-images",
+                "skip",
+                "--fmnerg-xml",
+                "gx",
+            ]
+        )
+        == 0
+    )
+    ((args, kwargs),) = reads
     assert kwargs == {"split": "dev", "image_dir": "imgs", "missing_images": "skip", "fmnerg_xml_dir": "gx"}
     assert main(["data", "stats", str(tmp_path), "--split", "train", "--image-dir", "imgs", "--fmnerg-xml", "gx"]) == 0
-    (args, kwargs), = stats
+    ((args, kwargs),) = stats
     assert kwargs == {"split": "train", "image_dir": "imgs", "fmnerg_xml_dir": "gx"}
 
 
@@ -300,9 +444,25 @@ def test_evaluate_passes_missing_images_and_fmnerg_xml(monkeypatch, tiny_checkpo
         return real_read(*args, **kwargs)
 
     monkeypatch.setattr(qgn.data, "read_dataset", spy)
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_bench), "--image-dir",
-                 str(tiny_bench / "images"), "--missing-images", "skip", "--json", "--device", "cpu"]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(tiny_bench),
+                "--image-dir",
+                str(tiny_bench / "images"),
+                "--missing-images",
+                "skip",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert reads[0]["missing_images"] == "skip"
     gold = []
     monkeypatch.setattr(evaluate, "load_gold", lambda *args: gold.append(args) or ([], None))

@@ -33,8 +33,12 @@ def test_paper_configs_mark_what_is_not_the_papers(name):
     model, train = settings.model, settings.train
     # what the paper states (Sec. IV-A, Fig. 3, Sec. III-A)
     assert (train.epochs, train.batch_size, train.lr, train.warmup_ratio) == (50, 16, 2e-5, 0.05)
-    assert (model.num_queries, model.text_extract_layers, model.vision_extract_layers,
-            model.vision_inject_layers) == (60, [1, 4, 7, 10], [2, 5, 8, 11], [2, 5, 8, 11])
+    assert (model.num_queries, model.text_extract_layers, model.vision_extract_layers, model.vision_inject_layers) == (
+        60,
+        [1, 4, 7, 10],
+        [2, 5, 8, 11],
+        [2, 5, 8, 11],
+    )
     # L_nt on matched queries only, as the paper defines it
     assert model.notarget_unmatched_weight == 0.0
     # the settings marked as ours are what the file says
@@ -45,7 +49,15 @@ def test_architecture_doc_ends_with_what_the_paper_configs_take_from_the_paper()
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     headings = [line for line in doc.splitlines() if line.startswith("## ")]
     assert headings[-1] == "## What the paper configs take from the paper"
-    section = doc[doc.index(headings[-1]):]
-    for key in ("AdamW", "Adam", "weight_decay", "head_lr", "bf16", "notarget_unmatched_weight", "max_grad_norm",
-                "seed"):
+    section = doc[doc.index(headings[-1]) :]
+    for key in (
+        "AdamW",
+        "Adam",
+        "weight_decay",
+        "head_lr",
+        "bf16",
+        "notarget_unmatched_weight",
+        "max_grad_norm",
+        "seed",
+    ):
         assert key in section, key

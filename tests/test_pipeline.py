@@ -57,8 +57,10 @@ def test_word_tokenizer_vocabulary_and_round_trip(tokenizer, tmp_path):
     saved = build_word_tokenizer(WORDS, out_dir=tmp_path / "tok")
     assert (tmp_path / "tok" / "vocab.txt").is_file()
     reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
-    assert reloaded(["Paris", "PARIS"], is_split_into_words=True)["input_ids"] == \
-        saved(["Paris", "PARIS"], is_split_into_words=True)["input_ids"]
+    assert (
+        reloaded(["Paris", "PARIS"], is_split_into_words=True)["input_ids"]
+        == saved(["Paris", "PARIS"], is_split_into_words=True)["input_ids"]
+    )
     lower = build_word_tokenizer(WORDS, lowercase=True)
     assert lower.convert_ids_to_tokens(lower(["PARIS"], is_split_into_words=True)["input_ids"])[1] == "paris"
 
@@ -89,11 +91,16 @@ def test_image_transform_matches_reference_and_round_trips(tmp_path):
 # ---------------------------------------------------------------------------------- dataset
 def make_posts(tmp_path):
     image = write_png(tmp_path / "a.png", size=(40, 30))
-    first = Post("a", ["Angelina", "Jolie", "visits", "Paris", "\u200b", "!"],
-                 [Entity(0, 2, "PER", [(0, 0, 20, 30), (20, 0, 40, 15)]), Entity(3, 4, "LOC")],
-                 image_path=image, image_size=None)
-    second = Post("b", ["with", "Brad"], [Entity(1, 2, "PER", [(10, 10, 30, 20)])],
-                  image_path=None, image_size=(100, 50))
+    first = Post(
+        "a",
+        ["Angelina", "Jolie", "visits", "Paris", "\u200b", "!"],
+        [Entity(0, 2, "PER", [(0, 0, 20, 30), (20, 0, 40, 15)]), Entity(3, 4, "LOC")],
+        image_path=image,
+        image_size=None,
+    )
+    second = Post(
+        "b", ["with", "Brad"], [Entity(1, 2, "PER", [(10, 10, 30, 20)])], image_path=None, image_size=(100, 50)
+    )
     return [first, second]
 
 
@@ -116,13 +123,16 @@ def test_items_align_words_and_build_targets(tokenizer, config, tmp_path):
     # image_geometry "pad" (the default): the 40 x 30 image fills the top 64 x 48 of the square input,
     # so heights are 3/4 of the stretched ones, and only those pixels are the image's
     assert config.image_geometry == "pad"
-    assert torch.allclose(t["boxes"], torch.tensor([[0.25, 0.375, 0.5, 0.75], [0.75, 0.1875, 0.5, 0.375], [0, 0, 0, 0]]))
+    assert torch.allclose(
+        t["boxes"], torch.tensor([[0.25, 0.375, 0.5, 0.75], [0.75, 0.1875, 0.5, 0.375], [0, 0, 0, 0]])
+    )
     assert item["pixel_mask"].shape == (64, 64) and item["pixel_mask"][:48].all() and not item["pixel_mask"][48:].any()
     assert (item["pixel_values"][:, 48:] == 0).all()
     stretched = GMNERDataset(posts, tokenizer, config.replace(image_geometry="stretch"))[0]
     assert stretched["pixel_mask"] is None
-    assert torch.allclose(stretched["targets"]["boxes"],
-                          torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.25, 0.5, 0.5], [0, 0, 0, 0]]))
+    assert torch.allclose(
+        stretched["targets"]["boxes"], torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.75, 0.25, 0.5, 0.5], [0, 0, 0, 0]])
+    )
 
 
 def test_missing_image_gets_placeholder_and_boxes_use_known_size(tokenizer, config, tmp_path):
@@ -161,8 +171,11 @@ def test_given_images_and_text_only(tokenizer, config, tmp_path):
 
 def test_truncation_warns_and_drops_cut_entities(tokenizer, tmp_path, caplog):
     config = QGNConfig.tiny(max_text_length=6)  # [CLS] + 4 sub-words + [SEP]
-    long_post = Post("long", ["Angelina", "Jolie", "visits", "Paris", "with", "Brad"],
-                     [Entity(0, 2, "PER"), Entity(3, 4, "LOC"), Entity(5, 6, "PER")])
+    long_post = Post(
+        "long",
+        ["Angelina", "Jolie", "visits", "Paris", "with", "Brad"],
+        [Entity(0, 2, "PER"), Entity(3, 4, "LOC"), Entity(5, 6, "PER")],
+    )
     short_post = Post("short", ["Paris"], [Entity(0, 1, "LOC")])
     with caplog.at_level(logging.WARNING, logger="qgn.data.pipeline"):
         dataset = GMNERDataset([long_post, short_post], tokenizer, config, text_only=True)
@@ -195,8 +208,14 @@ def test_collate_model_inputs_and_device(tokenizer, config, tmp_path):
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
     assert [p.id for p in batch["posts"]] == ["a", "b", "empty"] and batch["image_missing"] == [False, True, True]
     assert batch["targets"][2]["boxes"].shape == (0, 4)
-    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "word_index", "word_mask", "pixel_values",
-                                        "pixel_mask"}
+    assert set(model_inputs(batch)) == {
+        "input_ids",
+        "attention_mask",
+        "word_index",
+        "word_mask",
+        "pixel_values",
+        "pixel_mask",
+    }
     assert batch["pixel_mask"].shape == (3, 64, 64) and batch["pixel_mask"].dtype == torch.bool
     moved = move_to_device(batch, "meta")
     assert moved["input_ids"].device.type == "meta" and moved["targets"][0]["boxes"].device.type == "meta"

@@ -19,8 +19,12 @@ def blank_outputs(batch: int, queries: int, words: int, boxes: bool = True) -> d
     """Every query says no-entity; spans and boxes are neutral."""
     type_logits = torch.full((batch, queries, len(TYPES) + 1), LOW)
     type_logits[..., -1] = BIG
-    out = {"type_logits": type_logits, "start_logits": torch.zeros(batch, queries, words),
-           "end_logits": torch.zeros(batch, queries, words), "word_mask": torch.ones(batch, words, dtype=torch.bool)}
+    out = {
+        "type_logits": type_logits,
+        "start_logits": torch.zeros(batch, queries, words),
+        "end_logits": torch.zeros(batch, queries, words),
+        "word_mask": torch.ones(batch, words, dtype=torch.bool),
+    }
     if boxes:
         out["pred_boxes"] = torch.full((batch, queries, 4), 0.5)
         out["notarget_logits"] = torch.tensor([LOW, BIG]).repeat(batch, queries, 1)  # no target
@@ -53,7 +57,7 @@ def test_padded_geometry_maps_boxes_back_to_the_image():
     out = blank_outputs(1, 2, 3)
     set_query(out, 0, 0, "PER", 1, 1, box=[0.5, 0.25, 0.5, 0.2])
     set_query(out, 0, 1, "ORG", 2, 2, box=[0.5, 0.45, 0.2, 0.3])  # reaches into the padding
-    (first, second), = PostProcessor(QGNConfig.tiny(image_geometry="pad"))(out, [post(3, size=(200, 100))])
+    ((first, second),) = PostProcessor(QGNConfig.tiny(image_geometry="pad"))(out, [post(3, size=(200, 100))])
     assert first.box == pytest.approx((50.0, 30.0, 150.0, 70.0))
     assert second.box == pytest.approx((80.0, 60.0, 120.0, 100.0))  # cut at the image's bottom edge
 
@@ -74,7 +78,7 @@ def test_hand_made_outputs_give_expected_entities(config):
 def test_boxes_are_clamped_to_the_image(config):
     out = blank_outputs(1, 2, 3)
     set_query(out, 0, 0, "PER", 1, 1, box=[0.9, 0.1, 0.4, 0.4])
-    (pred,), = PostProcessor(config)(out, [post(3, size=(100, 50))])
+    ((pred,),) = PostProcessor(config)(out, [post(3, size=(100, 50))])
     assert pred.box == pytest.approx((70.0, 0.0, 100.0, 15.0))
 
 
@@ -84,12 +88,12 @@ def test_end_never_precedes_start(config):
     out["type_logits"][0, 0] = torch.tensor([BIG, LOW, LOW, LOW, LOW])
     out["start_logits"][0, 0] = torch.log(torch.tensor([0.3, 0.05, 0.05, 0.55, 0.05]))
     out["end_logits"][0, 0] = torch.log(torch.tensor([0.05, 0.55, 0.05, 0.05, 0.3]))
-    (pred,), = PostProcessor(config, score_threshold=0.0)(out, [post(5)])
+    ((pred,),) = PostProcessor(config, score_threshold=0.0)(out, [post(5)])
     # valid pairs: (0,1) = (3,4) = 0.165 are the best, (0,4) = 0.09, ...
     assert pred.end - 1 >= pred.start and pred.score == pytest.approx(0.3 * 0.55, rel=1e-3)
     # with single-word spans only, the best is (1,1) or (3,3) = 0.0275
     processor = PostProcessor(config, score_threshold=0.0, max_span_words=1)
-    (pred,), = processor(out, [post(5)])
+    ((pred,),) = processor(out, [post(5)])
     assert pred.end - pred.start == 1 and pred.score == pytest.approx(0.55 * 0.05, rel=1e-3)
 
 
@@ -99,7 +103,7 @@ def test_padding_words_are_never_predicted(config):
     out["start_logits"][0, 0, 1] = BIG - 1  # second best start, a real word
     out["end_logits"][0, 0, 2] = BIG - 1
     out["word_mask"][0, 3:] = False
-    (pred,), = PostProcessor(config, score_threshold=0.0)(out, [post(3)])
+    ((pred,),) = PostProcessor(config, score_threshold=0.0)(out, [post(3)])
     assert (pred.start, pred.end) == (1, 3)
 
 
@@ -108,7 +112,7 @@ def test_duplicates_per_span_collapse_to_the_best(config):
     set_query(out, 0, 0, "PER", 1, 2, box=[0.2, 0.2, 0.1, 0.1], confidence=3.0)
     set_query(out, 0, 2, "ORG", 1, 2, box=[0.7, 0.7, 0.2, 0.2], confidence=8.0)
     set_query(out, 0, 3, "PER", 1, 2, confidence=5.0)
-    (pred,), = PostProcessor(config, score_threshold=0.0)(out, [post(5, size=(10, 10))])
+    ((pred,),) = PostProcessor(config, score_threshold=0.0)(out, [post(5, size=(10, 10))])
     assert (pred.start, pred.end, pred.type) == (1, 3, "ORG")
     assert pred.box == pytest.approx((6.0, 6.0, 8.0, 8.0))
 
@@ -148,7 +152,7 @@ def test_remove_overlaps_keeps_the_best(config):
 def test_text_only_and_unknown_image_size_give_no_boxes(config, caplog):
     out = blank_outputs(1, 2, 3, boxes=False)
     set_query(out, 0, 0, "PER", 0, 0)
-    (pred,), = PostProcessor(config)(out, [post(3)])
+    ((pred,),) = PostProcessor(config)(out, [post(3)])
     assert pred.box is None
     out = blank_outputs(2, 2, 3)
     set_query(out, 0, 0, "PER", 0, 0, box=[0.5, 0.5, 0.2, 0.2])
@@ -172,13 +176,18 @@ def test_select_thresholds_are_inclusive_explicit_and_skip_not_stop():
 
     pp = PostProcessor(QGNConfig.tiny(), score_threshold=0.5, no_target_threshold=0.5, remove_overlaps=False)
     box = (0.0, 0.0, 5.0, 5.0)
-    candidates = [Candidate(0, 1, "PER", 0.2, box, 0.1),   # below the threshold: skipped, not the end
-                  Candidate(1, 2, "LOC", 0.5, box, 0.5),   # exactly at both thresholds: kept, no box
-                  Candidate(2, 4, "ORG", 0.9, box, 0.49),  # kept with its box
-                  Candidate(3, 5, "PER", 0.8, box, 0.1)]   # overlaps the ORG span
+    candidates = [
+        Candidate(0, 1, "PER", 0.2, box, 0.1),  # below the threshold: skipped, not the end
+        Candidate(1, 2, "LOC", 0.5, box, 0.5),  # exactly at both thresholds: kept, no box
+        Candidate(2, 4, "ORG", 0.9, box, 0.49),  # kept with its box
+        Candidate(3, 5, "PER", 0.8, box, 0.1),
+    ]  # overlaps the ORG span
     kept = pp.select(candidates)
-    assert [(p.start, p.end, p.type, p.box) for p in kept] == [(1, 2, "LOC", None), (2, 4, "ORG", box),
-                                                               (3, 5, "PER", box)]
+    assert [(p.start, p.end, p.type, p.box) for p in kept] == [
+        (1, 2, "LOC", None),
+        (2, 4, "ORG", box),
+        (3, 5, "PER", box),
+    ]
     # arguments given to select() override the post-processor's own values
     assert [p.start for p in pp.select(candidates, score_threshold=0.1)] == [0, 1, 2, 3]
     assert pp.select(candidates, no_target_threshold=0.6)[0].box == box
@@ -189,13 +198,20 @@ def test_greedy_overlaps_keep_touching_spans_and_treat_no_score_as_zero():
     from qgn.data.records import Prediction
     from qgn.modeling.postprocess import greedy_non_overlapping
 
-    touching = [Prediction(0, 2, "PER", None, 0.9), Prediction(2, 4, "LOC", None, 0.8),
-                Prediction(4, 5, "ORG", None, 0.7)]
+    touching = [
+        Prediction(0, 2, "PER", None, 0.9),
+        Prediction(2, 4, "LOC", None, 0.8),
+        Prediction(4, 5, "ORG", None, 0.7),
+    ]
     assert sorted((p.start, p.end) for p in greedy_non_overlapping(touching)) == [(0, 2), (2, 4), (4, 5)]
     unscored = [Prediction(0, 2, "PER", None, None), Prediction(1, 3, "LOC", None, 0.1)]
     assert [(p.start, p.end) for p in greedy_non_overlapping(unscored)] == [(1, 3)]
     # a later, shorter span inside a kept one is dropped; one that starts where it ends is not
-    nested = [Prediction(0, 4, "PER", None, 0.9), Prediction(1, 2, "LOC", None, 0.95), Prediction(4, 6, "ORG", None, 0.1)]
+    nested = [
+        Prediction(0, 4, "PER", None, 0.9),
+        Prediction(1, 2, "LOC", None, 0.95),
+        Prediction(4, 6, "ORG", None, 0.1),
+    ]
     assert sorted((p.start, p.end) for p in greedy_non_overlapping(nested)) == [(1, 2), (4, 6)]
 
 

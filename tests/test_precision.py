@@ -17,15 +17,18 @@ from qgn.engine.precision import resolve_precision
 from qgn.errors import QGNError
 
 
-@pytest.mark.parametrize("units, requested, expected", [
-    (("amx_bf16", "avx512_bf16"), "auto", "bf16"),
-    (("avx512_bf16",), "bf16", "bf16"),
-    ((), "auto", "no"),
-    ((), "bf16", "no"),       # no bf16 units: fp32, with a warning saying why
-    (("amx_bf16",), "fp16", "no"),
-    ((), "fp32", "no"),
-    ((), "no", "no"),
-])
+@pytest.mark.parametrize(
+    "units, requested, expected",
+    [
+        (("amx_bf16", "avx512_bf16"), "auto", "bf16"),
+        (("avx512_bf16",), "bf16", "bf16"),
+        ((), "auto", "no"),
+        ((), "bf16", "no"),  # no bf16 units: fp32, with a warning saying why
+        (("amx_bf16",), "fp16", "no"),
+        ((), "fp32", "no"),
+        ((), "no", "no"),
+    ],
+)
 def test_precision_choice_on_the_cpu(monkeypatch, caplog, units, requested, expected):
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
     with caplog.at_level(logging.INFO, logger="qgn.engine.precision"):
@@ -83,12 +86,25 @@ def test_a_short_bf16_run_learns_like_fp32(tiny_bench, tmp_path, monkeypatch):
     losses = {}
     for mode in ("no", "bf16"):
         run = tmp_path / mode
-        run_training(settings_from_dict({
-            "model": {"preset": "tiny", "num_queries": 8},
-            "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
-            "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16, "seed": 1,
-                      "mixed_precision": mode, "tune_thresholds": False},
-        }), run, progress=False)
+        run_training(
+            settings_from_dict(
+                {
+                    "model": {"preset": "tiny", "num_queries": 8},
+                    "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
+                    "train": {
+                        "epochs": 3,
+                        "batch_size": 16,
+                        "lr": 1e-3,
+                        "eval_batch_size": 16,
+                        "seed": 1,
+                        "mixed_precision": mode,
+                        "tune_thresholds": False,
+                    },
+                }
+            ),
+            run,
+            progress=False,
+        )
         assert json.loads((run / "run_info.json").read_text())["mixed_precision"] == mode
         losses[mode] = [json.loads(line)["train"]["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses["bf16"][-1] < 0.9 * losses["bf16"][0]

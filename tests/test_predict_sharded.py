@@ -20,14 +20,44 @@ BATCH = 8
 
 
 def _predict(checkpoint: Path, source: Path, output: Path, processes: int = 1, resume: bool = False):
-    args = ["-m", "qgn.cli", "predict", "--checkpoint", str(checkpoint), "--input", str(source), "--output",
-            str(output), "--score-threshold", "0", "--batch-size", str(BATCH), "--device", "cpu", "--no-progress"]
+    args = [
+        "-m",
+        "qgn.cli",
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--score-threshold",
+        "0",
+        "--batch-size",
+        str(BATCH),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     if resume:
         args.append("--resume")
     if processes > 1:  # the documented command; --multi_gpu is accelerate's name for "spawn with torchrun"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -18,7 +18,9 @@ def tracked_files() -> list[Path]:
         names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: cannot list the tracked files")
-    return [ROOT / n for n in names if n.endswith((".py", ".md", ".yaml", ".toml", ".cfg")) and not n.startswith("tests/")]
+    return [
+        ROOT / n for n in names if n.endswith((".py", ".md", ".yaml", ".toml", ".cfg")) and not n.startswith("tests/")
+    ]
 
 
 def test_nothing_points_outside_the_repository():

@@ -54,22 +54,35 @@ def test_the_full_model_runs_once_for_all_tables(tmp_path):
 @pytest.fixture()
 def grid_config(tiny_bench, tmp_path) -> Path:
     config = tmp_path / "grid.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
-        "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
-        "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16, "tune_thresholds": False},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"preset": "tiny", "num_queries": 8, "score_threshold": 0.0},
+                "data": {"path": str(tiny_bench), "image_dir": str(tiny_bench / "images"), "tokenizer": "words"},
+                "train": {"epochs": 3, "batch_size": 16, "lr": 1e-3, "eval_batch_size": 16, "tune_thresholds": False},
+            }
+        )
+    )
     return config
 
 
 def test_grid_runs_skips_resumes_and_aggregates(grid_config, tmp_path, capsys, monkeypatch):
     out = tmp_path / "grid"
-    args = ["reproduce", "--config", str(grid_config), "--tables", "IV", "--seeds", "1", "--output-dir", str(out),
-            "--no-progress"]
+    args = [
+        "reproduce",
+        "--config",
+        str(grid_config),
+        "--tables",
+        "IV",
+        "--seeds",
+        "1",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     runs = sorted(str(p.parent.relative_to(out)) for p in out.glob("**/final_metrics.json"))
-    assert runs == ["IV/l-pred-l-con/seed1", "IV/l-pred-l-nt/seed1",
-                                                       "IV/l-pred/seed1", "full/seed1"]
+    assert runs == ["IV/l-pred-l-con/seed1", "IV/l-pred-l-nt/seed1", "IV/l-pred/seed1", "full/seed1"]
     saved = yaml.safe_load((out / "IV" / "l-pred" / "seed1" / "config.yaml").read_text())
     assert saved["model"]["lambda_nt"] == 0.0 and saved["model"]["lambda_con"] == 0.0 and saved["train"]["seed"] == 1
     tables = json.loads((out / "tables.json").read_text())
@@ -108,8 +121,27 @@ def test_grid_runs_skips_resumes_and_aggregates(grid_config, tmp_path, capsys, m
 
 def test_dry_run_prints_the_plan_and_runs_nothing(grid_config, tmp_path, capsys):
     out = tmp_path / "dry"
-    assert main(["reproduce", "--config", str(grid_config), "--tables", "III,fig3", "--queries", "4,8", "--seeds",
-                 "2", "--output-dir", str(out), "--dry-run", "--shard", "1/2"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--config",
+                str(grid_config),
+                "--tables",
+                "III,fig3",
+                "--queries",
+                "4,8",
+                "--seeds",
+                "2",
+                "--output-dir",
+                str(out),
+                "--dry-run",
+                "--shard",
+                "1/2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     # the config's Nq is 8: Fig. 3's Nq = 8 is the full model, run once
     assert "plan: 16 runs for tables III, fig3 x 2 seed(s); shard 1/2: 8 of them" in text
@@ -122,8 +154,21 @@ def test_tables_all_is_every_table_and_leaves_ii_out_without_its_data(grid_confi
 
     assert parse_tables("all") == list(TABLES) and parse_tables("VI,I") == ["I", "VI"]
     # the shipped FMNERG config points at no folder here: II is left out, said; VI is then refused on tiny
-    assert main(["reproduce", "--config", str(grid_config), "--tables", "all", "--output-dir", str(tmp_path / "a"),
-                 "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                "--config",
+                str(grid_config),
+                "--tables",
+                "all",
+                "--output-dir",
+                str(tmp_path / "a"),
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     assert "Table II left out" in captured.out and "Table VI needs 12-layer encoders" in captured.err
 
@@ -140,9 +185,14 @@ def test_bad_requests_are_refused_before_any_run(grid_config, tmp_path, capsys):
 def _twelve_layer_tiny(**switches):
     from qgn.modeling import QGNConfig
 
-    return QGNConfig.tiny(vocab_size=50, text_config={"num_hidden_layers": 12}, vision_config={"num_hidden_layers": 12},
-                          text_extract_layers=[1, 4, 7, 10], vision_inject_layers=[2, 5, 8, 11],
-                          vision_extract_layers=[2, 5, 8, 11]).replace(**switches)
+    return QGNConfig.tiny(
+        vocab_size=50,
+        text_config={"num_hidden_layers": 12},
+        vision_config={"num_hidden_layers": 12},
+        text_extract_layers=[1, 4, 7, 10],
+        vision_inject_layers=[2, 5, 8, 11],
+        vision_extract_layers=[2, 5, 8, 11],
+    ).replace(**switches)
 
 
 def _vit_depth(config) -> int:
@@ -189,11 +239,15 @@ GMNER_V2 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "twitte
 
 def _rehearsal_config(tmp_path, data: Path, image_dir: Path | None, **train) -> Path:
     config = tmp_path / "rehearse.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"preset": "tiny", "num_queries": 8},
-        "data": {"path": str(data), "image_dir": str(image_dir) if image_dir else None, "tokenizer": "words"},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 1e-3, **train},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"preset": "tiny", "num_queries": 8},
+                "data": {"path": str(data), "image_dir": str(image_dir) if image_dir else None, "tokenizer": "words"},
+                "train": {"epochs": 3, "batch_size": 4, "lr": 1e-3, **train},
+            }
+        )
+    )
     return config
 
 
@@ -207,8 +261,25 @@ def test_rehearsal_runs_every_row_under_two_processes_and_says_what_stands_in(tm
     for name in sorted((bench / "images").iterdir())[:3]:  # three dev posts lose their image
         name.unlink()
     out = tmp_path / "grid"
-    assert main(["reproduce", "--config", str(_rehearsal_config(tmp_path, bench, bench / "images")), "--tables", "IV",
-                 "--rehearse", "--steps", "2", "--processes", "2", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--config",
+                str(_rehearsal_config(tmp_path, bench, bench / "images")),
+                "--tables",
+                "IV",
+                "--rehearse",
+                "--steps",
+                "2",
+                "--processes",
+                "2",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "!! REHEARSAL: gmner: 3 of the 24 posts used have no image" in text and "PLACEHOLDER" in text
     result = json.loads((out / "rehearsal" / "rehearsal.json").read_text())
@@ -235,8 +306,22 @@ def test_rehearsal_names_the_failed_rows_and_exits_non_zero(tmp_path, capsys):
 
     bench = generate_synthetic_benchmark(tmp_path / "data", num_train=8, num_dev=8, num_test=8, seed=5)
     out = tmp_path / "grid"
-    code = main(["reproduce", "--config", str(_rehearsal_config(tmp_path, bench, bench / "images")), "--tables", "IV",
-                 "--set", "model.lambda_nt=.nan", "--rehearse", "--steps", "1", "--output-dir", str(out)])
+    code = main(
+        [
+            "reproduce",
+            "--config",
+            str(_rehearsal_config(tmp_path, bench, bench / "images")),
+            "--tables",
+            "IV",
+            "--set",
+            "model.lambda_nt=.nan",
+            "--rehearse",
+            "--steps",
+            "1",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("qgn reproduce --rehearse:")]
@@ -248,13 +333,30 @@ def test_rehearsal_names_the_failed_rows_and_exits_non_zero(tmp_path, capsys):
     assert "| qgn export onnx (gmner-l-pred) |" in table
 
 
-@pytest.mark.skipif(not (GMNER_V2 / "txt" / "train.txt").is_file(),
-                    reason=f"the shared Twitter-GMNER v2.0 text is not beside this checkout ({GMNER_V2})")
+@pytest.mark.skipif(
+    not (GMNER_V2 / "txt" / "train.txt").is_file(),
+    reason=f"the shared Twitter-GMNER v2.0 text is not beside this checkout ({GMNER_V2})",
+)
 def test_rehearsal_on_the_real_twitter_gmner_text(tmp_path, capsys):
     """The real text and boxes, no images (all placeholders, of the xml's sizes), a small model."""
     out = tmp_path / "grid"
-    assert main(["reproduce", "--config", str(_rehearsal_config(tmp_path, GMNER_V2, None)), "--tables", "I",
-                 "--rehearse", "--steps", "1", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--config",
+                str(_rehearsal_config(tmp_path, GMNER_V2, None)),
+                "--tables",
+                "I",
+                "--rehearse",
+                "--steps",
+                "1",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "!! REHEARSAL: gmner: 20 of the 20 posts used have no image" in capsys.readouterr().out
     result = json.loads((out / "rehearsal" / "rehearsal.json").read_text())
     assert result["counts"]["gmner"]["split_sizes"]["train"] > 6000  # the whole split was read (for the projection)

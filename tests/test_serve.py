@@ -66,14 +66,17 @@ def test_predict_returns_the_schema_of_predict_json(client, predictor, tiny_chec
     assert set(body["entities"][0]) == {"start", "end", "char_start", "char_end", "text", "type", "score", "box"}
 
 
-@pytest.mark.parametrize("case, status, words", [
-    ("not an image", 415, "not a readable image"),
-    ("empty text", 400, "empty text"),
-    ("too large", 413, "too large"),
-    ("no image", 400, "no image"),
-    ("empty file", 400, "empty"),
-    ("no text field", 400, "empty text"),
-])
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("not an image", 415, "not a readable image"),
+        ("empty text", 400, "empty text"),
+        ("too large", 413, "too large"),
+        ("no image", 400, "no image"),
+        ("empty file", 400, "empty"),
+        ("no text field", 400, "empty text"),
+    ],
+)
 def test_bad_uploads_get_a_4xx_with_a_json_error(client, case, status, words):
     data, files = {"text": "Anna met Hugo"}, {"image": ("post.jpg", jpeg())}
     if case == "not an image":
@@ -108,9 +111,25 @@ def test_wrong_method_and_unknown_route_are_json_4xx(client):
 def server(tiny_checkpoint):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "qgn.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
-         "--device", "cpu", "--score-threshold", "0", "--no-target-threshold", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "qgn.cli",
+            "serve",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--score-threshold",
+            "0",
+            "--no-target-threshold",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -137,9 +156,18 @@ def test_the_page_in_a_real_browser(server, chromium, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page()
             outside = []  # any request that leaves the server would fail offline
@@ -180,9 +208,18 @@ def test_the_api_docs_render_in_a_real_browser_without_internet(server, chromium
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page()
             outside = []
@@ -198,8 +235,9 @@ def test_the_api_docs_render_in_a_real_browser_without_internet(server, chromium
 def test_text_past_the_model_length_is_flagged_in_the_answer(client):
     short = client.post("/api/predict", data={"text": "Anna met Hugo"}, files={"image": ("post.jpg", jpeg())}).json()
     assert (short["words"], short["words_read"]) == (3, 3) and "warning" not in short
-    long = client.post("/api/predict", data={"text": " ".join(["Paris"] * 200)},
-                       files={"image": ("post.jpg", jpeg())}).json()
+    long = client.post(
+        "/api/predict", data={"text": " ".join(["Paris"] * 200)}, files={"image": ("post.jpg", jpeg())}
+    ).json()
     assert long["words"] == 200 and long["words_read"] == 62  # the tiny model reads 64 sub-words with [CLS], [SEP]
     assert "longer than the model reads" in long["warning"] and "first 62 of 200 words" in long["warning"]
     assert all(e["end"] <= 62 for e in long["entities"])
@@ -226,19 +264,24 @@ def test_the_pixel_cap_is_checked_before_decoding(client, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
     answer = client.post("/api/predict", data={"text": "Anna"}, files={"image": ("bomb.png", bomb)})
     assert answer.status_code == 413
-    assert answer.json()["error"] == ("image too large: 1000 x 1000 pixels (1.0 megapixels), over this server's "
-                                      "limit of 0.25 megapixels (qgn serve --max-image-pixels)")
+    assert answer.json()["error"] == (
+        "image too large: 1000 x 1000 pixels (1.0 megapixels), over this server's "
+        "limit of 0.25 megapixels (qgn serve --max-image-pixels)"
+    )
     assert decoded == [], "refused from the header, nothing decoded"
-    assert client.post("/api/predict", data={"text": "Anna"},
-                       files={"image": ("ok.png", png((500, 500)))}).status_code == 200  # 0.25 MP: at the cap
+    assert (
+        client.post("/api/predict", data={"text": "Anna"}, files={"image": ("ok.png", png((500, 500)))}).status_code
+        == 200
+    )  # 0.25 MP: at the cap
     assert decoded and set(decoded) == {(500, 500)}  # load() may be called again on a loaded image
 
 
 def test_a_json_body_is_told_to_send_a_form(client):
     answer = client.post("/api/predict", json={"text": "Anna met Hugo", "image": "post.jpg"})
     assert answer.status_code == 415
-    assert answer.json()["error"].startswith("send multipart/form-data with the fields image (a file) and text, not "
-                                             "application/json")
+    assert answer.json()["error"].startswith(
+        "send multipart/form-data with the fields image (a file) and text, not application/json"
+    )
 
 
 def test_messages_do_not_leak_internals(client):

@@ -11,9 +11,25 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_memory.py"
 
 
 def test_serve_memory_script_reports_the_burst(tiny_checkpoint):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(tiny_checkpoint), "--megapixels", "1",
-                           "--clients", "2", "--max-image-pixels", "500000", "--settle", "0"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--megapixels",
+            "1",
+            "--clients",
+            "2",
+            "--max-image-pixels",
+            "500000",
+            "--settle",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["statuses"] == [413, 413]  # 1 MP over a 0.5 MP cap

@@ -14,26 +14,29 @@ from qgn.errors import QGNError
 from qgn.modeling import QGNConfig
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("model.dropout=2", "model.dropout must be in [0, 1) (a probability), got 2"),
-    ("model.dropout=-0.5", "model.dropout must be in [0, 1)"),
-    ("model.use_hvla=maybe", "model.use_hvla must be true or false, got 'maybe'"),
-    ("model.num_queries=3.5", "model.num_queries must be an integer, got 3.5"),
-    ("model.num_queries=abc", "model.num_queries must be an integer, got 'abc'"),
-    ("model.num_queries=0", "model.num_queries must be >= 1, got 0"),
-    ("model.entity_types=PER", "model.entity_types must be a list of strings, got 'PER'"),
-    ("model.entity_types=[PER, 3]", "model.entity_types must be a list of strings, got ['PER', 3]"),
-    ("model.text_extract_layers=[1, x]", "model.text_extract_layers must be a list of integers"),
-    ("model.text_config=3", "model.text_config must be a mapping (e.g. {key: value}) or null, got 3"),
-    ("model.notarget_unmatched_weight=heavy", "model.notarget_unmatched_weight must be a number or null"),
-    ("model.num_attention_heads=0", "model.num_attention_heads must be >= 1, got 0"),
-    ("model.score_threshold=1.5", "model.score_threshold must be in [0, 1]"),
-    ("model.cost_l1=-1", "model.cost_l1 must be >= 0 (a weight)"),
-    ("model.query_init=best", "model.query_init must be one of"),
-    ("model.hidden_size=true", "model.hidden_size must be an integer, got True"),
-    ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
-    ("data.cache_images=sometimes", "data.cache_images must be true or false"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("model.dropout=2", "model.dropout must be in [0, 1) (a probability), got 2"),
+        ("model.dropout=-0.5", "model.dropout must be in [0, 1)"),
+        ("model.use_hvla=maybe", "model.use_hvla must be true or false, got 'maybe'"),
+        ("model.num_queries=3.5", "model.num_queries must be an integer, got 3.5"),
+        ("model.num_queries=abc", "model.num_queries must be an integer, got 'abc'"),
+        ("model.num_queries=0", "model.num_queries must be >= 1, got 0"),
+        ("model.entity_types=PER", "model.entity_types must be a list of strings, got 'PER'"),
+        ("model.entity_types=[PER, 3]", "model.entity_types must be a list of strings, got ['PER', 3]"),
+        ("model.text_extract_layers=[1, x]", "model.text_extract_layers must be a list of integers"),
+        ("model.text_config=3", "model.text_config must be a mapping (e.g. {key: value}) or null, got 3"),
+        ("model.notarget_unmatched_weight=heavy", "model.notarget_unmatched_weight must be a number or null"),
+        ("model.num_attention_heads=0", "model.num_attention_heads must be >= 1, got 0"),
+        ("model.score_threshold=1.5", "model.score_threshold must be in [0, 1]"),
+        ("model.cost_l1=-1", "model.cost_l1 must be >= 0 (a weight)"),
+        ("model.query_init=best", "model.query_init must be one of"),
+        ("model.hidden_size=true", "model.hidden_size must be an integer, got True"),
+        ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
+        ("data.cache_images=sometimes", "data.cache_images must be true or false"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_it_and_what_it_takes(setting, message):
     with pytest.raises(QGNError) as err:
         resolve_settings("demo", [setting])
@@ -42,9 +45,17 @@ def test_a_bad_setting_is_one_line_naming_it_and_what_it_takes(setting, message)
 
 
 def test_good_values_are_taken_and_integral_floats_become_ints():
-    settings = resolve_settings("demo", ["model.num_queries=12.0", "model.dropout=0.2", "model.use_hvla=false",
-                                         "model.entity_types=[PER, ORG]", "model.notarget_unmatched_weight=null",
-                                         "model.score_threshold=1"])
+    settings = resolve_settings(
+        "demo",
+        [
+            "model.num_queries=12.0",
+            "model.dropout=0.2",
+            "model.use_hvla=false",
+            "model.entity_types=[PER, ORG]",
+            "model.notarget_unmatched_weight=null",
+            "model.score_threshold=1",
+        ],
+    )
     model = settings.model
     assert model.num_queries == 12 and isinstance(model.num_queries, int)
     assert (model.dropout, model.use_hvla, model.entity_types) == (0.2, False, ["PER", "ORG"])

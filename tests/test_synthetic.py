@@ -29,8 +29,9 @@ COUNTS = {"train": 120, "dev": 30, "test": 150}
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("syn") / "bench"
-    return generate_synthetic_benchmark(out, num_train=COUNTS["train"], num_dev=COUNTS["dev"],
-                                        num_test=COUNTS["test"], seed=3)
+    return generate_synthetic_benchmark(
+        out, num_train=COUNTS["train"], num_dev=COUNTS["dev"], num_test=COUNTS["test"], seed=3
+    )
 
 
 def parse_txt(path: Path) -> list[tuple[str, list[str], list[str]]]:
@@ -43,7 +44,7 @@ def parse_txt(path: Path) -> list[tuple[str, list[str], list[str]]]:
         assert lines[0].startswith("IMGID:")
         fields = [line.split("\t") for line in lines[1:]]
         assert all(len(f) == 2 and f[0] and " " not in f[0] for f in fields)
-        blocks.append((lines[0][len("IMGID:"):], [f[0] for f in fields], [f[1] for f in fields]))
+        blocks.append((lines[0][len("IMGID:") :], [f[0] for f in fields], [f[1] for f in fields]))
     return blocks
 
 
@@ -75,7 +76,8 @@ def boxes_by_name(xml_path: Path) -> tuple[tuple[int, int], dict[str, list[tuple
     for obj in root.iter("object"):
         box = obj.find("bndbox")
         boxes.setdefault(obj.findtext("name"), []).append(
-            tuple(int(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+            tuple(int(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        )
     return wh, boxes
 
 
@@ -167,7 +169,7 @@ def test_objects_wear_their_names_look_and_distractors_other_names_looks() -> No
         # Boxes do not overlap, so each is the whole visible shape.
         boxes = [o.box for o in post.objects]
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
     assert distractors >= 300 and same_type_pairs >= 30
 
@@ -275,7 +277,7 @@ def test_read_dataset_agrees_with_the_files(bench: Path) -> None:
         xml_path = bench / "xml" / f"{post_id}.xml"
         named = boxes_by_name(xml_path)[1] if xml_path.exists() else {}
         for entity in post.entities:
-            name = " ".join(tokens[entity.start:entity.end])
+            name = " ".join(tokens[entity.start : entity.end])
             assert sorted(tuple(int(v) for v in b) for b in entity.boxes) == sorted(named.get(name, []))
         with Image.open(post.image_path) as image:
             assert tuple(post.image_size) == image.size
@@ -290,8 +292,12 @@ VARIANT_NAMES = [name for name in VARIANTS if name != "default"]
 def test_default_variant_is_the_benchmark_without_variants() -> None:
     for index in range(50):
         plain, named = make_post(0, "train", index, (128, 96), 0.25), make_post(0, "train", index, variant="default")
-        assert (plain.tokens, plain.tags, plain.size, plain.objects) == (named.tokens, named.tags, named.size,
-                                                                           named.objects)
+        assert (plain.tokens, plain.tags, plain.size, plain.objects) == (
+            named.tokens,
+            named.tags,
+            named.size,
+            named.objects,
+        )
     assert variant_looks("default") is NAME_LOOKS
     with pytest.raises(QGNError, match="unknown synthetic variant"):
         get_variant("squares")
@@ -322,7 +328,7 @@ def test_variants_keep_the_rules(name: str) -> None:
             assert 0 <= obj.box[0] < obj.box[2] <= post.size[0] and 0 <= obj.box[1] < obj.box[3] <= post.size[1]
         boxes = [o.box for o in post.objects]
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
     assert 0.3 <= stats["absent"] / stats["entities"] <= 0.6
     assert stats["twice"] >= 10 and stats["empty"] >= 5 and stats["distractors"] >= 400
@@ -344,8 +350,9 @@ def test_variants_text_neither_locates_nor_places(name: str) -> None:
         for obj in post.objects:
             if obj.name is not None:
                 acc = sums.setdefault(obj.name, [0.0] * 5)
-                for k, v in enumerate((obj.box[0] / width, obj.box[1] / height, obj.box[2] / width,
-                                       obj.box[3] / height, 1.0)):
+                for k, v in enumerate(
+                    (obj.box[0] / width, obj.box[1] / height, obj.box[2] / width, obj.box[3] / height, 1.0)
+                ):
                     acc[k] += v
     compared = 0
     for kind in ("PER", "LOC", "ORG", "OTHER"):
@@ -414,8 +421,9 @@ def test_outline_variant_draws_thin_borders_beside_filled_looks(tmp_path: Path) 
 
 def test_many_and_scale_variants() -> None:
     looks = variant_looks("many")
-    assert len(looks) == 80 and Counter(t for t, _ in looks.values()) == Counter({t: 20 for t in
-                                                                                 ("PER", "LOC", "ORG", "OTHER")})
+    assert len(looks) == 80 and Counter(t for t, _ in looks.values()) == Counter(
+        {t: 20 for t in ("PER", "LOC", "ORG", "OTHER")}
+    )
     assert set(NAME_LOOKS) < set(looks)
     relative = []
     for index in range(400):
@@ -435,5 +443,6 @@ def test_variant_benchmark_on_disk(tmp_path: Path) -> None:
     assert len(posts) == 12 and len({tuple(p.image_size) for p in posts}) > 6
     with pytest.raises(QGNError, match="overwrite"):  # another variant in the same folder
         generate_synthetic_benchmark(tmp_path / "mixed", 12, 3, 3, variant="many")
-    assert "variant" not in json.loads((generate_synthetic_benchmark(tmp_path / "d", 4, 1, 1) / MANIFEST_NAME
-                                        ).read_text())
+    assert "variant" not in json.loads(
+        (generate_synthetic_benchmark(tmp_path / "d", 4, 1, 1) / MANIFEST_NAME).read_text()
+    )

@@ -24,8 +24,17 @@ def tiny_mpnet(tiny_bench, tmp_path_factory):
     assert (tokenizer.cls_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id) == (0, 1, 2)
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    MPNetModel(MPNetConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, max_position_embeddings=130, pad_token_id=1)).save_pretrained(folder)
+    MPNetModel(
+        MPNetConfig(
+            vocab_size=len(vocab),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=130,
+            pad_token_id=1,
+        )
+    ).save_pretrained(folder)
     return folder
 
 
@@ -35,13 +44,27 @@ def test_qgn_trains_and_predicts_on_an_mpnet_encoder(tiny_mpnet, tiny_bench, tmp
     from qgn.engine.settings import settings_from_dict
     from qgn.engine.train import run_training
 
-    settings = settings_from_dict({
-        "model": {"preset": "tiny", "text_only": True, "text_config": None, "text_encoder": str(tiny_mpnet),
-                  "num_queries": 8, "score_threshold": 0.0},
-        "data": {"path": str(tiny_bench)},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "eval_batch_size": 8, "seed": 1,
-                  "tune_thresholds": False},
-    })
+    settings = settings_from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "text_only": True,
+                "text_config": None,
+                "text_encoder": str(tiny_mpnet),
+                "num_queries": 8,
+                "score_threshold": 0.0,
+            },
+            "data": {"path": str(tiny_bench)},
+            "train": {
+                "epochs": 3,
+                "batch_size": 8,
+                "lr": 1e-3,
+                "eval_batch_size": 8,
+                "seed": 1,
+                "tune_thresholds": False,
+            },
+        }
+    )
     run_training(settings, tmp_path, progress=False)
     losses = [json.loads(line)["train"]["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]

@@ -9,8 +9,8 @@ from qgn.visualize import PALETTE, draw_entities
 
 
 def coloured(canvas: Image.Image, hex_colour: str) -> np.ndarray:
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
-    return (np.abs(np.asarray(canvas).astype(int) - rgb).sum(axis=2) < 12)
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return np.abs(np.asarray(canvas).astype(int) - rgb).sum(axis=2) < 12
 
 
 def test_a_label_at_the_right_edge_of_a_small_image_stays_inside_it():

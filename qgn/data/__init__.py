@@ -46,8 +46,10 @@ def detect_layout(path: str | Path, split: str | None = None) -> str:
             return "twitter-gmner"
     if any(path.glob("*.jsonl")):
         return "jsonl-dir"
-    raise QGNError(f"{path}: not a dataset folder (expected txt/<split>.txt with xml/, or <split>.jsonl files, "
-                   f"or give a .jsonl file)")
+    raise QGNError(
+        f"{path}: not a dataset folder (expected txt/<split>.txt with xml/, or <split>.jsonl files, "
+        f"or give a .jsonl file)"
+    )
 
 
 def available_splits(path: str | Path) -> list[str]:
@@ -64,9 +66,15 @@ def available_splits(path: str | Path) -> list[str]:
     return [s for s in SPLITS if s in names] + [s for s in names if s not in SPLITS]
 
 
-def read_dataset(path: str | Path, split: str | None = None, image_dir: str | Path | None = None,
-                 missing_images: str | None = None, fmnerg_xml_dir: str | Path | None = None,
-                 entity_types: Sequence[str] | None = None, report: ReadReport | None = None) -> list[Post]:
+def read_dataset(
+    path: str | Path,
+    split: str | None = None,
+    image_dir: str | Path | None = None,
+    missing_images: str | None = None,
+    fmnerg_xml_dir: str | Path | None = None,
+    entity_types: Sequence[str] | None = None,
+    report: ReadReport | None = None,
+) -> list[Post]:
     """Read one split of any supported layout.
 
     Args:
@@ -96,16 +104,40 @@ def read_dataset(path: str | Path, split: str | None = None, image_dir: str | Pa
     if layout == "twitter-fmnerg":
         xml_dir = Path(fmnerg_xml_dir) if fmnerg_xml_dir is not None else path / "xml"
         if not xml_dir.is_dir():
-            raise QGNError(f"{path} holds Twitter-FMNERG text (3 columns); its boxes come from the GMNER v2.0 "
-                           f"xml folder: pass fmnerg_xml_dir (--fmnerg-xml DIR); {xml_dir} does not exist")
+            raise QGNError(
+                f"{path} holds Twitter-FMNERG text (3 columns); its boxes come from the GMNER v2.0 "
+                f"xml folder: pass fmnerg_xml_dir (--fmnerg-xml DIR); {xml_dir} does not exist"
+            )
         return read_twitter_fmnerg(path, split, xml_dir, image_dir, policy, entity_types, report)
     return read_twitter_gmner(path, split, image_dir, policy, entity_types, report)
 
 
 __all__ = [
-    "Box", "Entity", "Post", "Prediction", "ReadReport", "ImageCheck", "ImageResolver",
-    "GMNER_TYPES", "SPLITS", "FMNERG_COARSE_TO_FINE", "FMNERG_COARSE_TO_GMNER", "FMNERG_COARSE_TYPES",
-    "FMNERG_EXTRA_FINE_TYPES", "FMNERG_FINE_TO_COARSE", "FMNERG_FINE_TYPES",
-    "available_splits", "check_images", "detect_layout", "load_image", "maybe_resolve_images", "read_dataset",
-    "read_jsonl", "read_twitter_fmnerg", "read_twitter_gmner", "resolve_images", "split_words", "write_jsonl",
+    "Box",
+    "Entity",
+    "Post",
+    "Prediction",
+    "ReadReport",
+    "ImageCheck",
+    "ImageResolver",
+    "GMNER_TYPES",
+    "SPLITS",
+    "FMNERG_COARSE_TO_FINE",
+    "FMNERG_COARSE_TO_GMNER",
+    "FMNERG_COARSE_TYPES",
+    "FMNERG_EXTRA_FINE_TYPES",
+    "FMNERG_FINE_TO_COARSE",
+    "FMNERG_FINE_TYPES",
+    "available_splits",
+    "check_images",
+    "detect_layout",
+    "load_image",
+    "maybe_resolve_images",
+    "read_dataset",
+    "read_jsonl",
+    "read_twitter_fmnerg",
+    "read_twitter_gmner",
+    "resolve_images",
+    "split_words",
+    "write_jsonl",
 ]

@@ -1,7 +1,7 @@
 """``qgn data stats`` and ``qgn data convert``.
 
-    qgn data stats DIR [--split S] [--json] [--image-dir D] [--fmnerg-xml X]
-    qgn data convert DIR [--split S] --out FILE.jsonl|OUT_DIR [--fmnerg-xml X] [--image-dir D]
+qgn data stats DIR [--split S] [--json] [--image-dir D] [--fmnerg-xml X]
+qgn data convert DIR [--split S] --out FILE.jsonl|OUT_DIR [--fmnerg-xml X] [--image-dir D]
 """
 
 from __future__ import annotations
@@ -20,15 +20,19 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "data", help="dataset statistics and conversion to JSONL",
+        "data",
+        help="dataset statistics and conversion to JSONL",
         description="Inspect a dataset (Twitter-GMNER / Twitter-FMNERG folder or JSONL) or convert it to JSONL.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
 
-    stats = sub.add_parser("stats", help="count posts, entities, grounded entities and boxes per split",
-                           description="Per split: posts, entities (per type), grounded entities, boxes "
-                           "(xml objects), entity-box links, posts without xml, missing images.")
+    stats = sub.add_parser(
+        "stats",
+        help="count posts, entities, grounded entities and boxes per split",
+        description="Per split: posts, entities (per type), grounded entities, boxes "
+        "(xml objects), entity-box links, posts without xml, missing images.",
+    )
     stats.add_argument("path", help="dataset folder (txt/ + xml/, or <split>.jsonl files) or a .jsonl file")
     stats.add_argument("--split", help="one split only (default: every split found)")
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -36,18 +40,28 @@ def register(subparsers: Any) -> None:
     stats.add_argument("--fmnerg-xml", help="Twitter-FMNERG text: the GMNER v2.0 xml folder")
     stats.set_defaults(func=_stats)
 
-    convert = sub.add_parser("convert", help="write a benchmark split (or all splits) as JSONL",
-                             description="Convert a Twitter-GMNER / Twitter-FMNERG folder to the JSONL format "
-                             "(docs/data.md). Reading the output back gives the same posts.")
+    convert = sub.add_parser(
+        "convert",
+        help="write a benchmark split (or all splits) as JSONL",
+        description="Convert a Twitter-GMNER / Twitter-FMNERG folder to the JSONL format "
+        "(docs/data.md). Reading the output back gives the same posts.",
+    )
     convert.add_argument("path", help="dataset folder")
-    convert.add_argument("--split", help="one split, written to --out FILE.jsonl (default: every split, "
-                         "written to --out DIR/<split>.jsonl)")
-    convert.add_argument("--out", required=True, help="output .jsonl file (with --split) or folder (gets "
-                         "<split>.jsonl files)")
+    convert.add_argument(
+        "--split",
+        help="one split, written to --out FILE.jsonl (default: every split, written to --out DIR/<split>.jsonl)",
+    )
+    convert.add_argument(
+        "--out", required=True, help="output .jsonl file (with --split) or folder (gets <split>.jsonl files)"
+    )
     convert.add_argument("--fmnerg-xml", help="Twitter-FMNERG text: the GMNER v2.0 xml folder")
     convert.add_argument("--image-dir", help="record each post's image path (relative to the output when inside it)")
-    convert.add_argument("--missing-images", choices=MISSING_IMAGE_POLICIES, default="fail",
-                         help="with --image-dir: fail (default), skip the post, or keep it without image")
+    convert.add_argument(
+        "--missing-images",
+        choices=MISSING_IMAGE_POLICIES,
+        default="fail",
+        help="with --image-dir: fail (default), skip the post, or keep it without image",
+    )
     convert.set_defaults(func=_convert)
 
 
@@ -78,9 +92,13 @@ def _convert(args: argparse.Namespace) -> int:
         if target.is_dir():
             raise QGNError(f"--out: {target} is a folder, cannot write a JSONL file there")
     for split, target in targets.items():
-        posts = read_dataset(args.path, split=split, image_dir=args.image_dir,
-                             missing_images=args.missing_images if args.image_dir else None,
-                             fmnerg_xml_dir=args.fmnerg_xml)
+        posts = read_dataset(
+            args.path,
+            split=split,
+            image_dir=args.image_dir,
+            missing_images=args.missing_images if args.image_dir else None,
+            fmnerg_xml_dir=args.fmnerg_xml,
+        )
         write_jsonl(posts, target)
         print(f"{split}: {len(posts)} posts -> {target}")
     return 0

@@ -18,9 +18,12 @@ def utf8_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                                "save the file as UTF-8", str(path), number) from None
+                raise DataError(
+                    f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); save the file as UTF-8",
+                    str(path),
+                    number,
+                ) from None

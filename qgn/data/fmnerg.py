@@ -31,13 +31,35 @@ logger = logging.getLogger(__name__)
 
 # 8 coarse categories -> 51 fine types, as the FMNERG release's loader defines them.
 FMNERG_COARSE_TO_FINE: dict[str, tuple[str, ...]] = {
-    "person": ("politician", "musician", "actor", "artist", "athlete", "author", "businessman", "character",
-               "coach", "director", "intellectual", "journalist", "person_other"),
+    "person": (
+        "politician",
+        "musician",
+        "actor",
+        "artist",
+        "athlete",
+        "author",
+        "businessman",
+        "character",
+        "coach",
+        "director",
+        "intellectual",
+        "journalist",
+        "person_other",
+    ),
     "location": ("city", "country", "state", "continent", "location_other", "park", "road"),
     "building": ("building_other", "cultural_place", "entertainment_place", "sports_facility"),
-    "organization": ("company", "educational_institution", "band", "government_agency", "news_agency",
-                     "organization_other", "political_party", "social_organization", "sports_league",
-                     "sports_team"),
+    "organization": (
+        "company",
+        "educational_institution",
+        "band",
+        "government_agency",
+        "news_agency",
+        "organization_other",
+        "political_party",
+        "social_organization",
+        "sports_league",
+        "sports_team",
+    ),
     "other": ("animal", "award", "medical_thing", "website", "ordinance"),
     "art": ("art_other", "film_and_television_works", "magazine", "music", "written_work"),
     "event": ("event_other", "festival", "sports_event"),
@@ -53,15 +75,27 @@ FMNERG_FINE_TO_COARSE: dict[str, str] = {
     "common_person": "person",
 }
 FMNERG_COARSE_TO_GMNER: dict[str, str] = {
-    "person": "PER", "location": "LOC", "building": "LOC", "organization": "ORG",
-    "other": "OTHER", "art": "OTHER", "event": "OTHER", "product": "OTHER",
+    "person": "PER",
+    "location": "LOC",
+    "building": "LOC",
+    "organization": "ORG",
+    "other": "OTHER",
+    "art": "OTHER",
+    "event": "OTHER",
+    "product": "OTHER",
 }
 FMNERG_TEXT_FOLDERS = ("txt", "txt_fine")
 
 
-def read_twitter_fmnerg(data_dir: str | Path, split: str, xml_dir: str | Path, image_dir: str | Path | None = None,
-                        missing_images: str | None = "fail", entity_types: Sequence[str] | None = None,
-                        report: ReadReport | None = None) -> list[Post]:
+def read_twitter_fmnerg(
+    data_dir: str | Path,
+    split: str,
+    xml_dir: str | Path,
+    image_dir: str | Path | None = None,
+    missing_images: str | None = "fail",
+    entity_types: Sequence[str] | None = None,
+    report: ReadReport | None = None,
+) -> list[Post]:
     """Read one Twitter-FMNERG split, with boxes from the GMNER v2.0 xml folder.
 
     Args:
@@ -101,12 +135,19 @@ def read_twitter_fmnerg(data_dir: str | Path, split: str, xml_dir: str | Path, i
     warn_stray_total(where, stray)
     report.stray_i_tags = len(stray)
     if extra_seen:
-        logger.info("%s: fine type(s) %s accepted (listed by the FMNERG evaluation script, not its loader)",
-                    where, ", ".join(sorted(extra_seen)))
+        logger.info(
+            "%s: fine type(s) %s accepted (listed by the FMNERG evaluation script, not its loader)",
+            where,
+            ", ".join(sorted(extra_seen)),
+        )
     if disagreements:
-        logger.warning("%s: %d entities whose coarse column does not give the fine type's category "
-                       "(coarse taken from the fine type), e.g. %s", where, len(disagreements),
-                       "; ".join(disagreements[:3]))
+        logger.warning(
+            "%s: %d entities whose coarse column does not give the fine type's category "
+            "(coarse taken from the fine type), e.g. %s",
+            where,
+            len(disagreements),
+            "; ".join(disagreements[:3]),
+        )
     xml_dir = Path(xml_dir)
     if not xml_dir.is_dir():
         raise QGNError(f"Twitter-FMNERG boxes come from the GMNER v2.0 xml folder; {xml_dir} is not a folder")
@@ -135,7 +176,13 @@ def _compare_with_gmner(blocks: list[TaggedBlock], gmner_path: Path, where: str)
         if block.tokens != other.tokens or ours != theirs:
             differ.append(block.id)
     if differ or absent:
-        logger.warning("%s: %d posts differ from %s (tokens, spans or types) and %d are not in it, e.g. %s",
-                       where, len(differ), gmner_path, absent, ", ".join(differ[:3]))
+        logger.warning(
+            "%s: %d posts differ from %s (tokens, spans or types) and %d are not in it, e.g. %s",
+            where,
+            len(differ),
+            gmner_path,
+            absent,
+            ", ".join(differ[:3]),
+        )
     else:
         logger.info("%s: tokens, spans and types agree with %s", where, gmner_path)

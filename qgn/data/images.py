@@ -171,8 +171,7 @@ def check_images(posts: Sequence[Post], image_dir: str | Path | None = None) -> 
     in ``image_dir``. With neither, the image counts as missing.
     """
     resolver = ImageResolver(image_dir) if image_dir is not None else None
-    check = ImageCheck([None] * len(posts), [None] * len(posts),
-                       folders=resolver.searched_folders if resolver else [])
+    check = ImageCheck([None] * len(posts), [None] * len(posts), folders=resolver.searched_folders if resolver else [])
     for i, post in enumerate(posts):
         path = post.image_path or (resolver.find(post.id) if resolver else None)
         if path is None or not os.path.isfile(path):
@@ -194,14 +193,17 @@ def describe_image_problems(posts: Sequence[Post], check: ImageCheck) -> str:
     """One line: counts, the first ids and the folders searched."""
     first = ", ".join(posts[i].id for i in sorted(check.bad)[:5])
     unreadable = "; ".join(f"{path} ({reason})" for _, path, reason in check.unreadable[:2])
-    return (f"{len(check.missing)} of {len(posts)} posts have no image file and {len(check.unreadable)} "
-            f"have an unreadable one (first ids: {first})"
-            + (f"; unreadable e.g. {unreadable}" if unreadable else "")
-            + f"; looked in: {', '.join(check.folders) or '(no image folder given)'}")
+    return (
+        f"{len(check.missing)} of {len(posts)} posts have no image file and {len(check.unreadable)} "
+        f"have an unreadable one (first ids: {first})"
+        + (f"; unreadable e.g. {unreadable}" if unreadable else "")
+        + f"; looked in: {', '.join(check.folders) or '(no image folder given)'}"
+    )
 
 
-def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str = "fail",
-                   report: Any = None) -> list[Post]:
+def resolve_images(
+    posts: list[Post], image_dir: str | Path | None, policy: str = "fail", report: Any = None
+) -> list[Post]:
     """Set ``image_path`` (and a missing ``image_size``) on each post; apply ``policy`` to the rest.
 
     Args:
@@ -229,8 +231,11 @@ def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str 
         # Boxes are in the xml's pixel space, so the xml size is kept; a different file size usually
         # means a re-encoded or thumbnail image, and boxes drawn on it would be off.
         example = posts[check.size_mismatches[0]]
-        logger.warning("%d images differ in size from their annotation's <size> (e.g. %s); keeping the "
-                       "annotation size", len(check.size_mismatches), example.id)
+        logger.warning(
+            "%d images differ in size from their annotation's <size> (e.g. %s); keeping the annotation size",
+            len(check.size_mismatches),
+            example.id,
+        )
     if not bad:
         return posts
     if policy == "skip":
@@ -243,8 +248,9 @@ def resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str 
     return posts
 
 
-def maybe_resolve_images(posts: list[Post], image_dir: str | Path | None, policy: str | None,
-                         report: Any = None) -> list[Post]:
+def maybe_resolve_images(
+    posts: list[Post], image_dir: str | Path | None, policy: str | None, report: Any = None
+) -> list[Post]:
     """Resolve images only when the data has some: an ``image_dir``, or JSONL ``image`` fields.
 
     With JSONL image paths and no ``image_dir``, ``policy=None`` keeps the paths unchecked (scoring
@@ -266,8 +272,12 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
     try:
         image = Image.open(path)
         if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
-            logger.warning("%s is %.0f megapixels: decoding it takes about %.1f GB of memory", name,
-                           image.width * image.height / 1e6, image.width * image.height * 3 / 1e9)
+            logger.warning(
+                "%s is %.0f megapixels: decoding it takes about %.1f GB of memory",
+                name,
+                image.width * image.height / 1e6,
+                image.width * image.height * 3 / 1e9,
+            )
         image.load()  # decode now, so a truncated file fails here rather than in a worker
         result = upright(image)
         if result is image and getattr(image, "n_frames", 1) > 1:

@@ -89,8 +89,11 @@ def _tokens_and_offsets(obj: dict, where: _Where) -> tuple[list[str], str | None
         raise where.error("'char_offsets' must be a list with one [start, end] per token")
     checked = []
     for token, pair in zip(tokens, offsets):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(v) for v in pair)) \
-                or text[pair[0]:pair[1]] != token or pair[0] < 0:
+        if (
+            not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(v) for v in pair))
+            or text[pair[0] : pair[1]] != token
+            or pair[0] < 0
+        ):
             raise where.error(f"char offsets {pair} do not give token {token!r} in 'text'")
         checked.append((pair[0], pair[1]))
     return list(tokens), text, checked
@@ -175,8 +178,15 @@ def parse_post(obj: Any, folder: str, entity_types: Sequence[str] | None, where:
     for previous, entity in zip(entities, entities[1:]):
         if previous.span == entity.span:
             raise where.error(f"two entities share the word span [{entity.start}, {entity.end})")
-    return Post(id=post_id, tokens=tokens, entities=entities, image_path=image_path, image_size=size,
-                text=text, char_offsets=offsets)
+    return Post(
+        id=post_id,
+        tokens=tokens,
+        entities=entities,
+        image_path=image_path,
+        image_size=size,
+        text=text,
+        char_offsets=offsets,
+    )
 
 
 def parse_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, Any]]:
@@ -202,8 +212,13 @@ def iter_json_lines(path: str | Path, what: str = "JSONL file") -> Iterator[tupl
         yield number, obj
 
 
-def read_jsonl(path: str | Path, image_dir: str | Path | None = None, missing_images: str | None = None,
-               entity_types: Sequence[str] | None = None, report: ReadReport | None = None) -> list[Post]:
+def read_jsonl(
+    path: str | Path,
+    image_dir: str | Path | None = None,
+    missing_images: str | None = None,
+    entity_types: Sequence[str] | None = None,
+    report: ReadReport | None = None,
+) -> list[Post]:
     """Read a JSONL file of posts, in file order.
 
     Args:

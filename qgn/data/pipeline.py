@@ -163,8 +163,9 @@ def encode_words(tokenizer: Any, batch_words: Sequence[Sequence[str]], max_lengt
     non_empty = [i for i, words in enumerate(batch_words) if len(words) > 0]
     encoding: Any = None  # a BatchEncoding, for the non-empty posts
     if non_empty:
-        encoding = tokenizer([list(batch_words[i]) for i in non_empty], is_split_into_words=True,
-                             add_special_tokens=True)
+        encoding = tokenizer(
+            [list(batch_words[i]) for i in non_empty], is_split_into_words=True, add_special_tokens=True
+        )
     empty_specials = tokenizer([""], add_special_tokens=True)["input_ids"][0]
     for position, i in enumerate(non_empty):
         ids = encoding["input_ids"][position]
@@ -178,9 +179,9 @@ def encode_words(tokenizer: Any, batch_words: Sequence[Sequence[str]], max_lengt
 def _align(ids: list[int], word_ids: list[int | None], num_words: int, unk_id: int, max_length: int) -> EncodedText:
     first = next((k for k, w in enumerate(word_ids) if w is not None), len(ids))
     last = max((k for k, w in enumerate(word_ids) if w is not None), default=first - 1)
-    prefix, suffix = ids[:first], ids[last + 1:]
+    prefix, suffix = ids[:first], ids[last + 1 :]
     per_word: list[list[int]] = [[] for _ in range(num_words)]
-    for token_id, word in zip(ids[first:last + 1], word_ids[first:last + 1]):
+    for token_id, word in zip(ids[first : last + 1], word_ids[first : last + 1]):
         if word is not None:
             per_word[word].append(token_id)
     content_ids, content_words = [], []
@@ -206,19 +207,25 @@ def check_entities(post: Post, label_index: Mapping[str, int]) -> None:
     """Raise :class:`DataError` on an entity with an unknown type, a bad span or an inverted box."""
     for entity in post.entities:
         if entity.type not in label_index:
-            raise DataError(f"post {post.id}: entity type {entity.type!r} is not one of config.entity_types "
-                            f"{list(label_index)}")
+            raise DataError(
+                f"post {post.id}: entity type {entity.type!r} is not one of config.entity_types {list(label_index)}"
+            )
         if not 0 <= entity.start < entity.end <= len(post.tokens):
-            raise DataError(f"post {post.id}: entity span [{entity.start}, {entity.end}) is outside its "
-                            f"{len(post.tokens)} words")
+            raise DataError(
+                f"post {post.id}: entity span [{entity.start}, {entity.end}) is outside its {len(post.tokens)} words"
+            )
         for box in entity.boxes:
             if len(box) != 4 or box[2] < box[0] or box[3] < box[1]:
                 raise DataError(f"post {post.id}: entity box {box} is not (x1, y1, x2, y2) with x2 >= x1, y2 >= y1")
 
 
 def build_targets(
-    post: Post, num_words: int, label_index: Mapping[str, int], image_size: tuple[int, int] | None,
-    need_boxes: bool = True, frame: Sequence[float] = (1.0, 1.0),
+    post: Post,
+    num_words: int,
+    label_index: Mapping[str, int],
+    image_size: tuple[int, int] | None,
+    need_boxes: bool = True,
+    frame: Sequence[float] = (1.0, 1.0),
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Targets of one post (contract "Targets") and the number of entities cut by truncation.
 
@@ -235,8 +242,10 @@ def build_targets(
             continue
         rows: list[tuple[float, float, float, float] | None] = list(entity.boxes) or [None]
         if entity.boxes and image_size is None and need_boxes:
-            raise DataError(f"post {post.id}: entity boxes cannot be normalised: the image size is unknown "
-                            "(no image_size and no readable image)")
+            raise DataError(
+                f"post {post.id}: entity boxes cannot be normalised: the image size is unknown "
+                "(no image_size and no readable image)"
+            )
         for box in rows:
             labels.append(label_index[entity.type])
             starts.append(entity.start)
@@ -277,9 +286,17 @@ class GMNERDataset(Dataset):
             decode and resize (3 x S x S floats a post: 48 KB at 64 px, 590 KB at 224 px).
     """
 
-    def __init__(self, posts: Sequence[Post], tokenizer: Any, config: Any, image_transform: ImageTransform | None = None,
-                 text_only: bool = False, placeholder_on_error: bool = False,
-                 images: Sequence[Image.Image | None] | None = None, cache_pixels: bool = False):
+    def __init__(
+        self,
+        posts: Sequence[Post],
+        tokenizer: Any,
+        config: Any,
+        image_transform: ImageTransform | None = None,
+        text_only: bool = False,
+        placeholder_on_error: bool = False,
+        images: Sequence[Image.Image | None] | None = None,
+        cache_pixels: bool = False,
+    ):
         self.posts = list(posts)
         self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.config = config
@@ -288,11 +305,14 @@ class GMNERDataset(Dataset):
             raise QGNError(f"got {len(images)} images for {len(self.posts)} posts")
         self.images = images
         geometry = getattr(config, "image_geometry", "stretch")
-        self.image_transform = None if self.text_only else (
-            image_transform or ImageTransform(config.image_size, geometry=geometry))
+        self.image_transform = (
+            None if self.text_only else (image_transform or ImageTransform(config.image_size, geometry=geometry))
+        )
         if self.image_transform is not None and self.image_transform.geometry != geometry:
-            raise QGNError(f"the image transform pads or stretches ({self.image_transform.geometry}) unlike the "
-                           f"model config's image_geometry={geometry!r}")
+            raise QGNError(
+                f"the image transform pads or stretches ({self.image_transform.geometry}) unlike the "
+                f"model config's image_geometry={geometry!r}"
+            )
         self.geometry = geometry
         self.placeholder_on_error = placeholder_on_error
         self.label_index = {name: i for i, name in enumerate(config.entity_types)}
@@ -302,9 +322,14 @@ class GMNERDataset(Dataset):
         truncated = sum(e.truncated for e in self.encoded)
         if truncated:
             cut = sum(ent.end > enc.num_words for p, enc in zip(self.posts, self.encoded) for ent in p.entities)
-            logger.warning("%d of %d posts are longer than max_text_length=%d sub-words and were truncated; "
-                           "%d entities past the cut are dropped from the targets",
-                           truncated, len(self.posts), config.max_text_length, cut)
+            logger.warning(
+                "%d of %d posts are longer than max_text_length=%d sub-words and were truncated; "
+                "%d entities past the cut are dropped from the targets",
+                truncated,
+                len(self.posts),
+                config.max_text_length,
+                cut,
+            )
 
     def __len__(self) -> int:
         return len(self.posts)
@@ -328,11 +353,19 @@ class GMNERDataset(Dataset):
         frame = (1.0, 1.0)
         if self.image_transform is not None and post.image_size is not None:
             frame = image_frame(post.image_size, self.image_transform.image_size, self.geometry)
-        targets, _ = build_targets(post, encoded.num_words, self.label_index, post.image_size,
-                                   need_boxes=not self.text_only, frame=frame)
-        return {"post": post, "input_ids": encoded.input_ids, "word_index": encoded.word_index,
-                "num_words": encoded.num_words, "pixel_values": pixel_values, "pixel_mask": pixel_mask,
-                "image_missing": missing, "targets": targets}
+        targets, _ = build_targets(
+            post, encoded.num_words, self.label_index, post.image_size, need_boxes=not self.text_only, frame=frame
+        )
+        return {
+            "post": post,
+            "input_ids": encoded.input_ids,
+            "word_index": encoded.word_index,
+            "num_words": encoded.num_words,
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "image_missing": missing,
+            "targets": targets,
+        }
 
     def _image(self, i: int) -> tuple[Image.Image, bool]:
         """The post's RGB image and whether it is a placeholder."""
@@ -386,8 +419,12 @@ class Collator:
             attention_mask[b, :n] = 1
             word_index[b, :n] = torch.tensor(item["word_index"], dtype=torch.long)
             word_mask[b, : item["num_words"]] = True
-        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
-                                 "word_index": word_index, "word_mask": word_mask}
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "word_index": word_index,
+            "word_mask": word_mask,
+        }
         with_pixels = [item["pixel_values"] is not None for item in items]
         if any(with_pixels):
             if not all(with_pixels):
@@ -416,6 +453,7 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 def move_to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
     """A copy of ``batch`` with its tensors (targets included) on ``device``; other values as is."""
+
     def move(value: Any) -> Any:
         if torch.is_tensor(value):
             return value.to(device, non_blocking=True)

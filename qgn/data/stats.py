@@ -52,8 +52,9 @@ def _ordered(counter: Counter, order: Sequence[str]) -> dict[str, int]:
     return {t: counter[t] for t in known + rest}
 
 
-def post_stats(posts: Sequence[Post], split: str = "", report: ReadReport | None = None,
-               image_dir: str | Path | None = None) -> SplitStats:
+def post_stats(
+    posts: Sequence[Post], split: str = "", report: ReadReport | None = None, image_dir: str | Path | None = None
+) -> SplitStats:
     """Count one split's posts; ``report`` adds the xml facts, ``image_dir`` the missing images."""
     types, grounded, coarse = Counter[str](), Counter[str](), Counter[str]()
     links = distinct_boxes = without_boxes = without_entities = 0
@@ -69,17 +70,22 @@ def post_stats(posts: Sequence[Post], split: str = "", report: ReadReport | None
             links += len(entity.boxes)
             # Keyed by surface string as well: two names boxed at the same place are two xml objects,
             # while a repeated string sharing its boxes is not.
-            surface = " ".join(post.tokens[entity.start:entity.end])
+            surface = " ".join(post.tokens[entity.start : entity.end])
             post_boxes.update((surface, box) for box in entity.boxes)
         distinct_boxes += len(post_boxes)
         without_boxes += not post_boxes
     has_xml = report is not None and report.xml_objects is not None
     stats = SplitStats(
-        split=split, layout=report.layout if report else "", posts=len(posts),
-        posts_without_entities=without_entities, entities=sum(types.values()),
-        entities_per_type=_ordered(types, GMNER_TYPES), grounded_entities=sum(grounded.values()),
+        split=split,
+        layout=report.layout if report else "",
+        posts=len(posts),
+        posts_without_entities=without_entities,
+        entities=sum(types.values()),
+        entities_per_type=_ordered(types, GMNER_TYPES),
+        grounded_entities=sum(grounded.values()),
         grounded_per_type=_ordered(grounded, list(_ordered(types, GMNER_TYPES))),
-        boxes=report.xml_objects if has_xml else distinct_boxes, entity_box_links=links,  # type: ignore[union-attr, arg-type]  # has_xml: report and its xml counts are set
+        boxes=report.xml_objects if has_xml else distinct_boxes,  # type: ignore[union-attr, arg-type]  # has_xml: report and its xml counts are set
+        entity_box_links=links,
         posts_without_boxes=without_boxes,
         posts_without_xml=len(posts) - report.xml_files if has_xml else None,  # type: ignore[union-attr, operator]  # has_xml: report and its xml counts are set
         unmatched_xml_names=report.unmatched_names if has_xml else None,  # type: ignore[union-attr]  # has_xml: report and its xml counts are set
@@ -93,8 +99,12 @@ def post_stats(posts: Sequence[Post], split: str = "", report: ReadReport | None
     return stats
 
 
-def dataset_stats(path: str | Path, split: str | None = None, image_dir: str | Path | None = None,
-                  fmnerg_xml_dir: str | Path | None = None) -> dict[str, SplitStats]:
+def dataset_stats(
+    path: str | Path,
+    split: str | None = None,
+    image_dir: str | Path | None = None,
+    fmnerg_xml_dir: str | Path | None = None,
+) -> dict[str, SplitStats]:
     """Stats of one split, or of every split of a dataset folder (a JSONL file is one split)."""
     from qgn.data import available_splits, read_dataset
 

@@ -78,8 +78,14 @@ JPEG_QUALITY = 92
 # Saturated colours that stay distinct after JPEG and a 64x64 resize, and far from the light,
 # desaturated backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "orange": (250, 150, 30), "yellow": (235, 215, 40), "green": (40, 160, 60),
-    "cyan": (40, 200, 210), "blue": (40, 70, 210), "magenta": (210, 50, 200), "black": (30, 30, 30),
+    "red": (220, 40, 40),
+    "orange": (250, 150, 30),
+    "yellow": (235, 215, 40),
+    "green": (40, 160, 60),
+    "cyan": (40, 200, 210),
+    "blue": (40, 70, 210),
+    "magenta": (210, 50, 200),
+    "black": (30, 30, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 FILLS = ("solid", "ring", "striped")
@@ -87,19 +93,59 @@ ENTITY_TYPES = ("PER", "LOC", "ORG", "OTHER")
 NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "PER": ("Anna", "Bruno Silva", "Chloe", "Diego", "Emma Hart", "Farid", "Grace", "Hugo", "Ines", "Jonas"),
     "LOC": ("Paris", "Oslo", "New Haven", "Lima", "Cairo", "San Jose", "Rome", "Hong Kong", "Quito", "Perth"),
-    "ORG": ("Redwood", "Iron Wolves", "Star Labs", "Nova Bank", "Tiger FC", "Blue Comets", "Apex Motors",
-            "Zenith", "Orbit Air", "Delta Crew"),
-    "OTHER": ("Aero Max", "Quasar", "Nimbus 3", "Volt", "Pixelbook", "Echo Dot", "Model T", "Zoom X",
-              "Hyper V", "Lumen"),
+    "ORG": (
+        "Redwood",
+        "Iron Wolves",
+        "Star Labs",
+        "Nova Bank",
+        "Tiger FC",
+        "Blue Comets",
+        "Apex Motors",
+        "Zenith",
+        "Orbit Air",
+        "Delta Crew",
+    ),
+    "OTHER": (
+        "Aero Max",
+        "Quasar",
+        "Nimbus 3",
+        "Volt",
+        "Pixelbook",
+        "Echo Dot",
+        "Model T",
+        "Zoom X",
+        "Hyper V",
+        "Lumen",
+    ),
 }
 # The ``many`` variant's second ten names of each type (after the first ten above).
 MORE_NAMES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "PER": ("Kofi", "Lena Park", "Mateo", "Nadia", "Omar Reyes", "Priya", "Rafael", "Sofia", "Tariq", "Yuki"),
     "LOC": ("Austin", "Berlin", "Cape Town", "Denver", "Fiji", "Geneva", "Kyoto", "Lagos", "Madrid", "Nairobi"),
-    "ORG": ("Falcon United", "Green Peak", "Harbor Labs", "Kite Media", "Lunar FC", "Maple Group", "North Stars",
-            "Pulse Radio", "Silver Fox", "Titan Works"),
-    "OTHER": ("Alpha One", "Boltz", "Cobalt 7", "Drift Pro", "Ember", "Flux Pad", "Glide S", "Halo Z", "Ion Cam",
-              "Jet X"),
+    "ORG": (
+        "Falcon United",
+        "Green Peak",
+        "Harbor Labs",
+        "Kite Media",
+        "Lunar FC",
+        "Maple Group",
+        "North Stars",
+        "Pulse Radio",
+        "Silver Fox",
+        "Titan Works",
+    ),
+    "OTHER": (
+        "Alpha One",
+        "Boltz",
+        "Cobalt 7",
+        "Drift Pro",
+        "Ember",
+        "Flux Pad",
+        "Glide S",
+        "Halo Z",
+        "Ion Cam",
+        "Jet X",
+    ),
 }
 LOOK_SEED = 20261201  # fixes which name wears which look; independent of the benchmark seed
 TYPE_WEIGHTS = (0.35, 0.20, 0.25, 0.20)
@@ -162,28 +208,47 @@ class Variant:
     @property
     def names_by_type(self) -> dict[str, tuple[str, ...]]:
         extra = self.names_per_type - len(NAMES_BY_TYPE[ENTITY_TYPES[0]])
-        return {t: NAMES_BY_TYPE[t] + MORE_NAMES_BY_TYPE[t][:max(0, extra)] for t in ENTITY_TYPES}
+        return {t: NAMES_BY_TYPE[t] + MORE_NAMES_BY_TYPE[t][: max(0, extra)] for t in ENTITY_TYPES}
 
 
 OUTLINE_FILLS = FILLS + ("outline",)
 # Outline width: this fraction of the object's side, at least 2 and at most 6 px.
 OUTLINE_WIDTH_RANGE, OUTLINE_PX = (0.04, 0.10), (2, 6)
 REAL_SIDES, REAL_ASPECTS = (96, 640), (0.5, 3.0)
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("default", "128 x 96 px images (+-25 %), objects 18-28 % of each side, 40 identities, solid / ring / "
-            "striped looks"),
-    Variant("shapes", "images of every size and aspect ratio: longer side 96-640 px, width:height 1:2 to 3:1",
-            longer_side=REAL_SIDES, aspect=REAL_ASPECTS, object_side=(0.18, 0.28)),
-    Variant("outline", "outline-only looks (2-6 px borders) beside solid, ring and striped ones",
-            fills=OUTLINE_FILLS),
-    Variant("many", "80 identities instead of 40 from as many posts: half the examples of each look",
-            names_per_type=20),
-    Variant("scale", "object sides from 8 % to 50 % of the image's scale instead of 18-28 %",
-            object_side=(0.08, 0.50)),
-    Variant("mixed", "all of shapes, outline, many and scale at once",
-            longer_side=REAL_SIDES, aspect=REAL_ASPECTS, object_side=(0.08, 0.50), fills=OUTLINE_FILLS,
-            names_per_type=20),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "default",
+            "128 x 96 px images (+-25 %), objects 18-28 % of each side, 40 identities, solid / ring / striped looks",
+        ),
+        Variant(
+            "shapes",
+            "images of every size and aspect ratio: longer side 96-640 px, width:height 1:2 to 3:1",
+            longer_side=REAL_SIDES,
+            aspect=REAL_ASPECTS,
+            object_side=(0.18, 0.28),
+        ),
+        Variant(
+            "outline", "outline-only looks (2-6 px borders) beside solid, ring and striped ones", fills=OUTLINE_FILLS
+        ),
+        Variant(
+            "many", "80 identities instead of 40 from as many posts: half the examples of each look", names_per_type=20
+        ),
+        Variant(
+            "scale", "object sides from 8 % to 50 % of the image's scale instead of 18-28 %", object_side=(0.08, 0.50)
+        ),
+        Variant(
+            "mixed",
+            "all of shapes, outline, many and scale at once",
+            longer_side=REAL_SIDES,
+            aspect=REAL_ASPECTS,
+            object_side=(0.08, 0.50),
+            fills=OUTLINE_FILLS,
+            names_per_type=20,
+        ),
+    )
+}
 
 
 def get_variant(name: str | Variant) -> Variant:
@@ -195,8 +260,9 @@ def get_variant(name: str | Variant) -> Variant:
     return VARIANTS[name]
 
 
-def _build_looks(names_by_type: dict[str, tuple[str, ...]] | None = None,
-                 fills: tuple[str, ...] = FILLS) -> dict[str, tuple[str, Look]]:
+def _build_looks(
+    names_by_type: dict[str, tuple[str, ...]] | None = None, fills: tuple[str, ...] = FILLS
+) -> dict[str, tuple[str, Look]]:
     """Give every name its own look, each colour to ``len(names) / len(COLOURS)`` names of mixed
     types with pairwise different (shape, fill)."""
     names_by_type = NAMES_BY_TYPE if names_by_type is None else names_by_type
@@ -211,7 +277,9 @@ def _build_looks(names_by_type: dict[str, tuple[str, ...]] | None = None,
         colour = colours[rank % len(colours)]
         # The k-th name of a colour takes the k-th pattern of a per-colour shuffle: distinct patterns.
         k = rank // len(colours)
-        shape, fill = patterns[int(np.random.default_rng([LOOK_SEED, rank % len(colours)]).permutation(len(patterns))[k])]
+        shape, fill = patterns[
+            int(np.random.default_rng([LOOK_SEED, rank % len(colours)]).permutation(len(patterns))[k])
+        ]
         looks[name] = (entity_type, Look(colour, shape, fill))
     return {n: looks[n] for _, n in names}
 
@@ -275,8 +343,9 @@ def _choice(rng: np.random.Generator, options: tuple, weights: tuple | None = No
     return options[int(rng.choice(len(options), p=probabilities))]
 
 
-def _sentence(rng: np.random.Generator, names: list[str],
-              looks: dict[str, tuple[str, Look]] = NAME_LOOKS) -> tuple[list[str], list[str]]:
+def _sentence(
+    rng: np.random.Generator, names: list[str], looks: dict[str, tuple[str, Look]] = NAME_LOOKS
+) -> tuple[list[str], list[str]]:
     """Tokens and BIO tags of a 5-24 word post mentioning ``names`` in order."""
     tokens: list[str] = []
     tags: list[str] = []
@@ -316,8 +385,13 @@ def _disjoint(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     return all(box[0] > b[2] or box[2] < b[0] or box[1] > b[3] or box[3] < b[1] for b in others)
 
 
-def _scatter(rng: np.random.Generator, size: tuple[int, int], count: int,
-             side: Callable[[int, float], tuple[int, int]], redraw: bool) -> list[tuple[int, int, int, int]]:
+def _scatter(
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    count: int,
+    side: Callable[[int, float], tuple[int, int]],
+    redraw: bool,
+) -> list[tuple[int, int, int, int]]:
     """``count`` boxes anywhere in an image of ``size``, pairwise disjoint. ``side(k, scale)`` gives
     box k's ``(w, h)`` in px (drawn again on every attempt when ``redraw``); all sides shrink by
     10 % whenever random placement gets stuck."""
@@ -343,15 +417,18 @@ def _scatter(rng: np.random.Generator, size: tuple[int, int], count: int,
         scale *= 0.9
 
 
-def _place(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
-           ) -> list[tuple[int, int, int, int]]:
+def _place(
+    rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """One box per entry of ``sides`` (a side range as a fraction of the image side), a new side
     drawn on every attempt (the default benchmark's placement)."""
     width, height = size
 
     def side(k: int, scale: float) -> tuple[int, int]:
-        return (max(4, int(round(width * scale * rng.uniform(*sides[k])))),
-                max(4, int(round(height * scale * rng.uniform(*sides[k])))))
+        return (
+            max(4, int(round(width * scale * rng.uniform(*sides[k])))),
+            max(4, int(round(height * scale * rng.uniform(*sides[k])))),
+        )
 
     return _scatter(rng, size, len(sides), side, redraw=True)
 
@@ -360,8 +437,9 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
     return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
 
 
-def _place_pixels(rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
-                  ) -> list[tuple[int, int, int, int]]:
+def _place_pixels(
+    rng: np.random.Generator, sides: list[tuple[float, float]], size: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """One box of each ``(w, h)`` in px (kept inside the image)."""
     width, height = size
 
@@ -372,20 +450,31 @@ def _place_pixels(rng: np.random.Generator, sides: list[tuple[float, float]], si
     return _scatter(rng, size, len(sides), side, redraw=False)
 
 
-def make_post(seed: int, split: str, index: int, image_size: tuple[int, int] = (128, 96), size_jitter: float = 0.25,
-              variant: str | Variant = "default") -> SyntheticPost:
+def make_post(
+    seed: int,
+    split: str,
+    index: int,
+    image_size: tuple[int, int] = (128, 96),
+    size_jitter: float = 0.25,
+    variant: str | Variant = "default",
+) -> SyntheticPost:
     """Generate post ``index`` of ``split`` of ``variant``; depends only on its arguments."""
     v = get_variant(variant)
     name_looks = variant_looks(v)
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     if v.longer_side is None:
         base_w, base_h = image_size
-        size = (int(round(base_w * (1 + size_jitter * rng.uniform(-1, 1)))),
-                int(round(base_h * (1 + size_jitter * rng.uniform(-1, 1)))))
+        size = (
+            int(round(base_w * (1 + size_jitter * rng.uniform(-1, 1)))),
+            int(round(base_h * (1 + size_jitter * rng.uniform(-1, 1)))),
+        )
     else:
         longer, aspect = _log_uniform(rng, v.longer_side), _log_uniform(rng, v.aspect or (1.0, 1.0))
-        size = (int(round(longer)), int(round(longer / aspect))) if aspect >= 1 else (
-            int(round(longer * aspect)), int(round(longer)))
+        size = (
+            (int(round(longer)), int(round(longer / aspect)))
+            if aspect >= 1
+            else (int(round(longer * aspect)), int(round(longer)))
+        )
     count = 0 if rng.random() < NO_ENTITY_PROBABILITY else _choice(rng, ENTITY_COUNTS, ENTITY_COUNT_WEIGHTS)
     names: list[str] = []
     names_by_type = v.names_by_type
@@ -403,7 +492,7 @@ def make_post(seed: int, split: str, index: int, image_size: tuple[int, int] = (
             copies_of += [copies] * copies
     # Distractors wear the looks of names the post does not mention.
     others = tuple(n for n in name_looks if n not in names)
-    distractors = [str(n) for n in rng.permutation(others)[:_choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS)]]
+    distractors = [str(n) for n in rng.permutation(others)[: _choice(rng, DISTRACTOR_COUNTS, DISTRACTOR_WEIGHTS)]]
     owners += [None] * len(distractors)
     copies_of += [1] * len(distractors)
     if v.object_side is None:
@@ -510,11 +599,19 @@ def voc_xml(post: SyntheticPost) -> str | None:
     )
 
 
-def _manifest(seed: int, counts: dict[str, int], image_size: tuple[int, int], size_jitter: float,
-              variant: str = "default") -> dict:
-    manifest = {"generator": "qgn.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "counts": counts,
-                "image_size": list(image_size), "size_jitter": size_jitter, "jpeg_quality": JPEG_QUALITY,
-                "entity_types": list(ENTITY_TYPES)}
+def _manifest(
+    seed: int, counts: dict[str, int], image_size: tuple[int, int], size_jitter: float, variant: str = "default"
+) -> dict:
+    manifest = {
+        "generator": "qgn.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "image_size": list(image_size),
+        "size_jitter": size_jitter,
+        "jpeg_quality": JPEG_QUALITY,
+        "entity_types": list(ENTITY_TYPES),
+    }
     if variant != "default":  # the default's manifest (and so its cached folders) stay as before variants
         manifest["variant"] = variant
     return manifest
@@ -528,14 +625,19 @@ def _is_complete(out_dir: Path, manifest: dict) -> bool:
     except (OSError, ValueError):
         return False
     images = out_dir / "images"
-    return all((out_dir / "txt" / f"{s}.txt").is_file() for s in SPLITS) and images.is_dir() and (
-        sum(1 for _ in images.iterdir()) == sum(manifest["counts"].values()))
+    return (
+        all((out_dir / "txt" / f"{s}.txt").is_file() for s in SPLITS)
+        and images.is_dir()
+        and (sum(1 for _ in images.iterdir()) == sum(manifest["counts"].values()))
+    )
 
 
 def _readme(manifest: dict) -> str:
     variant = get_variant(manifest.get("variant", "default"))
-    rows = "\n".join(f"| {name} | {t} | {look.colour} | {look.shape} | {look.fill} |"
-                     for name, (t, look) in variant_looks(variant).items())
+    rows = "\n".join(
+        f"| {name} | {t} | {look.colour} | {look.shape} | {look.fill} |"
+        for name, (t, look) in variant_looks(variant).items()
+    )
     return (
         "# Synthetic grounded-NER benchmark (generated by qgn.data.synthetic)\n\n"
         f"Generator version {manifest['version']}, variant {variant.name} ({variant.summary}), seed "
@@ -603,16 +705,19 @@ def generate_synthetic_benchmark(
     """
     counts = {"train": int(num_train), "dev": int(num_dev), "test": int(num_test)}
     if min(counts.values()) < 0 or min(image_size) < 32 or not 0 <= size_jitter < 0.5:
-        raise QGNError(f"bad synthetic benchmark settings: counts {counts}, image_size {image_size}, "
-                       f"size_jitter {size_jitter} (need counts >= 0, sides >= 32, 0 <= jitter < 0.5)")
+        raise QGNError(
+            f"bad synthetic benchmark settings: counts {counts}, image_size {image_size}, "
+            f"size_jitter {size_jitter} (need counts >= 0, sides >= 32, 0 <= jitter < 0.5)"
+        )
     get_variant(variant)  # an unknown name fails before any work
     out = Path(out_dir)
     manifest = _manifest(int(seed), counts, (int(image_size[0]), int(image_size[1])), float(size_jitter), variant)
     if _is_complete(out, manifest):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise QGNError(f"{out} holds other files or another synthetic benchmark; pass overwrite=True "
-                       "or choose another folder")
+        raise QGNError(
+            f"{out} holds other files or another synthetic benchmark; pass overwrite=True or choose another folder"
+        )
     # Generate beside the target, then move in: an interrupted run never leaves a half benchmark
     # that looks complete.
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,15 +17,20 @@ from __future__ import annotations
 import re
 
 # In order of preference; each alternative is a form the benchmark keeps as one token:
-_WORD = re.compile("|".join((
-    r"https?://\S+|www\.\S+",  # URLs (a t.co link cut in two by a space stays two tokens)
-    r"h(?:t{1,2}ps?|t{1,2})?…",  # a link cut short by the tweet's truncation: "http…", "h…"
-    r"co/\S+|//\S+|\bw/(?!\w)",  # the rest of such a link, "co/1DzVeOJVyM", "//t"; "w/" (with)
-    r"&(?:amp|lt|gt|quot|apos|#\d+)(?=;|\b)",  # HTML entities as the tweets escape them: "&amp" ";"
-    r"[:;=8][\-']?[()\[\]DPpOo/\\|*]+(?!\w)",  # emoticons, ":)" ";-P"
-    r"\w+(?:[.\-]\w+)*",  # words, "U.S", "e-mail", "3.5"
-    r"[^\w\s]",  # any other symbol alone: "#", "@", "'", "!"
-)), re.UNICODE)
+_WORD = re.compile(
+    "|".join(
+        (
+            r"https?://\S+|www\.\S+",  # URLs (a t.co link cut in two by a space stays two tokens)
+            r"h(?:t{1,2}ps?|t{1,2})?…",  # a link cut short by the tweet's truncation: "http…", "h…"
+            r"co/\S+|//\S+|\bw/(?!\w)",  # the rest of such a link, "co/1DzVeOJVyM", "//t"; "w/" (with)
+            r"&(?:amp|lt|gt|quot|apos|#\d+)(?=;|\b)",  # HTML entities as the tweets escape them: "&amp" ";"
+            r"[:;=8][\-']?[()\[\]DPpOo/\\|*]+(?!\w)",  # emoticons, ":)" ";-P"
+            r"\w+(?:[.\-]\w+)*",  # words, "U.S", "e-mail", "3.5"
+            r"[^\w\s]",  # any other symbol alone: "#", "@", "'", "!"
+        )
+    ),
+    re.UNICODE,
+)
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:

@@ -101,32 +101,36 @@ def read_tagged_blocks(path: str | Path, num_columns: int) -> list[TaggedBlock]:
             current = None  # blank line(s) end the block
             continue
         if line.startswith(_ID_PREFIX):
-            post_id = line[len(_ID_PREFIX):].strip()
+            post_id = line[len(_ID_PREFIX) :].strip()
             if not post_id:
                 raise DataError("empty IMGID", path=path, line=number)
             current = TaggedBlock(post_id, number, [], [[] for _ in range(num_columns - 1)], [])
             blocks.append(current)
             continue
         if current is None:
-            raise DataError(f"token line outside a post (expected 'IMGID:<id>' first): {line!r}",
-                            path=path, line=number)
+            raise DataError(
+                f"token line outside a post (expected 'IMGID:<id>' first): {line!r}", path=path, line=number
+            )
         fields = line.split("\t")
         if len(fields) != num_columns or not fields[0]:
-            raise DataError(f"expected {num_columns} tab-separated fields (token, "
-                            f"{'tag' if num_columns == 2 else 'coarse tag, fine tag'}), got {line!r}",
-                            path=path, line=number)
+            raise DataError(
+                f"expected {num_columns} tab-separated fields (token, "
+                f"{'tag' if num_columns == 2 else 'coarse tag, fine tag'}), got {line!r}",
+                path=path,
+                line=number,
+            )
         current.tokens.append(fields[0])
         for column, label in zip(current.columns, fields[1:]):
             column.append(label.strip())
         current.lines.append(number)
     if not blocks:
-        raise DataError("no posts: the file is empty or blank (expected 'IMGID:<id>' blocks of token lines)",
-                        path=path)
+        raise DataError("no posts: the file is empty or blank (expected 'IMGID:<id>' blocks of token lines)", path=path)
     seen: dict[str, int] = {}
     for block in blocks:
         if block.id in seen:
-            raise DataError(f"IMGID {block.id!r} repeats the post of line {seen[block.id]}",
-                            path=path, line=block.id_line)
+            raise DataError(
+                f"IMGID {block.id!r} repeats the post of line {seen[block.id]}", path=path, line=block.id_line
+            )
         seen[block.id] = block.id_line
     return blocks
 
@@ -165,8 +169,13 @@ def bio_spans(block: TaggedBlock, column: int, path: str, stray: list[int] | Non
         if prefix == "I" and stray is not None:
             stray.append(line)
             if len(stray) <= _MAX_STRAY_WARNINGS:
-                logger.warning("%s:%d: tag %s does not continue an entity of type %s; starting a new entity "
-                               "(IOB1 repair)", path, line, tag, label)
+                logger.warning(
+                    "%s:%d: tag %s does not continue an entity of type %s; starting a new entity (IOB1 repair)",
+                    path,
+                    line,
+                    tag,
+                    label,
+                )
         open_span = TaggedSpan(i, i + 1, label, line)
         spans.append(open_span)
     return spans
@@ -174,8 +183,9 @@ def bio_spans(block: TaggedBlock, column: int, path: str, stray: list[int] | Non
 
 def warn_stray_total(path: str, stray: list[int]) -> None:
     if len(stray) > _MAX_STRAY_WARNINGS:
-        logger.warning("%s: %d stray I- tags in total were repaired as new entities (first at line %d)",
-                       path, len(stray), stray[0])
+        logger.warning(
+            "%s: %d stray I- tags in total were repaired as new entities (first at line %d)", path, len(stray), stray[0]
+        )
 
 
 # ------------------------------------------------------------------------------------- xml
@@ -238,11 +248,15 @@ def read_voc_xml(path: str | Path) -> VocAnnotation:
                 raise DataError(err.message, path=path, line=_object_line(path, index)) from None
         x1, y1, x2, y2 = coords
         if x2 < x1 or y2 < y1:
-            raise DataError(f"box {coords} of {name!r} has x2 < x1 or y2 < y1", path=path,
-                            line=_object_line(path, index))
+            raise DataError(
+                f"box {coords} of {name!r} has x2 < x1 or y2 < y1", path=path, line=_object_line(path, index)
+            )
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise DataError(f"box {coords} of {name!r} lies outside the {width:g}x{height:g} image",
-                            path=path, line=_object_line(path, index))
+            raise DataError(
+                f"box {coords} of {name!r} lies outside the {width:g}x{height:g} image",
+                path=path,
+                line=_object_line(path, index),
+            )
         objects.append((name, (x1, y1, x2, y2)))
     return VocAnnotation((int(width), int(height)), objects)
 
@@ -258,7 +272,7 @@ def link_boxes(tokens: Sequence[str], entities: Iterable[Entity], annotation: Vo
         boxes_by_name.setdefault(name, []).append(box)
     used: set[str] = set()
     for entity in entities:
-        surface = " ".join(tokens[entity.start:entity.end])
+        surface = " ".join(tokens[entity.start : entity.end])
         if surface in boxes_by_name:
             entity.boxes = list(boxes_by_name[surface])
             used.add(surface)
@@ -289,9 +303,13 @@ def attach_xml(posts: list[Post], xml_dir: Path, report: ReadReport, where: str)
         if names and len(examples) < 3:
             examples.append(post.id)
     if report.unmatched_names:
-        logger.warning("%s: %d xml object names (%d boxes) match no entity string of their post and are "
-                       "ignored (e.g. posts %s)", where, report.unmatched_names, report.unmatched_boxes,
-                       ", ".join(examples))
+        logger.warning(
+            "%s: %d xml object names (%d boxes) match no entity string of their post and are ignored (e.g. posts %s)",
+            where,
+            report.unmatched_names,
+            report.unmatched_boxes,
+            ", ".join(examples),
+        )
 
 
 def check_type(label: str, allowed: Sequence[str], path: str, line: int) -> None:
@@ -300,9 +318,14 @@ def check_type(label: str, allowed: Sequence[str], path: str, line: int) -> None
 
 
 # ---------------------------------------------------------------------------------- reader
-def read_twitter_gmner(data_dir: str | Path, split: str, image_dir: str | Path | None = None,
-                       missing_images: str | None = "fail", entity_types: Sequence[str] | None = None,
-                       report: ReadReport | None = None) -> list[Post]:
+def read_twitter_gmner(
+    data_dir: str | Path,
+    split: str,
+    image_dir: str | Path | None = None,
+    missing_images: str | None = "fail",
+    entity_types: Sequence[str] | None = None,
+    report: ReadReport | None = None,
+) -> list[Post]:
     """Read one split of a Twitter-GMNER folder (v1 or v2.0) into posts, in file order.
 
     Args:

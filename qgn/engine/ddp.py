@@ -28,6 +28,8 @@ def parameters_left_unused(config: Any) -> list[str]:
         if late:
             # The ViT runs up to the deepest injection, but nothing reads its tokens after the last
             # extracted layer (Table VI's row 3 1 3 3 with V = {2, 5, 8, 11}, injection at 12).
-            reasons.append(f"vision_inject_layers {late} come after the last vision_extract_layer {last_read}: "
-                           "those injections and ViT layers are in no loss")
+            reasons.append(
+                f"vision_inject_layers {late} come after the last vision_extract_layer {last_read}: "
+                "those injections and ViT layers are in no loss"
+            )
     return reasons

@@ -49,12 +49,19 @@ def evaluate_predictions(
     """
     if entity_types is None:
         entity_types = default_entity_types(posts, fine_to_coarse)
-    report = score(posts, predictions, iou_threshold=iou_threshold, fine_to_coarse=fine_to_coarse,
-                   match_by=match_by, entity_types=entity_types)
+    report = score(
+        posts,
+        predictions,
+        iou_threshold=iou_threshold,
+        fine_to_coarse=fine_to_coarse,
+        match_by=match_by,
+        entity_types=entity_types,
+    )
     if report.n_posts_without_predictions:
         logger.warning(
             "%d of %d gold posts have no entry in the predictions; they are scored as predicting nothing",
-            report.n_posts_without_predictions, report.n_posts,
+            report.n_posts_without_predictions,
+            report.n_posts,
         )
     return report
 
@@ -74,21 +81,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pred-out", help="with --checkpoint: also write the predictions here (JSON lines)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--iou-threshold", type=float, default=0.5, help="a box is right at IoU >= this (default 0.5)")
-    p.add_argument("--match-by", choices=("span", "string"), default="span",
-                   help="match entities by word span (benchmark) or by surface string (generative baselines)")
-    p.add_argument("--fmnerg-xml", help="Twitter-FMNERG: the GMNER v2.0 xml folder; scores fine types "
-                   "with per-category rows")
+    p.add_argument(
+        "--match-by",
+        choices=("span", "string"),
+        default="span",
+        help="match entities by word span (benchmark) or by surface string (generative baselines)",
+    )
+    p.add_argument(
+        "--fmnerg-xml", help="Twitter-FMNERG: the GMNER v2.0 xml folder; scores fine types with per-category rows"
+    )
     p.add_argument("--per-type", action="store_true", help="add per-type rows to the table (always in --json)")
     p.add_argument("--image-dir", help="with --checkpoint: the image folder (flat or twitter2015/2017 sub-folders)")
-    p.add_argument("--no-images", action="store_true",
-                   help="with --checkpoint of an image model: score it on blank images on purpose (a text-only "
-                   "evaluation, marked as such in the output); without it, --image-dir is required")
-    p.add_argument("--missing-images", choices=("fail", "skip", "text_only"), default="fail",
-                   help="with --checkpoint: what to do with posts whose image is missing (default: fail)")
+    p.add_argument(
+        "--no-images",
+        action="store_true",
+        help="with --checkpoint of an image model: score it on blank images on purpose (a text-only "
+        "evaluation, marked as such in the output); without it, --image-dir is required",
+    )
+    p.add_argument(
+        "--missing-images",
+        choices=("fail", "skip", "text_only"),
+        default="fail",
+        help="with --checkpoint: what to do with posts whose image is missing (default: fail)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="with --checkpoint: prediction batch size")
     p.add_argument("--device", help="with --checkpoint: cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                   help="with --checkpoint: fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has it)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="with --checkpoint: fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has it)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -101,8 +124,9 @@ def _main(args: Any) -> int:
         raise QGNError("--pred needs --data DIR (the gold dataset folder)")
     posts, fine_to_coarse = load_gold(args.data, args.split, args.fmnerg_xml)
     predictions = read_predictions(args.pred)
-    report = evaluate_predictions(posts, predictions, iou_threshold=args.iou_threshold,
-                                  fine_to_coarse=fine_to_coarse, match_by=args.match_by)
+    report = evaluate_predictions(
+        posts, predictions, iou_threshold=args.iou_threshold, fine_to_coarse=fine_to_coarse, match_by=args.match_by
+    )
     print_report(report, args, source=args.pred)
     return 0
 
@@ -152,30 +176,55 @@ def _evaluate_checkpoint(args: Any) -> int:
     blank = args.no_images and not config.text_only
     if not (config.text_only or args.image_dir or args.no_images or Path(args.data).suffix == ".jsonl"):
         # Without images an image model scores far below itself (blank placeholders): never silently.
-        raise QGNError(f"{args.checkpoint} is an image model: give --image-dir DIR (the post images), or "
-                       "--no-images to score it on blank images on purpose")
+        raise QGNError(
+            f"{args.checkpoint} is an image model: give --image-dir DIR (the post images), or "
+            "--no-images to score it on blank images on purpose"
+        )
     policy = "text_only" if config.text_only or blank else args.missing_images
-    posts = read_dataset(args.data, split=args.split, image_dir=args.image_dir, missing_images=policy,
-                         fmnerg_xml_dir=args.fmnerg_xml)
+    posts = read_dataset(
+        args.data, split=args.split, image_dir=args.image_dir, missing_images=policy, fmnerg_xml_dir=args.fmnerg_xml
+    )
     if blank:
         for post in posts:
             post.image_path = None
     elif not config.text_only and not any(post.image_path for post in posts):
-        raise QGNError(f"no post of {args.data} [{args.split}] has an image: give --image-dir DIR, or --no-images "
-                       "to score the image model on blank images on purpose")
-    dataset = GMNERDataset(posts, predictor.tokenizer, config, image_transform=predictor.image_transform,
-                           text_only=config.text_only, placeholder_on_error=policy == "text_only")
+        raise QGNError(
+            f"no post of {args.data} [{args.split}] has an image: give --image-dir DIR, or --no-images "
+            "to score the image model on blank images on purpose"
+        )
+    dataset = GMNERDataset(
+        posts,
+        predictor.tokenizer,
+        config,
+        image_transform=predictor.image_transform,
+        text_only=config.text_only,
+        placeholder_on_error=policy == "text_only",
+    )
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=Collator(predictor.tokenizer.pad_token_id))
-    predictions = predict_loader(predictor.model, predictor.postprocessor, loader, device=predictor.device,
-                                 autocast=predictor.autocast,
-                                 description=args.split)
+    predictions = predict_loader(
+        predictor.model,
+        predictor.postprocessor,
+        loader,
+        device=predictor.device,
+        autocast=predictor.autocast,
+        description=args.split,
+    )
     if args.pred_out:
         write_predictions(predictions, args.pred_out)
         logger.info("wrote predictions for %d posts to %s", len(predictions), args.pred_out)
     _, fine_to_coarse = load_gold(args.data, args.split, args.fmnerg_xml)
-    report = evaluate_predictions(posts, predictions, iou_threshold=args.iou_threshold,
-                                  fine_to_coarse=fine_to_coarse, match_by=args.match_by,
-                                  entity_types=config.entity_types)
-    print_report(report, args, source=args.checkpoint,
-                 images="text-only model" if config.text_only else ("none" if blank else "images"))
+    report = evaluate_predictions(
+        posts,
+        predictions,
+        iou_threshold=args.iou_threshold,
+        fine_to_coarse=fine_to_coarse,
+        match_by=args.match_by,
+        entity_types=config.entity_types,
+    )
+    print_report(
+        report,
+        args,
+        source=args.checkpoint,
+        images="text-only model" if config.text_only else ("none" if blank else "images"),
+    )
     return 0

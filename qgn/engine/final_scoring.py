@@ -46,9 +46,19 @@ def score_selected(trainer: Any) -> dict[str, Any]:
     # below are those that chose it, and `qgn evaluate --checkpoint --precision` with it repeats them.
     from qgn.engine.precision import autocast_dtype
 
-    found = {split: collect_candidates(best, trainer.postprocessor, loader, lowest, acc, description=split,
-                                       progress=trainer.progress, autocast=autocast_dtype(acc.mixed_precision))
-             for split, loader in (("dev", trainer.dev_loader), ("test", test_loader))}
+    found = {
+        split: collect_candidates(
+            best,
+            trainer.postprocessor,
+            loader,
+            lowest,
+            acc,
+            description=split,
+            progress=trainer.progress,
+            autocast=autocast_dtype(acc.mixed_precision),
+        )
+        for split, loader in (("dev", trainer.dev_loader), ("test", test_loader))
+    }
     posts = {"dev": trainer.dev_posts, "test": test_posts}
 
     # FMNERG gold carries a coarse category on every entity: score per category too (Table II).
@@ -59,27 +69,42 @@ def score_selected(trainer: Any) -> dict[str, Any]:
 
     def summary(split: str, thresholds: dict[str, Any]) -> dict[str, Any]:
         predictions = select_all(trainer.postprocessor, found[split], thresholds)
-        return metrics_summary(score(posts[split], predictions, entity_types=s.model.entity_types,
-                                     fine_to_coarse=fine_to_coarse))
+        return metrics_summary(
+            score(posts[split], predictions, entity_types=s.model.entity_types, fine_to_coarse=fine_to_coarse)
+        )
 
     chosen = default
     if s.train.tune_thresholds:
-        chosen = tune_thresholds(trainer.postprocessor, s.model, trainer.dev_posts, found["dev"],
-                                 s.train.select_metric, split=s.data.dev_split,
-                                 test_split=s.data.test_split)["thresholds"]
+        chosen = tune_thresholds(
+            trainer.postprocessor,
+            s.model,
+            trainer.dev_posts,
+            found["dev"],
+            s.train.select_metric,
+            split=s.data.dev_split,
+            test_split=s.data.test_split,
+        )["thresholds"]
         if acc.is_main_process:  # the checkpoint predicts with them from now on
             config = QGNConfig.load(best_dir / CONFIG_FILE)
             config.replace(**chosen).save(best_dir / CONFIG_FILE)
         logger.info("post-processing chosen on dev: %s (defaults: %s)", chosen, default)
-    final = {"best_epoch": trainer.state["best_epoch"], "selected_on": f"dev {s.train.select_metric} micro F1",
-             "scored_in": "fp32" if acc.mixed_precision == "no" else acc.mixed_precision,
-             "thresholds": {"chosen": chosen, "default": default,
-                            "chosen_on": f"dev {s.train.select_metric} micro F1" if s.train.tune_thresholds
-                            else "not tuned (train.tune_thresholds false)"},
-             "dev": summary("dev", chosen), "test": summary("test", chosen),
-             "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)},
-             # posts dropped by data.missing_images=skip: their gold entities are not in the scores
-             "skipped_for_missing_images": dict(trainer.skipped)}
+    final = {
+        "best_epoch": trainer.state["best_epoch"],
+        "selected_on": f"dev {s.train.select_metric} micro F1",
+        "scored_in": "fp32" if acc.mixed_precision == "no" else acc.mixed_precision,
+        "thresholds": {
+            "chosen": chosen,
+            "default": default,
+            "chosen_on": f"dev {s.train.select_metric} micro F1"
+            if s.train.tune_thresholds
+            else "not tuned (train.tune_thresholds false)",
+        },
+        "dev": summary("dev", chosen),
+        "test": summary("test", chosen),
+        "with_default_thresholds": {"dev": summary("dev", default), "test": summary("test", default)},
+        # posts dropped by data.missing_images=skip: their gold entities are not in the scores
+        "skipped_for_missing_images": dict(trainer.skipped),
+    }
     if acc.is_main_process:
         (trainer.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         from qgn.hub import card_from_run

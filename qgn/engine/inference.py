@@ -55,13 +55,29 @@ def collect_candidates(
     return dict(results)
 
 
-def predict_loader(model: torch.nn.Module, postprocessor: Any, loader: Any, accelerator: Any = None,
-                   device: torch.device | str | None = None, description: str = "predict",
-                   progress: bool = True, autocast: torch.dtype | None = None) -> dict[str, list[Prediction]]:
+def predict_loader(
+    model: torch.nn.Module,
+    postprocessor: Any,
+    loader: Any,
+    accelerator: Any = None,
+    device: torch.device | str | None = None,
+    description: str = "predict",
+    progress: bool = True,
+    autocast: torch.dtype | None = None,
+) -> dict[str, list[Prediction]]:
     """``{post id: predictions}`` of ``model`` + ``postprocessor`` over ``loader`` (arguments as
     :func:`collect_candidates`)."""
-    found = collect_candidates(model, postprocessor, loader, postprocessor.score_threshold, accelerator, device,
-                               description, progress, autocast)
+    found = collect_candidates(
+        model,
+        postprocessor,
+        loader,
+        postprocessor.score_threshold,
+        accelerator,
+        device,
+        description,
+        progress,
+        autocast,
+    )
     return {post_id: postprocessor.select(c) for post_id, c in found.items()}
 
 

@@ -56,18 +56,27 @@ def resolve_precision(requested: str, device_type: str, what: str = "running") -
         return "no"
     if requested == "auto":
         chosen = "bf16" if bf16_supported(device_type) else "no"
-        where = f"CPU bf16 units: {units}" if device_type == "cpu" else f"{device_type} bf16 support: {chosen == 'bf16'}"
-        logger.info("precision auto: %s %s in %s (%s)", what, device_type.upper(),
-                    "bf16" if chosen == "bf16" else "fp32", where)
+        where = (
+            f"CPU bf16 units: {units}" if device_type == "cpu" else f"{device_type} bf16 support: {chosen == 'bf16'}"
+        )
+        logger.info(
+            "precision auto: %s %s in %s (%s)", what, device_type.upper(), "bf16" if chosen == "bf16" else "fp32", where
+        )
         return chosen
     if device_type == "cpu":
         if requested == "fp16":
-            logger.warning("fp16 asked for on the CPU: %s in fp32 (fp16 autocast is for GPUs; bf16 is the CPU's "
-                           "fast format where it has AMX or AVX-512 bf16)", what)
+            logger.warning(
+                "fp16 asked for on the CPU: %s in fp32 (fp16 autocast is for GPUs; bf16 is the CPU's "
+                "fast format where it has AMX or AVX-512 bf16)",
+                what,
+            )
             return "no"
         if not cpu_bf16_units():
-            logger.warning("bf16 asked for, but this CPU has no bf16 units (no amx_bf16 or avx512_bf16 in "
-                           "/proc/cpuinfo): %s in fp32, since emulated bf16 would be slower", what)
+            logger.warning(
+                "bf16 asked for, but this CPU has no bf16 units (no amx_bf16 or avx512_bf16 in "
+                "/proc/cpuinfo): %s in fp32, since emulated bf16 would be slower",
+                what,
+            )
             return "no"
     if requested == "bf16" and device_type == "cuda" and not bf16_supported("cuda"):
         raise QGNError("bf16 asked for, but this GPU does not support it; use fp16 or fp32")

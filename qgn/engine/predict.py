@@ -23,13 +23,18 @@ def _batch_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
             yield number, obj
             continue
         if not isinstance(obj, dict) or not (isinstance(obj.get("text"), str) or "tokens" in obj):
-            yield number, DataError('each line needs a "text" string or a "tokens" list (and optional "id", '
-                                    '"image")', str(path), number)
+            yield (
+                number,
+                DataError(
+                    'each line needs a "text" string or a "tokens" list (and optional "id", "image")', str(path), number
+                ),
+            )
             continue
         post_id = str(obj.get("id", number))
         if post_id in seen:
-            raise DataError(f"id {post_id!r} repeats the post of line {seen[post_id]}; ids must be unique",
-                            str(path), number)
+            raise DataError(
+                f"id {post_id!r} repeats the post of line {seen[post_id]}; ids must be unique", str(path), number
+            )
         seen[post_id] = number
         image = obj.get("image")
         if image is not None and not isinstance(image, str):
@@ -40,8 +45,17 @@ def _batch_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
         yield number, {"id": post_id, "text": obj.get("text"), "tokens": obj.get("tokens"), "image": image}
 
 
-def predict_file(predictor: Any, path: Path, out: TextIO, batch_size: int = 16, rank: int = 0, world: int = 1,
-                 after_row: int = -1, tag_rows: bool = False, progress: bool = False) -> tuple[int, list[str]]:
+def predict_file(
+    predictor: Any,
+    path: Path,
+    out: TextIO,
+    batch_size: int = 16,
+    rank: int = 0,
+    world: int = 1,
+    after_row: int = -1,
+    tag_rows: bool = False,
+    progress: bool = False,
+) -> tuple[int, list[str]]:
     """Predict the good lines of a JSON-lines input into ``out`` in input order, ``batch_size``
     posts in memory at a time. Returns the number of posts written and one message per bad line.
 
@@ -63,8 +77,7 @@ def predict_file(predictor: Any, path: Path, out: TextIO, batch_size: int = 16, 
         nonlocal written
         if not chunk:
             return
-        results = predictor.predict_posts([p for _, p, _ in chunk], [img for _, _, img in chunk],
-                                          batch_size=batch_size)
+        results = predictor.predict_posts([p for _, p, _ in chunk], [img for _, _, img in chunk], batch_size=batch_size)
         for (row, post, _), preds in zip(chunk, results):
             line = json.dumps({"id": post.id, "entities": [entity_dict(post, e) for e in preds]}, ensure_ascii=False)
             out.write(f"{row}\t{line}\n" if tag_rows else line + "\n")
@@ -130,8 +143,10 @@ def _row_of_id(path: Path, post_id: str, output: Path) -> int:
     for row, (_, item) in enumerate(_batch_rows(path)):
         if isinstance(item, dict) and item["id"] == post_id:
             return row
-    raise QGNError(f"cannot resume: {output} ends with post {post_id!r}, which {path} does not hold; is it the "
-                   "output of this input?")
+    raise QGNError(
+        f"cannot resume: {output} ends with post {post_id!r}, which {path} does not hold; is it the "
+        "output of this input?"
+    )
 
 
 def _done_rows(path: Path, output: Path) -> int:
@@ -174,8 +189,17 @@ def _merge_parts(parts: list[Path], output: Path, after_row: int) -> None:
             out.write(text)
 
 
-def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, rank: int = 0, world: int = 1,
-                    resume: bool = False, progress: bool = True, barrier: Any = None) -> tuple[int, list[str]]:
+def predict_to_file(
+    predictor: Any,
+    path: Path,
+    output: Path,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    resume: bool = False,
+    progress: bool = True,
+    barrier: Any = None,
+) -> tuple[int, list[str]]:
     """``qgn predict --input --output`` for process ``rank`` of ``world`` (``barrier()`` waits for
     them all). One process writes ``output`` directly; several write ``OUTPUT.parts/part-I-of-N``
     (``row<TAB>line``), which the main process merges into ``output`` in input order at the end.
@@ -193,8 +217,10 @@ def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, r
     elif parts_dir.is_dir():  # every process checks (one raising alone would leave the others waiting)
         other = [p.name for p in parts_dir.iterdir() if not p.name.endswith(f"-of-{world:05d}.jsonl")]
         if other:
-            raise QGNError(f"cannot resume: {parts_dir} holds the parts of a run with another number of processes "
-                           f"({other[0]}); resume with that number, or start again without --resume")
+            raise QGNError(
+                f"cannot resume: {parts_dir} holds the parts of a run with another number of processes "
+                f"({other[0]}); resume with that number, or start again without --resume"
+            )
     done = -1
     if resume:  # rank 0 cuts a line left short by a crash first, then the others read where the output ends
         if rank == 0:
@@ -209,8 +235,9 @@ def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, r
     part = parts_dir / f"part-{rank:05d}-of-{world:05d}.jsonl"
     after = max(done, _done_rows_of_part(part)) if resume else done
     with open(part, "a", encoding="utf-8") as out:
-        result = predict_file(predictor, path, out, batch_size, rank, world, after_row=after, tag_rows=True,
-                              progress=progress)
+        result = predict_file(
+            predictor, path, out, batch_size, rank, world, after_row=after, tag_rows=True, progress=progress
+        )
     barrier()
     if rank == 0:
         _merge_parts(sorted(parts_dir.glob(f"part-*-of-{world:05d}.jsonl")), output, done)
@@ -222,16 +249,26 @@ def predict_to_file(predictor: Any, path: Path, output: Path, batch_size: int, r
 def add_inference_arguments(p: Any) -> None:
     """``--device``, ``--precision`` and the threshold overrides, shared by ``qgn predict`` and ``qgn serve``."""
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                   help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="fp32 (default), bf16 autocast, or auto (bf16 where the GPU or CPU has bf16 units)",
+    )
     p.add_argument("--score-threshold", type=float, help="override the checkpoint's entity score threshold")
     p.add_argument("--no-target-threshold", type=float, help="override the no-target (no box) threshold")
 
 
 def threshold_overrides(args: Any) -> dict[str, float]:
     """The thresholds given on the command line (:func:`add_inference_arguments`), for ``qgn.load``."""
-    return {name: value for name, value in (("score_threshold", args.score_threshold),
-                                            ("no_target_threshold", args.no_target_threshold)) if value is not None}
+    return {
+        name: value
+        for name, value in (
+            ("score_threshold", args.score_threshold),
+            ("no_target_threshold", args.no_target_threshold),
+        )
+        if value is not None
+    }
 
 
 def register(subparsers: Any) -> None:
@@ -243,20 +280,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="a QGN checkpoint folder (a run's best/)")
     p.add_argument("--image", help="image file of the post")
     p.add_argument("--text", help="text of the post")
-    p.add_argument("--input", help='JSON-lines batch: {"id", "text" or "tokens", "image"} per line; "tokens" (a '
-                   "benchmark's words) makes the word indices refer to them, so the output scores with qgn evaluate")
+    p.add_argument(
+        "--input",
+        help='JSON-lines batch: {"id", "text" or "tokens", "image"} per line; "tokens" (a '
+        "benchmark's words) makes the word indices refer to them, so the output scores with qgn evaluate",
+    )
     p.add_argument("--output", help="write JSON lines here instead of stdout (with --input)")
-    p.add_argument("--onnx", metavar="FILE.onnx",
-                   help="run the graph qgn export wrote from --checkpoint in onnxruntime (CPU) instead of PyTorch; "
-                   "the checkpoint still gives the tokenizer, image transform and post-processing")
+    p.add_argument(
+        "--onnx",
+        metavar="FILE.onnx",
+        help="run the graph qgn export wrote from --checkpoint in onnxruntime (CPU) instead of PyTorch; "
+        "the checkpoint still gives the tokenizer, image transform and post-processing",
+    )
     p.add_argument("--draw", help="write the image with labelled boxes here (single post)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a readable list")
     add_inference_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="posts per batch (default 16); batches are fixed by input line, so a sharded run writes "
-                   "the same bytes as one process")
-    p.add_argument("--resume", action="store_true",
-                   help="with --input and --output: keep what an interrupted run wrote and predict the rest")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="posts per batch (default 16); batches are fixed by input line, so a sharded run writes "
+        "the same bytes as one process",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --input and --output: keep what an interrupted run wrote and predict the rest",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
 
@@ -279,12 +329,22 @@ def _predict_batch(args: Any, predictor: Any) -> int:
     rank, world = args.rank, args.world
     if args.output:
         try:
-            written, failures = predict_to_file(predictor, Path(args.input), Path(args.output), args.batch_size,
-                                                rank, world, resume=args.resume, progress=not args.no_progress,
-                                                barrier=args.barrier)
+            written, failures = predict_to_file(
+                predictor,
+                Path(args.input),
+                Path(args.output),
+                args.batch_size,
+                rank,
+                world,
+                resume=args.resume,
+                progress=not args.no_progress,
+                barrier=args.barrier,
+            )
         except KeyboardInterrupt as stop:
-            stop.hint = (f"{args.output} keeps the posts predicted so far; continue with the same command and "  # type: ignore[attr-defined]  # qgn.cli prints it
-                         "--resume")
+            # qgn.cli prints the hint
+            stop.hint = (  # type: ignore[attr-defined]
+                f"{args.output} keeps the posts predicted so far; continue with the same command and --resume"
+            )
             raise
     else:
         if world > 1 or args.resume:
@@ -296,8 +356,11 @@ def _predict_batch(args: Any, predictor: Any) -> int:
         print(f"process {rank}/{world}: {written} posts", file=sys.stderr)
     if rank == 0:
         where = f" to {args.output}" if args.output else ""
-        what = f"wrote predictions for {written} posts{where}" if world == 1 else \
-            f"merged the predictions of {world} processes into {args.output}"
+        what = (
+            f"wrote predictions for {written} posts{where}"
+            if world == 1
+            else f"merged the predictions of {world} processes into {args.output}"
+        )
         print(what + (f"; {len(failures)} lines failed (listed above)" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
 
@@ -323,8 +386,10 @@ def _check_arguments(args: Any) -> Path:
         raise QGNError("--resume is for --input with --output")
     if args.image is not None:
         if os.path.isdir(args.image):
-            raise QGNError(f"--image {args.image} is a folder: give one image file (a folder of posts goes in an "
-                           "--input file, one line per post)")
+            raise QGNError(
+                f"--image {args.image} is a folder: give one image file (a folder of posts goes in an "
+                "--input file, one line per post)"
+            )
         if not os.path.isfile(args.image):
             raise QGNError(f"--image {args.image}: image not found")
     if args.draw:
@@ -342,8 +407,10 @@ def _check_arguments(args: Any) -> Path:
             raise QGNError("--onnx runs on the CPU in fp32: drop --device and --precision")
     folder = checkpoint_folder(args.checkpoint)
     if args.text is not None and args.image is None and not QGNConfig.load(folder / "config.json").text_only:
-        raise QGNError("--text needs --image FILE: this checkpoint finds entities in an image and grounds them "
-                       "there (only a text-only model predicts from the text alone)")
+        raise QGNError(
+            "--text needs --image FILE: this checkpoint finds entities in an image and grounds them "
+            "there (only a text-only model predicts from the text alone)"
+        )
     if args.input:
         path = Path(args.input)
         if not path.is_file():

@@ -32,8 +32,12 @@ def build_tokenizer(settings: RunSettings, train_posts: list) -> Any:
     return load_tokenizer(config.text_encoder)
 
 
-def read_split(settings: RunSettings, split: str, missing_images: str | None = None,
-               skipped: dict[str, dict[str, int]] | None = None) -> list:
+def read_split(
+    settings: RunSettings,
+    split: str,
+    missing_images: str | None = None,
+    skipped: dict[str, dict[str, int]] | None = None,
+) -> list:
     """One split of the run's data; posts dropped by the ``skip`` image policy are counted in
     ``skipped[split]`` (posts and their gold entities), so the results can say so."""
     from qgn.data import ReadReport, read_dataset
@@ -72,7 +76,9 @@ def read_split(settings: RunSettings, split: str, missing_images: str | None = N
     return posts
 
 
-def make_loader(posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool):
+def make_loader(
+    posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool
+):
     from torch.utils.data import DataLoader
 
     from qgn.data.pipeline import Collator, GMNERDataset
@@ -99,9 +105,7 @@ def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict
     """Pretrained encoders at ``lr``, QGN's own (randomly initialised) modules at ``head_lr``."""
     from transformers import PreTrainedModel
 
-    encoder_ids = {
-        id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()
-    }
+    encoder_ids = {id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()}
     train = settings.train
     encoder: list[torch.nn.Parameter] = []
     head: list[torch.nn.Parameter] = []

@@ -136,8 +136,12 @@ class RunSettings:
         """The data paths (and encoder paths that are local folders) made absolute, so that a
         run's ``config.yaml`` resumes from any working directory."""
         absolute = lambda p: str(Path(p).absolute()) if p else p  # noqa: E731
-        data = dataclasses.replace(self.data, path=absolute(self.data.path), image_dir=absolute(self.data.image_dir),
-                                   fmnerg_xml_dir=absolute(self.data.fmnerg_xml_dir))
+        data = dataclasses.replace(
+            self.data,
+            path=absolute(self.data.path),
+            image_dir=absolute(self.data.image_dir),
+            fmnerg_xml_dir=absolute(self.data.fmnerg_xml_dir),
+        )
         model = self.model
         for name in ("text_encoder", "vision_encoder"):
             value = getattr(model, name, None)
@@ -162,7 +166,8 @@ def _describe(kind: Any) -> str:
         return "null"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args if a is not type(None)) + (
-            " or null" if type(None) in args else "")
+            " or null" if type(None) in args else ""
+        )
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple, set):
@@ -308,8 +313,7 @@ def load_run_file(name_or_path: str) -> dict[str, Any]:
         shipped = resources.files("qgn.configs") / f"{name_or_path}.yaml"
         if not shipped.is_file():
             raise QGNError(
-                f"config {name_or_path!r} is neither a file nor a shipped config "
-                f"({', '.join(shipped_config_names())})"
+                f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(shipped_config_names())})"
             )
         return yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
     with open(path, encoding="utf-8") as f:

@@ -25,15 +25,23 @@ def current_thresholds(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in THRESHOLD_FIELDS}
 
 
-def select_all(postprocessor: Any, candidates: Mapping[str, Sequence[Candidate]],
-               thresholds: Mapping[str, Any]) -> dict[str, list]:
+def select_all(
+    postprocessor: Any, candidates: Mapping[str, Sequence[Candidate]], thresholds: Mapping[str, Any]
+) -> dict[str, list]:
     """``{post id: predictions}`` under ``thresholds`` (keys of :data:`THRESHOLD_FIELDS`)."""
     return {post_id: postprocessor.select(c, **thresholds) for post_id, c in candidates.items()}
 
 
-def tune_thresholds(postprocessor: Any, config: Any, posts: Sequence[Post],
-                    candidates: Mapping[str, Sequence[Candidate]], metric: str = "GMNER", *,
-                    split: str, test_split: str = "test") -> dict[str, Any]:
+def tune_thresholds(
+    postprocessor: Any,
+    config: Any,
+    posts: Sequence[Post],
+    candidates: Mapping[str, Sequence[Candidate]],
+    metric: str = "GMNER",
+    *,
+    split: str,
+    test_split: str = "test",
+) -> dict[str, Any]:
     """The grid setting with the best ``metric`` micro F1 on ``posts`` (dev).
 
     ``split`` names the split ``posts`` come from; the test split (``"test"`` or ``test_split``)

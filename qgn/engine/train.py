@@ -87,7 +87,8 @@ class Trainer:
         # DDP's per-step search for unused parameters; without it their second step fails.
         self.unused_parameters = parameters_left_unused(settings.model)
         self.accelerator = Accelerator(
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if self.unused_parameters
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+            if self.unused_parameters
             else None,
             # Without CUDA, accelerate only runs several processes (gloo) when told it is on CPU.
             cpu=not torch.cuda.is_available(),
@@ -113,7 +114,9 @@ class Trainer:
 
         self.checkpoint_dir = self.output_dir / "checkpoint"
         if not resume and self.checkpoint_dir.exists():
-            raise QGNError(f"{self.output_dir} already holds a run; use --resume {self.output_dir} or another --output-dir")
+            raise QGNError(
+                f"{self.output_dir} already holds a run; use --resume {self.output_dir} or another --output-dir"
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         self._build(resume)
@@ -133,11 +136,14 @@ class Trainer:
         self.model, self.criterion, self.postprocessor = build(s.model)
         # The encoders' configs are now filled in (loaded from a hub name or a local directory),
         # so the saved settings rebuild the same model without a download.
-        self.image_transform = None if s.model.text_only else ImageTransform(s.model.image_size,
-                                                                             geometry=s.model.image_geometry)
+        self.image_transform = (
+            None if s.model.text_only else ImageTransform(s.model.image_size, geometry=s.model.image_geometry)
+        )
 
         train_loader = make_loader(self.train_posts, self.tokenizer, s, self.image_transform, s.train.batch_size, True)
-        dev_loader = make_loader(self.dev_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False)
+        dev_loader = make_loader(
+            self.dev_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False
+        )
         steps_per_epoch = math.ceil(len(train_loader) / s.train.grad_accum_steps)
         self.total_steps = steps_per_epoch * s.train.epochs
         if s.train.max_steps:
@@ -149,8 +155,14 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.dev_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, dev_loader, scheduler
         )
-        self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None,
-                      "running": {"sums": {}, "count": 0}}
+        self.state: dict[str, Any] = {
+            "epoch": 0,
+            "batches_done": 0,
+            "global_step": 0,
+            "best_f1": -1.0,
+            "best_epoch": None,
+            "running": {"sums": {}, "count": 0},
+        }
         if resume:
             self._load_checkpoint()
         elif acc.is_main_process:
@@ -215,8 +227,10 @@ class Trainer:
         running = self.state["running"]
         if running["sums"] and acc.num_processes > 1:
             names = sorted(running["sums"])
-            values = acc.reduce(torch.tensor([running["sums"][k] for k in names], device=acc.device, dtype=torch.float64),
-                                reduction="mean")
+            values = acc.reduce(
+                torch.tensor([running["sums"][k] for k in names], device=acc.device, dtype=torch.float64),
+                reduction="mean",
+            )
             running = {"sums": dict(zip(names, values.tolist())), "count": running["count"]}
         if acc.is_main_process:
             state = {**self.state, "running": running}
@@ -243,16 +257,25 @@ class Trainer:
         self._recover_checkpoint()
         self.accelerator.wait_for_everyone()
         if not (self.checkpoint_dir / "trainer_state.json").is_file():
-            early = (" (the run stopped before its first training state was saved: start it again without --resume)"
-                     if (self.output_dir / "checkpoint.tmp").exists() else "")
+            early = (
+                " (the run stopped before its first training state was saved: start it again without --resume)"
+                if (self.output_dir / "checkpoint.tmp").exists()
+                else ""
+            )
             raise QGNError(f"nothing to resume in {self.output_dir}: no checkpoint/trainer_state.json{early}")
-        for pattern, what in (("model*.safetensors", "the model weights"), ("optimizer*.bin", "the optimizer state"),
-                              ("scheduler*.bin", "the learning-rate schedule")):
+        for pattern, what in (
+            ("model*.safetensors", "the model weights"),
+            ("optimizer*.bin", "the optimizer state"),
+            ("scheduler*.bin", "the learning-rate schedule"),
+        ):
             if not any(self.checkpoint_dir.glob(pattern)) and not (
-                    pattern.startswith("model") and any(self.checkpoint_dir.glob("pytorch_model*.bin"))):
+                pattern.startswith("model") and any(self.checkpoint_dir.glob("pytorch_model*.bin"))
+            ):
                 name = pattern.replace("*", "")
-                raise QGNError(f"cannot resume: {self.checkpoint_dir / name} ({what}) is missing; nothing was changed: "
-                               "restore it, or start a new run")
+                raise QGNError(
+                    f"cannot resume: {self.checkpoint_dir / name} ({what}) is missing; nothing was changed: "
+                    "restore it, or start a new run"
+                )
         try:
             self.state = json.loads((self.checkpoint_dir / "trainer_state.json").read_text(encoding="utf-8"))
             self.accelerator.load_state(str(self.checkpoint_dir))
@@ -260,24 +283,32 @@ class Trainer:
             bad = corrupt_files(self.checkpoint_dir)
             if bad:
                 where = ", ".join(str(p) for p in bad)
-                raise QGNError(f"cannot resume: the training state is unreadable: {where} is truncated or overwritten; "
-                               "nothing was changed: restore the file, or start a new run") from None
+                raise QGNError(
+                    f"cannot resume: the training state is unreadable: {where} is truncated or overwritten; "
+                    "nothing was changed: restore the file, or start a new run"
+                ) from None
             first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else "no message"
-            raise QGNError(f"cannot resume: the training state in {self.checkpoint_dir} is unreadable "
-                           f"({type(err).__name__}: {first}); nothing was changed: restore it, or start a new run"
-                           ) from None
+            raise QGNError(
+                f"cannot resume: the training state in {self.checkpoint_dir} is unreadable "
+                f"({type(err).__name__}: {first}); nothing was changed: restore it, or start a new run"
+            ) from None
         best = self.output_dir / "best"
         if self.state.get("best_epoch") is not None:
             # Found now, not after the remaining epochs (finish() loads it).
             from qgn.modeling import QGNModel
 
             if not best.is_dir():
-                raise QGNError(f"cannot resume: {best} (the best model so far, epoch {self.state['best_epoch']}) is "
-                               "missing")
+                raise QGNError(
+                    f"cannot resume: {best} (the best model so far, epoch {self.state['best_epoch']}) is missing"
+                )
             QGNModel.from_pretrained(best)
         self.state.setdefault("running", {"sums": {}, "count": 0})  # checkpoints from before it was kept
-        logger.info("resuming at epoch %d, batch %d (step %d)", self.state["epoch"] + 1,
-                    self.state["batches_done"], self.state["global_step"])
+        logger.info(
+            "resuming at epoch %d, batch %d (step %d)",
+            self.state["epoch"] + 1,
+            self.state["batches_done"],
+            self.state["global_step"],
+        )
 
     def _save_model(self, folder: Path) -> None:
         with _signals_held():
@@ -291,8 +322,9 @@ class Trainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             model = acc.unwrap_model(self.model)
-            model.save_pretrained(tmp, tokenizer=self.tokenizer, image_processor=self.image_transform,
-                                  data_path=self.settings.data.path)
+            model.save_pretrained(
+                tmp, tokenizer=self.tokenizer, image_processor=self.image_transform, data_path=self.settings.data.path
+            )
             # Verified loadable before it replaces the previous best (a full disk writes short files).
             from qgn.modeling import QGNModel
 
@@ -314,8 +346,9 @@ class Trainer:
         from qgn.engine.inference import predict_loader
         from qgn.metrics import score
 
-        predictions = predict_loader(model, self.postprocessor, loader, self.accelerator, description=split,
-                                     progress=self.progress)
+        predictions = predict_loader(
+            model, self.postprocessor, loader, self.accelerator, description=split, progress=self.progress
+        )
         return metrics_summary(score(posts, predictions))
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
@@ -334,8 +367,9 @@ class Trainer:
 
         s, acc, state = self.settings, self.accelerator, self.state
         show = self.progress and acc.is_local_main_process
-        bar = tqdm(total=self.total_steps, initial=state["global_step"], desc="train", disable=not show,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps, initial=state["global_step"], desc="train", disable=not show, dynamic_ncols=True
+        )
         stop = False
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
@@ -348,8 +382,11 @@ class Trainer:
             with _signals_held(stopping=True):  # from the first instant: a second Ctrl-C waits for the save
                 bar.close()
                 what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
-                logger.warning("%s: saving the training state to %s (a few seconds; a second Ctrl-C waits for it)",
-                               what, self.checkpoint_dir)
+                logger.warning(
+                    "%s: saving the training state to %s (a few seconds; a second Ctrl-C waits for it)",
+                    what,
+                    self.checkpoint_dir,
+                )
                 self._save_checkpoint(stopping=True)
             interrupt.hint = f"the training state is saved; continue with: qgn train --resume {self.output_dir}"  # type: ignore[attr-defined]  # qgn.cli prints it
             logger.warning(interrupt.hint)  # type: ignore[attr-defined]
@@ -441,8 +478,14 @@ def register(subparsers: Any) -> None:
         "then score it on test. Launch on several GPUs/nodes with `accelerate launch -m qgn.cli train ...`.",
     )
     p.add_argument("--config", help="run YAML file, or a shipped name (twitter_gmner, twitter_fmnerg, demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a setting, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting, e.g. --set train.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--output-dir", help="run directory (required unless --resume)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -474,6 +517,8 @@ def _main(args: Any) -> int:
     print(format_summary({"dev": final["dev"], "test": final["test"]}))
     for split, count in final.get("skipped_for_missing_images", {}).items():
         if count["posts"]:
-            print(f"note: {split} skipped {count['posts']} posts without a usable image ({count['entities']} gold "
-                  "entities); the scores above leave them out (data.missing_images=skip)")
+            print(
+                f"note: {split} skipped {count['posts']} posts without a usable image ({count['entities']} gold "
+                "entities); the scores above leave them out (data.missing_images=skip)"
+            )
     return 0

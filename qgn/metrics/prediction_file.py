@@ -116,8 +116,7 @@ def read_predictions(path: str | Path) -> PredictionSet:
         if not isinstance(post_id, str) or not post_id:
             raise DataError(f"'id' must be a non-empty string, got {obj['id']!r}", str(path), number)
         if post_id in predictions:
-            raise DataError(f"duplicate id {post_id!r} (first on line {predictions.lines[post_id]})",
-                            str(path), number)
+            raise DataError(f"duplicate id {post_id!r} (first on line {predictions.lines[post_id]})", str(path), number)
         if not isinstance(obj["entities"], list):
             raise DataError(f"'entities' must be a list, got {obj['entities']!r}", str(path), number)
         try:
@@ -137,7 +136,9 @@ def write_predictions(predictions: Mapping[str, Sequence[Prediction]], path: str
             entities = []
             for pred in preds:
                 entity: dict[str, Any] = {
-                    "start": int(pred.start), "end": int(pred.end), "type": pred.type,
+                    "start": int(pred.start),
+                    "end": int(pred.end),
+                    "type": pred.type,
                     "box": None if pred.box is None else [float(v) for v in pred.box],
                 }
                 if pred.score is not None:

@@ -113,5 +113,7 @@ def format_breakdown(breakdown: Mapping[str, Mapping[str, float]]) -> list[str]:
     lines = [f"{'where GMNER is lost':<{width}}  {'count':>6}  {'share':>7}"]
     for name, row in breakdown.items():
         of = "#pred" if name == "spurious" else "#gold"
-        lines.append(f"{BREAKDOWN_LABELS.get(name, name):<{width}}  {int(row['count']):6d}  {row['share']:6.2f}% of {of}")
+        lines.append(
+            f"{BREAKDOWN_LABELS.get(name, name):<{width}}  {int(row['count']):6d}  {row['share']:6.2f}% of {of}"
+        )
     return lines

@@ -36,8 +36,7 @@ METRICS = ("GMNER", "MNER", "EEG")
 MATCH_KEYS = ("span", "string")
 # Where GMNER is lost: every gold entity falls in exactly one of the first six, and "spurious"
 # counts predictions (see :func:`_breakdown`).
-BREAKDOWN_GOLD = ("correct", "missed", "wrong_type", "grounded_without_box", "grounded_wrong_box",
-                  "boxless_with_box")
+BREAKDOWN_GOLD = ("correct", "missed", "wrong_type", "grounded_without_box", "grounded_wrong_box", "boxless_with_box")
 BREAKDOWN_PRED = ("spurious",)
 
 
@@ -78,8 +77,14 @@ class MetricRow:
         return 200.0 * self.tp / (self.n_pred + self.n_gold) if self.tp else 0.0
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "tp": self.tp, "n_pred": self.n_pred, "n_gold": self.n_gold}
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.tp,
+            "n_pred": self.n_pred,
+            "n_gold": self.n_gold,
+        }
 
 
 @dataclass
@@ -157,8 +162,12 @@ class ScoreReport:
             }
         if self.breakdown is not None:
             out["breakdown"] = self.breakdown_rows()
-        out.update(n_posts=self.n_posts, n_posts_without_predictions=self.n_posts_without_predictions,
-                   iou_threshold=self.iou_threshold, match_by=self.match_by)
+        out.update(
+            n_posts=self.n_posts,
+            n_posts_without_predictions=self.n_posts_without_predictions,
+            iou_threshold=self.iou_threshold,
+            match_by=self.match_by,
+        )
         return out
 
     def format_table(self, per_type: bool = True) -> str:
@@ -217,8 +226,12 @@ def _matched_golds(n_pred: int, n_gold: int, ok: Callable[[int, int], bool]) -> 
     return kept
 
 
-def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Callable[[int, int], Hashable],
-               region_ok: Callable[[Prediction, Entity], bool]) -> Counter[str]:
+def _breakdown(
+    entities: Sequence[Entity],
+    preds: Sequence[Prediction],
+    key: Callable[[int, int], Hashable],
+    region_ok: Callable[[Prediction, Entity], bool],
+) -> Counter[str]:
     """One post's contribution to :attr:`ScoreReport.breakdown`, one-to-one like the scorer, so that
     ``correct`` is the GMNER TP, ``correct`` plus the three region errors the MNER TP, and the gold
     categories sum to #gold, in both match modes.
@@ -244,14 +257,14 @@ def _breakdown(entities: Sequence[Entity], preds: Sequence[Prediction], key: Cal
             right = _matched_golds(len(typed), len(typed_golds), lambda i, j: region_ok(typed[i], typed_golds[j]))
             counts["correct"] += len(right)
             others = [g for j, g in enumerate(typed_golds) if j not in right]
-            for entity in others[:used - len(right)]:
+            for entity in others[: used - len(right)]:
                 if not entity.boxes:
                     counts["boxless_with_box"] += 1
                 elif all(p.box is None for p in typed):
                     counts["grounded_without_box"] += 1
                 else:
                     counts["grounded_wrong_box"] += 1
-            without_typed += others[used - len(right):]
+            without_typed += others[used - len(right) :]
         for _ in without_typed:  # only counts: which gold gets which category does not matter
             if spare > 0:
                 counts["wrong_type"] += 1
@@ -306,8 +319,12 @@ def score(
     if unknown:
         path, line = _where(predictions, unknown[0])
         shown = ", ".join(repr(pid) for pid in unknown[:5])
-        raise DataError(f"predictions for {len(unknown)} post id(s) not in the gold set: {shown}"
-                        f"{' ...' if len(unknown) > 5 else ''}", path, line)
+        raise DataError(
+            f"predictions for {len(unknown)} post id(s) not in the gold set: {shown}"
+            f"{' ...' if len(unknown) > 5 else ''}",
+            path,
+            line,
+        )
     types = set(entity_types) if entity_types is not None else (set(fine_to_coarse) if fine_to_coarse else None)
 
     n_pred: Counter[str] = Counter()
@@ -375,9 +392,13 @@ def score(
     all_types = sorted(set(n_pred) | set(n_gold))
     per_type = {m: {t: MetricRow(tp[m][t], n_pred[t], n_gold[t]) for t in all_types} for m in ("GMNER", "MNER")}
     report = ScoreReport(
-        overall=overall, per_type=per_type, n_posts=len(posts),
+        overall=overall,
+        per_type=per_type,
+        n_posts=len(posts),
         n_posts_without_predictions=sum(1 for pid in posts if pid not in predictions),
-        iou_threshold=iou_threshold, match_by=match_by, breakdown=dict(breakdown),
+        iou_threshold=iou_threshold,
+        match_by=match_by,
+        breakdown=dict(breakdown),
     )
     if fine_to_coarse is not None:
         # Every category of the mapping gets a row (Table II lists all 8), in the mapping's order.

@@ -104,8 +104,9 @@ def image_frame(image_size: Sequence[float], side: int | None = None, geometry: 
     return w / int(side), h / int(side)
 
 
-def normalize_boxes(boxes_xyxy: torch.Tensor, image_size: Sequence[float],
-                    frame: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+def normalize_boxes(
+    boxes_xyxy: torch.Tensor, image_size: Sequence[float], frame: Sequence[float] = (1.0, 1.0)
+) -> torch.Tensor:
     """Pixel xyxy ``(..., 4)`` -> normalised cxcywh in ``[0, 1]`` for an image of ``(W, H)``
     that covers the fraction ``frame`` of the model's input (:func:`image_frame`).
 
@@ -118,8 +119,9 @@ def normalize_boxes(boxes_xyxy: torch.Tensor, image_size: Sequence[float],
     return box_xyxy_to_cxcywh(clamped / scale * boxes_xyxy.new_tensor([fx, fy, fx, fy]))
 
 
-def denormalize_boxes(boxes_cxcywh: torch.Tensor, image_size: Sequence[float],
-                      frame: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+def denormalize_boxes(
+    boxes_cxcywh: torch.Tensor, image_size: Sequence[float], frame: Sequence[float] = (1.0, 1.0)
+) -> torch.Tensor:
     """Normalised cxcywh ``(..., 4)`` -> pixel xyxy clamped to an image of ``(W, H)``; the
     inverse of :func:`normalize_boxes` (a box reaching into the padding is cut at the image)."""
     width, height = float(image_size[0]), float(image_size[1])

@@ -265,9 +265,22 @@ class QGNConfig:
         for name in ("no_target_threshold", "score_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1] (a probability), got {getattr(self, name)}")
-        weights = ("cost_class", "cost_span", "cost_l1", "cost_giou", "cost_no_box", "lambda_pred", "lambda_nt",
-                   "lambda_con", "weight_ce", "weight_boundary", "weight_l1", "weight_giou", "no_entity_weight",
-                   "notarget_unmatched_weight")
+        weights = (
+            "cost_class",
+            "cost_span",
+            "cost_l1",
+            "cost_giou",
+            "cost_no_box",
+            "lambda_pred",
+            "lambda_nt",
+            "lambda_con",
+            "weight_ce",
+            "weight_boundary",
+            "weight_l1",
+            "weight_giou",
+            "no_entity_weight",
+            "notarget_unmatched_weight",
+        )
         for name in weights:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (a weight), got {getattr(self, name)}")
@@ -285,8 +298,10 @@ class QGNConfig:
             if not layers or any(int(i) < 1 for i in layers) or len(set(layers)) != len(layers):
                 raise ValueError(f"{name} must be distinct 1-based layer indices, got {layers}")
         if self.lambda_align < 0 or self.lambda_align_words < 0 or self.align_dim < 1 or self.align_temperature <= 0:
-            raise ValueError(f"need lambda_align >= 0, align_dim >= 1, align_temperature > 0, got "
-                             f"{self.lambda_align}, {self.lambda_align_words}, {self.align_dim}, {self.align_temperature}")
+            raise ValueError(
+                f"need lambda_align >= 0, align_dim >= 1, align_temperature > 0, got "
+                f"{self.lambda_align}, {self.lambda_align_words}, {self.align_dim}, {self.align_temperature}"
+            )
         for name in ("align_presence", "align_box_prior"):
             if getattr(self, name) and not self.lambda_align:
                 raise ValueError(f"{name} reads the alignment head: it needs lambda_align > 0")

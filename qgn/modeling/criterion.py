@@ -53,8 +53,10 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _target_counts(targets: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
     """The loss normalisers of a batch: its targets and its targets with a box, global over processes."""
-    return {"targets": _global_count(sum(len(t["labels"]) for t in targets), device),
-            "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device)}
+    return {
+        "targets": _global_count(sum(len(t["labels"]) for t in targets), device),
+        "boxes": _global_count(sum(int(t["has_box"].sum()) for t in targets), device),
+    }
 
 
 def repeat_targets(target: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -62,9 +64,12 @@ def repeat_targets(target: Mapping[str, torch.Tensor], k: int) -> dict[str, torc
     a Hungarian matching against it gives each gold target up to ``k`` queries. Per-post entries
     (whatever does not have one row per target) are kept as they are."""
     rows = len(target["labels"])
-    return {key: value.repeat(k, *([1] * (value.dim() - 1)))
-            if torch.is_tensor(value) and value.dim() > 0 and len(value) == rows else value
-            for key, value in target.items()}
+    return {
+        key: value.repeat(k, *([1] * (value.dim() - 1)))
+        if torch.is_tensor(value) and value.dim() > 0 and len(value) == rows
+        else value
+        for key, value in target.items()
+    }
 
 
 class SetCriterion(nn.Module):
@@ -104,8 +109,9 @@ class SetCriterion(nn.Module):
         return batch_idx.to(device), query_idx.to(device)
 
     @staticmethod
-    def _gather(targets: Sequence[Mapping[str, torch.Tensor]], indices: Indices, key: str,
-                device: torch.device) -> torch.Tensor:
+    def _gather(
+        targets: Sequence[Mapping[str, torch.Tensor]], indices: Indices, key: str, device: torch.device
+    ) -> torch.Tensor:
         """``targets[b][key][target_idx]`` for every matched pair, concatenated."""
         return torch.cat([t[key][j.to(t[key].device)] for t, (_, j) in zip(targets, indices)]).to(device)
 
@@ -215,16 +221,26 @@ class SetCriterion(nn.Module):
         cx, cy = patch_centres(grid, device).unbind(-1)  # (G,) each
         x1, y1 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
         x2, y2 = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
-        inside = ((cx[None] >= x1[:, None]) & (cx[None] <= x2[:, None])
-                  & (cy[None] >= y1[:, None]) & (cy[None] <= y2[:, None]))  # (T, G)
-        centre_cell = ((boxes[:, 1] * grid).long().clamp(0, grid - 1) * grid
-                       + (boxes[:, 0] * grid).long().clamp(0, grid - 1))
+        inside = (
+            (cx[None] >= x1[:, None])
+            & (cx[None] <= x2[:, None])
+            & (cy[None] >= y1[:, None])
+            & (cy[None] <= y2[:, None])
+        )  # (T, G)
+        centre_cell = (boxes[:, 1] * grid).long().clamp(0, grid - 1) * grid + (boxes[:, 0] * grid).long().clamp(
+            0, grid - 1
+        )
         inside[torch.arange(len(boxes), device=device), centre_cell] = True
         return inside & has_box[:, None]
 
     @staticmethod
-    def _contrastive(logits: torch.Tensor, positive: torch.Tensor, row_used: torch.Tensor,
-                     num_rows: torch.Tensor, patch_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def _contrastive(
+        logits: torch.Tensor,
+        positive: torch.Tensor,
+        row_used: torch.Tensor,
+        num_rows: torch.Tensor,
+        patch_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Symmetric multi-positive InfoNCE over ``logits`` (B, R + 1, G + 1) whose last row and
         column are the "nothing" slots. Rows ``row_used`` go to their positive columns (the last
         one for an entity without a box); every patch column goes to the rows whose entity covers
@@ -234,8 +250,13 @@ class SetCriterion(nn.Module):
         row's candidates (the model gave them ``MASKED_LOGIT``) and have no column loss."""
         grid_cells = logits.shape[2] - 1
         if patch_padding is not None:
-            padded = torch.cat([patch_padding.to(logits.device).bool(),
-                                patch_padding.new_zeros(logits.shape[0], 1).bool().to(logits.device)], dim=1)
+            padded = torch.cat(
+                [
+                    patch_padding.to(logits.device).bool(),
+                    patch_padding.new_zeros(logits.shape[0], 1).bool().to(logits.device),
+                ],
+                dim=1,
+            )
             # finite, not -inf: a padded column's own softmax must stay defined (its loss is weighed 0)
             logits = logits.masked_fill(padded[:, None, :], MASKED_LOGIT)
         positive = positive.clone()
@@ -267,8 +288,9 @@ class SetCriterion(nn.Module):
             positive[b, q, :-1] = self._patches_of(t, grid, logits.device)[j]
             positive[b, q, -1] = ~t["has_box"].to(logits.device).bool()[j]
             row_used[b, q] = True
-        return {"loss_align": self._contrastive(logits, positive, row_used, counts["targets"],
-                                                outputs.get("patch_padding"))}
+        return {
+            "loss_align": self._contrastive(logits, positive, row_used, counts["targets"], outputs.get("patch_padding"))
+        }
 
     def loss_align_words(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
         """Word-patch contrastive alignment at the encoders (GLIP's word-region alignment, with
@@ -290,12 +312,13 @@ class SetCriterion(nn.Module):
             patches = ((entity[:, None] == entity[None, :]).float() @ boxes.float()) > 0  # its entity's boxes
             has_box = t["has_box"].to(logits.device).bool()
             for k, (start, end) in enumerate(zip(t["start"].tolist(), t["end"].tolist())):
-                positive[b, start:end + 1, :-1] |= patches[k]
-                positive[b, start:end + 1, -1] |= ~has_box[k]
-                row_used[b, start:end + 1] = True
+                positive[b, start : end + 1, :-1] |= patches[k]
+                positive[b, start : end + 1, -1] |= ~has_box[k]
+                row_used[b, start : end + 1] = True
         num_words = _global_count(row_used.sum(), logits.device)
-        return {"loss_align_words": self._contrastive(logits, positive, row_used, num_words,
-                                                      outputs.get("patch_padding"))}
+        return {
+            "loss_align_words": self._contrastive(logits, positive, row_used, num_words, outputs.get("patch_padding"))
+        }
 
     # ----------------------------------------------------------------- dispatch
     def active_losses(self, outputs: Mapping[str, torch.Tensor]) -> list[str]:
@@ -352,16 +375,27 @@ class SetCriterion(nn.Module):
             terms.update(self.get_loss(name, outputs, targets, indices, counts))
 
         c = self.config
-        weights = {"loss_ce": c.weight_ce, "loss_boundary": c.weight_boundary, "loss_l1": c.weight_l1,
-                   "loss_giou": c.weight_giou}
+        weights = {
+            "loss_ce": c.weight_ce,
+            "loss_boundary": c.weight_boundary,
+            "loss_l1": c.weight_l1,
+            "loss_giou": c.weight_giou,
+        }
         pred_terms = [weights[k] * v for k, v in terms.items() if k in weights]
         weighted = []
         if pred_terms:
             terms["loss_pred"] = torch.stack(pred_terms).sum()
             weighted.append(c.lambda_pred * terms["loss_pred"])
-        weighted += [lam * terms[k] for k, lam in (("loss_nt", c.lambda_nt), ("loss_con", c.lambda_con),
-                                                   ("loss_align", c.lambda_align),
-                                                   ("loss_align_words", c.lambda_align_words)) if k in terms]
+        weighted += [
+            lam * terms[k]
+            for k, lam in (
+                ("loss_nt", c.lambda_nt),
+                ("loss_con", c.lambda_con),
+                ("loss_align", c.lambda_align),
+                ("loss_align_words", c.lambda_align_words),
+            )
+            if k in terms
+        ]
         # With every loss switched off, a zero that still belongs to the graph keeps backward legal.
         total = torch.stack(weighted).sum() if weighted else outputs["type_logits"].sum() * 0
         parts = {k: v.detach() for k, v in terms.items()}

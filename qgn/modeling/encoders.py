@@ -97,11 +97,13 @@ def load_from_name_or_dir(loader: Callable[..., Any], name: str, what: str, fiel
     except Exception as cached_exc:  # not in the cache: go on to the hub below
         cache_error = cached_exc
     if hub_offline():
-        raise _load_failure(what, field, name, "offline mode (HF_HUB_OFFLINE) is on and it is not in the cache") \
-            from cache_error
+        raise _load_failure(
+            what, field, name, "offline mode (HF_HUB_OFFLINE) is on and it is not in the cache"
+        ) from cache_error
     if not _hub_reachable():
-        raise _load_failure(what, field, name, "the Hugging Face hub is unreachable and it is not in the cache") \
-            from cache_error
+        raise _load_failure(
+            what, field, name, "the Hugging Face hub is unreachable and it is not in the cache"
+        ) from cache_error
     try:
         return loader(name)
     except Exception as exc:
@@ -131,6 +133,7 @@ def build_text_encoder(config: Any, load_pretrained: bool = False) -> nn.Module:
     from transformers import AutoModel
 
     if load_pretrained or config.text_config is None:
+
         def loader(name: str, **kw: Any) -> nn.Module:
             try:
                 return AutoModel.from_pretrained(name, add_pooling_layer=False, **kw)
@@ -173,8 +176,9 @@ def build_vision_encoder(config: Any, load_pretrained: bool = False) -> nn.Modul
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if load_pretrained or config.vision_config is None:
-        model = load_from_name_or_dir(_quiet(CLIPVisionModel.from_pretrained), config.vision_encoder,
-                                      "vision encoder", "vision_encoder")
+        model = load_from_name_or_dir(
+            _quiet(CLIPVisionModel.from_pretrained), config.vision_encoder, "vision encoder", "vision_encoder"
+        )
     else:
         data = dict(config.vision_config)
         if data.get("model_type", "clip_vision_model") != "clip_vision_model":

@@ -63,9 +63,14 @@ class PredictionHeads(nn.Module):
             self.notarget_head = MLP(d, d, 2, num_layers=2)
         self.box_refine = BoxRefinement(d) if config.box_refine and not config.text_only else None
 
-    def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                box_reference: torch.Tensor | None = None,
-                vision: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        box_reference: torch.Tensor | None = None,
+        vision: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """``box_reference`` (B, Nq, 2), optional: a centre (cx, cy) in [0, 1] per query that the
         box head predicts an offset from, in logit space (Deformable DETR's reference points).
         ``vision`` (B, Nv, d), class token first: the tokens :class:`BoxRefinement` samples."""
@@ -131,9 +136,9 @@ class BoxRefinement(nn.Module):
         ys = cy[..., None] + offsets * h[..., None]
         points = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, Nq, k, k, 2)
         # grid_sample's coordinates: -1 and 1 are the outer edges of the image (align_corners=False)
-        points = (points * 2 - 1).reshape(batch, num_queries * self.points ** 2, 1, 2).to(patches.dtype)
+        points = (points * 2 - 1).reshape(batch, num_queries * self.points**2, 1, 2).to(patches.dtype)
         sampled = F.grid_sample(patches, points, mode="bilinear", padding_mode="border", align_corners=False)
-        sampled = sampled.reshape(batch, -1, num_queries, self.points ** 2).permute(0, 2, 3, 1).flatten(2)
+        sampled = sampled.reshape(batch, -1, num_queries, self.points**2).permute(0, 2, 3, 1).flatten(2)
         return box_logits + self.mlp(torch.cat([queries, sampled.to(queries.dtype)], dim=-1))
 
 
@@ -166,7 +171,9 @@ class AlignmentHead(nn.Module):
         weights = logits[:, :-1, :-1].softmax(-1)  # (B, R, G)
         return weights @ patch_centres(math.isqrt(weights.shape[-1]), logits.device, weights.dtype)
 
-    def forward(self, rows: torch.Tensor, vision: torch.Tensor, patch_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, rows: torch.Tensor, vision: torch.Tensor, patch_padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = rows.shape[0]
         r = torch.cat([self.row_proj(rows), self.no_row.expand(batch, 1, -1)], dim=1)
         v = torch.cat([self.patch_proj(vision[:, 1:]), self.no_patch.expand(batch, 1, -1)], dim=1)

@@ -68,8 +68,9 @@ class HierarchicalAlignment(nn.Module):
     def fuse_text(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         """F_fused (B, S, Dv) from the text encoder's ``hidden_states`` (index 0 = embeddings,
         index j = output of layer j, as transformers returns them)."""
-        adapted = [hidden_states[j] + adapter(hidden_states[j])
-                   for j, adapter in zip(self.text_layers, self.layer_adapters)]
+        adapted = [
+            hidden_states[j] + adapter(hidden_states[j]) for j, adapter in zip(self.text_layers, self.layer_adapters)
+        ]
         return self.fused_norm(self.merge(torch.cat(adapted, dim=-1)))
 
     def injector(self, fused: torch.Tensor, text_padding: torch.Tensor):

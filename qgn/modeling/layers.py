@@ -28,8 +28,12 @@ def safe_padding_mask(padding: torch.Tensor) -> torch.Tensor:
     return padding & ~(all_masked & first)
 
 
-def attend(attn: nn.MultiheadAttention, query: torch.Tensor, key_value: torch.Tensor | None = None,
-           key_padding: torch.Tensor | None = None) -> torch.Tensor:
+def attend(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key_value: torch.Tensor | None = None,
+    key_padding: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``attn(query, kv, kv, key_padding_mask=key_padding)[0]`` of a batch-first
     ``nn.MultiheadAttention``, computed batch-first from the module's own weights with
     ``scaled_dot_product_attention`` (the same parameters, so checkpoints are unchanged).
@@ -56,8 +60,9 @@ def attend(attn: nn.MultiheadAttention, query: torch.Tensor, key_value: torch.Te
         return t.unflatten(-1, (heads, dim // heads)).transpose(1, 2)
 
     mask = None if key_padding is None else ~key_padding[:, None, None, :]  # SDPA: True = attend
-    out = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
-                                                     dropout_p=attn.dropout if attn.training else 0.0)
+    out = nn.functional.scaled_dot_product_attention(
+        split(q), split(k), split(v), attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0
+    )
     return attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -73,8 +78,9 @@ class AttentionBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None,
-                kv_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv: torch.Tensor | None = None, kv_padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if kv_padding is not None:
             kv_padding = safe_padding_mask(kv_padding)
         return self.norm(x + self.dropout(attend(self.attn, x, kv, kv_padding)))
@@ -123,8 +129,13 @@ class DecoderLayer(nn.Module):
         self.cross_attn = AttentionBlock(dim, heads, dropout)
         self.ffn = FeedForwardBlock(dim, ffn_dim, dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor,
-                memory_padding: torch.Tensor | None = None, padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_padding: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.self_attn(x, kv_padding=padding)
         x = self.cross_attn(x, memory, memory_padding)
         return self.ffn(x)
@@ -162,8 +173,9 @@ def pool_words(subwords: torch.Tensor, word_index: torch.Tensor, num_words: int)
     index = torch.where((word_index >= 0) & (word_index < num_words), word_index, num_words)
     lowest = torch.finfo(subwords.dtype).min
     pooled = subwords.new_full((batch, num_words + 1, dim), lowest)
-    pooled = pooled.scatter_reduce(1, index.unsqueeze(-1).expand(-1, -1, dim), subwords,
-                                   reduce="amax", include_self=True)[:, :num_words]
+    pooled = pooled.scatter_reduce(
+        1, index.unsqueeze(-1).expand(-1, -1, dim), subwords, reduce="amax", include_self=True
+    )[:, :num_words]
     counts = torch.zeros(batch, num_words + 1, device=subwords.device, dtype=torch.long)
     counts.scatter_add_(1, index, torch.ones_like(index))
     has_subword = counts[:, :num_words, None] > 0

@@ -79,15 +79,19 @@ class QGNModel(nn.Module):
             self.vision_encoder = build_vision_encoder(config, load_pretrained_encoders)
             vcfg = self.vision_encoder.config
             if vcfg.image_size != config.image_size:
-                raise QGNError(f"image_size={config.image_size} but the vision encoder expects "
-                               f"{vcfg.image_size}px images; set image_size={vcfg.image_size}")
+                raise QGNError(
+                    f"image_size={config.image_size} but the vision encoder expects "
+                    f"{vcfg.image_size}px images; set image_size={vcfg.image_size}"
+                )
             num_vision_tokens = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
             if config.use_hvla:
                 check_layers("text_extract_layers", config.text_extract_layers, text_depth, "the text encoder")
-                check_layers("vision_inject_layers", config.vision_inject_layers, vcfg.num_hidden_layers,
-                             "the vision encoder")
-                check_layers("vision_extract_layers", config.vision_extract_layers, vcfg.num_hidden_layers,
-                             "the vision encoder")
+                check_layers(
+                    "vision_inject_layers", config.vision_inject_layers, vcfg.num_hidden_layers, "the vision encoder"
+                )
+                check_layers(
+                    "vision_extract_layers", config.vision_extract_layers, vcfg.num_hidden_layers, "the vision encoder"
+                )
                 self.hvla = HierarchicalAlignment(config, text_width, vcfg.hidden_size, vcfg.num_attention_heads)
                 self.vision_extract_layers = [int(i) for i in config.vision_extract_layers]
                 deepest = max(self.vision_extract_layers + [int(i) for i in config.vision_inject_layers])
@@ -97,8 +101,10 @@ class QGNModel(nn.Module):
             prune_vision_tower(self.vision_encoder, deepest)
             self.vision_projection = VisualProjection(vcfg.hidden_size, len(self.vision_extract_layers), d)
             if config.use_mqd and not (config.use_fde or config.use_mre):
-                raise QGNError("use_fde and use_mre are both off: the queries would never see the image "
-                               "(set use_mqd=false for the plain decoder, or text_only=true)")
+                raise QGNError(
+                    "use_fde and use_mre are both off: the queries would never see the image "
+                    "(set use_mqd=false for the plain decoder, or text_only=true)"
+                )
 
         # ---- queries and MQA (Sec. III-A, eqs. 1-2)
         self.queries = QueryInitializer(config)
@@ -153,8 +159,9 @@ class QGNModel(nn.Module):
         """
         word_mask = word_mask.bool()
         text_padding = attention_mask == 0
-        text_out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                     output_hidden_states=self.hvla is not None)
+        text_out = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.hvla is not None
+        )
         text = self.text_projection(text_out.last_hidden_state)  # F_t (B, S, d)
 
         vision = vision_padding = None
@@ -166,20 +173,23 @@ class QGNModel(nn.Module):
                 fused = self.hvla.fuse_text(text_out.hidden_states)  # F_fused (B, S, Dv), eq. 3
                 injector = self.hvla.injector(fused, text_padding)
             vision_padding = self._vision_padding(pixel_mask, pixel_values)
-            layers = run_vision_tower(self.vision_encoder, pixel_values, self.vision_extract_layers, injector,
-                                      token_padding=vision_padding)
+            layers = run_vision_tower(
+                self.vision_encoder, pixel_values, self.vision_extract_layers, injector, token_padding=vision_padding
+            )
             vision = self.vision_projection(layers)  # type: ignore[misc]  # F~_v (B, Nv, d); built with the vision encoder
 
         word_align = None
         if self.word_alignment is not None and self.training:
-            word_align = self.word_alignment(pool_words(text, word_index, word_mask.shape[1]), vision,
-                                             self._patch_padding(vision_padding))
+            word_align = self.word_alignment(
+                pool_words(text, word_index, word_mask.shape[1]), vision, self._patch_padding(vision_padding)
+            )
         queries = self.queries(text, text_padding)  # Q (B, Nq, d)
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
         decoder: nn.Module = self.mqd if self.mqd is not None else self.plain_decoder  # type: ignore[assignment]  # one is built
-        queries, words, intermediate, vision = decoder(queries, vision, text, text_padding, word_index, word_mask,
-                                                       vision_padding)
+        queries, words, intermediate, vision = decoder(
+            queries, vision, text, text_padding, word_index, word_mask, vision_padding
+        )
         if vision_padding is not None:
             # Padding tokens hold whatever the border's pixels gave; the heads that read visual tokens
             # directly (box refinement samples them) see zeros there, never content.
@@ -206,7 +216,9 @@ class QGNModel(nn.Module):
             return None
         patch = self.vision_encoder.config.patch_size
         if tuple(pixel_mask.shape[-2:]) != tuple(pixel_values.shape[-2:]):
-            raise QGNError(f"pixel_mask {tuple(pixel_mask.shape)} does not match pixel_values {tuple(pixel_values.shape)}")
+            raise QGNError(
+                f"pixel_mask {tuple(pixel_mask.shape)} does not match pixel_values {tuple(pixel_values.shape)}"
+            )
         content = torch.nn.functional.max_pool2d(pixel_mask[:, None].to(pixel_values.dtype), patch, patch)
         padding = content.flatten(1) <= 0  # (B, G)
         return torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
@@ -220,8 +232,14 @@ class QGNModel(nn.Module):
         """The grid part of ``vision_padding`` (B, G), class token left out."""
         return None if vision_padding is None else vision_padding[:, 1:]
 
-    def _predict(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                 vision: torch.Tensor | None, patch_padding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _predict(
+        self,
+        queries: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        vision: torch.Tensor | None,
+        patch_padding: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The heads on one set of queries, plus what the query-patch alignment adds to them
         (``align_presence``, ``align_box_prior``; ``align_logits`` in training)."""
         c = self.config
@@ -240,8 +258,13 @@ class QGNModel(nn.Module):
         return outputs
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, image_processor: Any = None,
-                        data_path: str | None = None) -> None:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        data_path: str | None = None,
+    ) -> None:
         """Write ``config.json`` (the QGNConfig, encoder configs included) and ``model.safetensors``
         into ``directory`` (created), plus the tokenizer / image processor through their own
         ``save_pretrained`` when given, and a model card ``README.md`` (``data_path``: the training

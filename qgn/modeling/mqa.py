@@ -96,8 +96,9 @@ class MultiViewQueryAttention(nn.Module):
         self.tqc = AttentionBlock(d, heads, drop) if config.use_tqc else None
         self.jca = EncoderLayer(d, heads, config.ffn_dim, drop) if config.use_jca else None
 
-    def forward(self, queries: torch.Tensor, text: torch.Tensor,
-                text_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, text: torch.Tensor, text_padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tqc is not None:
             queries = self.tqc(queries, text, text_padding)  # eq. 1
         if self.jca is not None:

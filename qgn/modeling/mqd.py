@@ -38,8 +38,12 @@ from qgn.modeling.layers import AttentionBlock, DecoderLayer, EncoderLayer, pool
 VISION, TEXT = 0, 1  # modality embedding rows
 
 
-def _memory(vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor,
-            vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _memory(
+    vision: torch.Tensor | None,
+    text: torch.Tensor,
+    text_padding: torch.Tensor,
+    vision_padding: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[vision; text]`` (B, Nv + S, d) and its padding mask (``vision_padding`` (B, Nv) bool, or
     no visual token is padding)."""
     if vision is None:
@@ -73,16 +77,23 @@ class VisionTextFusion(nn.Module):
             for _ in range(config.num_fusion_layers)
         )
 
-    def forward(self, vision: torch.Tensor | None, text: torch.Tensor, text_padding: torch.Tensor,
-                vision_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        vision: torch.Tensor | None,
+        text: torch.Tensor,
+        text_padding: torch.Tensor,
+        vision_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         length = text.shape[1]
         if length > self.text_position.shape[0]:
             raise QGNError(f"{length} sub-words exceed max_text_length={self.text_position.shape[0]}")
         text = text + self.text_position[:length]
         if vision is not None:
             if self.vision_position is None or vision.shape[1] != self.vision_position.shape[0]:
-                raise QGNError(f"got {vision.shape[1]} visual tokens, the fusion encoder was built for "
-                               f"{None if self.vision_position is None else self.vision_position.shape[0]}")
+                raise QGNError(
+                    f"got {vision.shape[1]} visual tokens, the fusion encoder was built for "
+                    f"{None if self.vision_position is None else self.vision_position.shape[0]}"
+                )
             vision = vision + self.vision_position + self.vision_grid + self.modality[VISION]  # type: ignore[index]  # set with vision
             text = text + self.modality[TEXT]  # type: ignore[index]  # set with vision
         memory, padding = _memory(vision, text, text_padding, vision_padding)
@@ -113,9 +124,14 @@ class MultimodalRefinement(nn.Module):
         else:
             self.vision_layers = self.vision_merge = None
 
-    def forward(self, queries: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
-                vision: torch.Tensor | None, vision_padding: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        vision: torch.Tensor | None,
+        vision_padding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         num_words = words.shape[1]
         # queries are never padding, so no row of the joint attention is fully masked
         padding = torch.cat([~word_mask, word_mask.new_zeros(queries.shape[:2])], dim=1)
@@ -145,14 +161,23 @@ class MultimodalQueryDecoding(nn.Module):
         d, heads, ffn, drop = config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout
         with_vision = num_vision_tokens is not None
         self.vtf = VisionTextFusion(config, num_vision_tokens) if config.use_vtf else None
-        self.fde = nn.ModuleList(
-            DecoderLayer(d, heads, ffn, drop) for _ in range(config.num_decoder_layers)
-        ) if config.use_fde else None
+        self.fde = (
+            nn.ModuleList(DecoderLayer(d, heads, ffn, drop) for _ in range(config.num_decoder_layers))
+            if config.use_fde
+            else None
+        )
         self.mre = MultimodalRefinement(config, with_vision) if config.use_mre else None
 
-    def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
-                text_padding: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor,
-                vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        vision: torch.Tensor | None,
+        text: torch.Tensor,
+        text_padding: torch.Tensor,
+        word_index: torch.Tensor,
+        word_mask: torch.Tensor,
+        vision_padding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
         if self.vtf is not None:
             memory = self.vtf(vision, text, text_padding, vision_padding)
             padding = _memory(vision, text, text_padding, vision_padding)[1]
@@ -184,9 +209,16 @@ class PlainQueryDecoder(nn.Module):
         super().__init__()
         self.layer = DecoderLayer(config.hidden_size, config.num_attention_heads, config.ffn_dim, config.dropout)
 
-    def forward(self, queries: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor,
-                text_padding: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor,
-                vision_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        vision: torch.Tensor | None,
+        text: torch.Tensor,
+        text_padding: torch.Tensor,
+        word_index: torch.Tensor,
+        word_mask: torch.Tensor,
+        vision_padding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list, torch.Tensor | None]:
         memory, padding = _memory(vision, text, text_padding, vision_padding)
         queries = self.layer(queries, memory, padding)
         return queries, pool_words(text, word_index, word_mask.shape[1]), [], vision

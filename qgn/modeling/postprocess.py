@@ -44,12 +44,19 @@ class PostProcessor:
     Arguments left ``None`` take the config's values.
     """
 
-    def __init__(self, config: Any, score_threshold: float | None = None, no_target_threshold: float | None = None,
-                 remove_overlaps: bool | None = None, max_span_words: int | None = None):
+    def __init__(
+        self,
+        config: Any,
+        score_threshold: float | None = None,
+        no_target_threshold: float | None = None,
+        remove_overlaps: bool | None = None,
+        max_span_words: int | None = None,
+    ):
         self.entity_types = list(config.entity_types)
         self.score_threshold = float(config.score_threshold if score_threshold is None else score_threshold)
         self.no_target_threshold = float(
-            config.no_target_threshold if no_target_threshold is None else no_target_threshold)
+            config.no_target_threshold if no_target_threshold is None else no_target_threshold
+        )
         self.remove_overlaps = bool(config.remove_overlaps if remove_overlaps is None else remove_overlaps)
         if max_span_words is not None and max_span_words < 1:
             raise ValueError(f"max_span_words must be >= 1, got {max_span_words}")
@@ -59,8 +66,9 @@ class PostProcessor:
         self.geometry = str(getattr(config, "image_geometry", "stretch"))
         self._warned_no_size = False
 
-    def best_spans(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
-                   word_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def best_spans(
+        self, start_logits: torch.Tensor, end_logits: torch.Tensor, word_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`best_spans` with this post-processor's ``max_span_words``."""
         return best_spans(start_logits, end_logits, word_mask, self.max_span_words)
 
@@ -70,8 +78,9 @@ class PostProcessor:
         return [self.select(c) for c in self.candidates(outputs, posts, self.score_threshold)]
 
     @torch.no_grad()
-    def candidates(self, outputs: Mapping[str, torch.Tensor], posts: Sequence[Post],
-                   min_score: float) -> list[list[Candidate]]:
+    def candidates(
+        self, outputs: Mapping[str, torch.Tensor], posts: Sequence[Post], min_score: float
+    ) -> list[list[Candidate]]:
         """Per post, every query that predicts an entity with ``score >= min_score``, in query
         order, with its pixel box whatever its no-target probability: the thresholds are applied
         by :meth:`select`, so one pass of the model serves any thresholds (dev tuning)."""
@@ -91,14 +100,26 @@ class PostProcessor:
             found = []
             for q in keep[b].nonzero().flatten().tolist():
                 box = None if boxes is None else self._pixel_box(boxes[b, q], post)
-                found.append(Candidate(int(starts[b, q]), int(ends[b, q]) + 1, self.entity_types[int(type_id[b, q])],
-                                       float(score[b, q]), box,
-                                       0.0 if no_target is None else float(no_target[b, q])))
+                found.append(
+                    Candidate(
+                        int(starts[b, q]),
+                        int(ends[b, q]) + 1,
+                        self.entity_types[int(type_id[b, q])],
+                        float(score[b, q]),
+                        box,
+                        0.0 if no_target is None else float(no_target[b, q]),
+                    )
+                )
             results.append(found)
         return results
 
-    def select(self, candidates: Sequence[Candidate], score_threshold: float | None = None,
-               no_target_threshold: float | None = None, remove_overlaps: bool | None = None) -> list[Prediction]:
+    def select(
+        self,
+        candidates: Sequence[Candidate],
+        score_threshold: float | None = None,
+        no_target_threshold: float | None = None,
+        remove_overlaps: bool | None = None,
+    ) -> list[Prediction]:
         """One post's predictions from its candidates; thresholds left ``None`` are this
         post-processor's."""
         score_threshold = self.score_threshold if score_threshold is None else score_threshold
@@ -118,8 +139,9 @@ class PostProcessor:
     def _pixel_box(self, box: torch.Tensor, post: Post) -> tuple[float, float, float, float] | None:
         if post.image_size is None:
             if not self._warned_no_size:
-                logger.warning("post %s has no image size: its entities get no box (further posts not reported)",
-                               post.id)
+                logger.warning(
+                    "post %s has no image size: its entities get no box (further posts not reported)", post.id
+                )
                 self._warned_no_size = True
             return None
         frame = image_frame(post.image_size, self.image_side, self.geometry)
@@ -128,8 +150,12 @@ class PostProcessor:
 
 
 @torch.no_grad()
-def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, word_mask: torch.Tensor | None,
-               max_span_words: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_spans(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    word_mask: torch.Tensor | None,
+    max_span_words: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best ``(start, end)`` with ``end >= start`` (at most ``max_span_words`` long) for every query.
 
     Args:

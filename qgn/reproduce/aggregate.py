@@ -14,11 +14,28 @@ from typing import Any
 
 from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, Row, paper_tables, run_dir, table_rows
 
-METRIC_COLUMNS = [("GMNER", "recall"), ("GMNER", "precision"), ("GMNER", "f1"), ("MNER", "recall"),
-                  ("MNER", "precision"), ("MNER", "f1"), ("EEG", "recall"), ("EEG", "precision"), ("EEG", "f1")]
+METRIC_COLUMNS = [
+    ("GMNER", "recall"),
+    ("GMNER", "precision"),
+    ("GMNER", "f1"),
+    ("MNER", "recall"),
+    ("MNER", "precision"),
+    ("MNER", "f1"),
+    ("EEG", "recall"),
+    ("EEG", "precision"),
+    ("EEG", "f1"),
+]
 # Table II's coarse categories, in the paper's order, as qgn's FMNERG scorer names them.
-COARSE = {"Person": "person", "Location": "location", "Building": "building", "Organization": "organization",
-          "Product": "product", "Art": "art", "Event": "event", "Other": "other"}
+COARSE = {
+    "Person": "person",
+    "Location": "location",
+    "Building": "building",
+    "Organization": "organization",
+    "Product": "product",
+    "Art": "art",
+    "Event": "event",
+    "Other": "other",
+}
 
 
 def _finals(root: Path, row: Row, seeds: int) -> list[dict[str, Any]]:
@@ -33,8 +50,12 @@ def _finals(root: Path, row: Row, seeds: int) -> list[dict[str, Any]]:
 def _stats(values: list[float]) -> dict[str, Any] | None:
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
 
 
 def _coarse_f1(final: dict[str, Any], category: str) -> float | None:
@@ -48,13 +69,23 @@ def _coarse_f1(final: dict[str, Any], category: str) -> float | None:
     return None
 
 
-def collect(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
-            base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> dict[str, Any]:
+def collect(
+    root: Path,
+    tables: list[str],
+    seeds: int,
+    query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+    base_model: dict[str, Any] | None = None,
+    vi_visual: str = "fixed",
+) -> dict[str, Any]:
     """``{table: {"title", "rows": [...]}}`` with our statistics and the paper's numbers per row
     (``base_model``, ``vi_visual``: as :func:`qgn.reproduce.grid.table_rows`, to find the runs)."""
     paper = paper_tables()
-    out: dict[str, Any] = {"source_of_paper_numbers": paper["source"], "seeds": seeds, "vi_visual_layers": vi_visual,
-                           "tables": {}}
+    out: dict[str, Any] = {
+        "source_of_paper_numbers": paper["source"],
+        "seeds": seeds,
+        "vi_visual_layers": vi_visual,
+        "tables": {},
+    }
     full_row = Row("III", "full")
     full = _stats([f["test"]["GMNER"]["f1"] for f in _finals(root, full_row, seeds)])
     for table in tables:
@@ -64,14 +95,22 @@ def collect(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, .
             finals = _finals(root, row, seeds)
             entry: dict[str, Any] = {"row": row.label, "switches": row.switches, "runs_finished": len(finals)}
             if table == "I":
-                entry["ours"] = {f"{m} {c[0].upper() if c != 'f1' else 'F1'}": _stats([f["test"][m][c] for f in finals])
-                                 for m, c in METRIC_COLUMNS}
+                entry["ours"] = {
+                    f"{m} {c[0].upper() if c != 'f1' else 'F1'}": _stats([f["test"][m][c] for f in finals])
+                    for m, c in METRIC_COLUMNS
+                }
                 entry["paper"] = dict(zip(info["columns"], info["rows"]["QGN"]))
             elif table == "II":
                 for category in [*COARSE, "All"]:
                     values = [v for v in (_coarse_f1(f, category) for f in finals) if v is not None]
-                    rows.append({"row": category, "runs_finished": len(finals), "ours": _stats(values),
-                                 "paper": dict(zip(info["columns"], info["rows"][category]))})
+                    rows.append(
+                        {
+                            "row": category,
+                            "runs_finished": len(finals),
+                            "ours": _stats(values),
+                            "paper": dict(zip(info["columns"], info["rows"][category])),
+                        }
+                    )
                 continue
             else:
                 ours = _stats([f["test"]["GMNER"]["f1"] for f in finals])
@@ -94,18 +133,29 @@ def _signed(value: float | None) -> str:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    lines = ["# The paper's tables, reproduced with qgn", "",
-             f"Ours: test F1 (%) of the dev-selected checkpoint, mean ± std over seeds (n = runs finished, of "
-             f"{result['seeds']}); Δ against our full model, as the paper's Δ is against its own. "
-             f"Paper: {result['source_of_paper_numbers']}", ""]
+    lines = [
+        "# The paper's tables, reproduced with qgn",
+        "",
+        f"Ours: test F1 (%) of the dev-selected checkpoint, mean ± std over seeds (n = runs finished, of "
+        f"{result['seeds']}); Δ against our full model, as the paper's Δ is against its own. "
+        f"Paper: {result['source_of_paper_numbers']}",
+        "",
+    ]
     for table, block in result["tables"].items():
         lines += [f"## {block['title']}", ""]
         if block.get("note"):
             lines += [f"Note: {block['note']}", ""]
         if table == "VI":
-            lines += ["ViT features read at " + ("the injection layers (--vi-visual-layers follow)"
-                                                 if result.get("vi_visual_layers") == "follow"
-                                                 else "the config's vision_extract_layers in every row") + ".", ""]
+            lines += [
+                "ViT features read at "
+                + (
+                    "the injection layers (--vi-visual-layers follow)"
+                    if result.get("vi_visual_layers") == "follow"
+                    else "the config's vision_extract_layers in every row"
+                )
+                + ".",
+                "",
+            ]
         if table == "I":
             row = block["rows"][0]
             lines += ["| column | ours | paper (QGN) |", "|---|---|---|"]
@@ -115,22 +165,31 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines += ["| category | ours | paper QGN | H-Index | TIGER | MQSPN |", "|---|---|---|---|---|---|"]
             for row in block["rows"]:
                 p = row["paper"]
-                lines.append(f"| {row['row']} | {_cell(row['ours'])} | {p['QGN']:.2f} | {p['H-Index']:.2f} | "
-                             f"{p['TIGER']:.2f} | {p['MQSPN']:.2f} |")
+                lines.append(
+                    f"| {row['row']} | {_cell(row['ours'])} | {p['QGN']:.2f} | {p['H-Index']:.2f} | "
+                    f"{p['TIGER']:.2f} | {p['MQSPN']:.2f} |"
+                )
         else:
             lines += ["| row | ours GMNER F1 | ours Δ | paper GMNER F1 | paper Δ |", "|---|---|---|---|---|"]
             for row in block["rows"]:
                 paper = row.get("paper") or {}
                 paper_f1 = f"{paper['GMNER']:.2f}" if "GMNER" in paper else "–"
                 paper_delta = _signed(paper.get("delta")) if paper else "–"
-                lines.append(f"| {row['row']} | {_cell(row['ours'])} | {_signed(row['delta'])} | {paper_f1} | "
-                             f"{paper_delta} |")
+                lines.append(
+                    f"| {row['row']} | {_cell(row['ours'])} | {_signed(row['delta'])} | {paper_f1} | {paper_delta} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
 
-def write_tables(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
-                 base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> tuple[Path, Path]:
+def write_tables(
+    root: Path,
+    tables: list[str],
+    seeds: int,
+    query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+    base_model: dict[str, Any] | None = None,
+    vi_visual: str = "fixed",
+) -> tuple[Path, Path]:
     result = collect(root, tables, seeds, query_sweep, base_model, vi_visual)
     md, js = root / "tables.md", root / "tables.json"
     md.write_text(to_markdown(result), encoding="utf-8")

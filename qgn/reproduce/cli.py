@@ -52,32 +52,58 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="the GMNER run config: a shipped name (twitter_gmner, demo) or a YAML file")
     p.add_argument("--fmnerg-config", default="twitter_fmnerg", help="the config of Table II (default twitter_fmnerg)")
-    p.add_argument("--tables", default="I,III,IV,V,VI,fig3",
-                   help="comma-separated: I, II, III, IV, V, VI, fig3, or all (default: all but II, which needs FMNERG "
-                        "data; all leaves II out, saying so, when --fmnerg-set data.path is not a folder)")
+    p.add_argument(
+        "--tables",
+        default="I,III,IV,V,VI,fig3",
+        help="comma-separated: I, II, III, IV, V, VI, fig3, or all (default: all but II, which needs FMNERG "
+        "data; all leaves II out, saying so, when --fmnerg-set data.path is not a folder)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (train.seed = 1..K; default 3)")
     p.add_argument("--queries", default=",".join(map(str, DEFAULT_QUERY_SWEEP)), help="Fig. 3's Nq values")
-    p.add_argument("--vi-visual-layers", choices=VI_VISUAL_LAYERS, default="fixed",
-                   help="Table VI: read the ViT features at the config's vision_extract_layers in every row (fixed, "
-                        "the paper's V = {2,5,8,11}; default) or at each row's injection layers (follow)")
+    p.add_argument(
+        "--vi-visual-layers",
+        choices=VI_VISUAL_LAYERS,
+        default="fixed",
+        help="Table VI: read the ViT features at the config's vision_extract_layers in every row (fixed, "
+        "the paper's V = {2,5,8,11}; default) or at each row's injection layers (follow)",
+    )
     p.add_argument("--output-dir", help="where the runs and tables go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a setting of every GMNER run (repeatable)")
-    p.add_argument("--fmnerg-set", dest="fmnerg_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a setting of Table II's runs (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting of every GMNER run (repeatable)",
+    )
+    p.add_argument(
+        "--fmnerg-set",
+        dest="fmnerg_overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting of Table II's runs (repeatable)",
+    )
     p.add_argument("--devices", help="run several at once, one per device: 0,1,2,3 (GPUs) or cpu,cpu")
     p.add_argument("--shard", help="i/n: run only every n-th run starting at i (one shard per node)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost; run nothing")
     p.add_argument("--aggregate-only", metavar="DIR", help="only rebuild DIR/tables.md and tables.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars in the runs")
-    p.add_argument("--rehearse", action="store_true",
-                   help="run every planned row for --steps steps at the configured size (real text, encoders and "
-                        "images where they can be loaded, stand-ins said loudly where not), checkpoint, resume one "
-                        "step, evaluate on a few dev posts; then one qgn predict and one ONNX export; project the "
-                        "grid's GPU cost (docs/reproduce.md)")
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run every planned row for --steps steps at the configured size (real text, encoders and "
+        "images where they can be loaded, stand-ins said loudly where not), checkpoint, resume one "
+        "step, evaluate on a few dev posts; then one qgn predict and one ONNX export; project the "
+        "grid's GPU cost (docs/reproduce.md)",
+    )
     p.add_argument("--steps", type=int, default=2, help="--rehearse: optimizer steps per row before the resume (2)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="--rehearse: processes per row (torch.distributed.run; gloo on the CPU; default 1)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="--rehearse: processes per row (torch.distributed.run; gloo on the CPU; default 1)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -112,12 +138,17 @@ def _check_layers(raw: dict[str, Any], run: Run) -> None:
     """Table VI's schedules name BERT and ViT layers up to 12 (rows 3 3 3 2 and 3 1 3 3): refuse a
     config whose encoders are shallower now, rather than hours into the grid."""
     model = raw["model"]
-    for key, depth_of in (("text_extract_layers", "text_config"), ("vision_inject_layers", "vision_config"),
-                          ("vision_extract_layers", "vision_config")):
+    for key, depth_of in (
+        ("text_extract_layers", "text_config"),
+        ("vision_inject_layers", "vision_config"),
+        ("vision_extract_layers", "vision_config"),
+    ):
         depth = (model.get(depth_of) or {}).get("num_hidden_layers")
         if depth and max(model.get(key) or [0]) > depth:
-            raise QGNError(f"{run.key}: {key} {model[key]} needs {max(model[key])} layers, but this config's "
-                           f"{depth_of} has {depth}; Table VI needs 12-layer encoders (the paper's)")
+            raise QGNError(
+                f"{run.key}: {key} {model[key]} needs {max(model[key])} layers, but this config's "
+                f"{depth_of} has {depth}; Table VI needs 12-layer encoders (the paper's)"
+            )
 
 
 # ----------------------------------------------------------------------------- running
@@ -164,14 +195,21 @@ def _execute(runs: list[Run], configs: dict[Path, Path], devices: list[str], pro
             started = time.time()
             log = run.path.parent / f"{run.path.name}.log"
             with open(log, "a", encoding="utf-8") as out:
-                code = subprocess.call(_train_command(run, configs[run.path], progress), env=env, stdout=out,
-                                       stderr=subprocess.STDOUT)
+                code = subprocess.call(
+                    _train_command(run, configs[run.path], progress), env=env, stdout=out, stderr=subprocess.STDOUT
+                )
             with lock:
                 done["n"] += 1
                 if code != 0:
                     failures.append(f"{run.path}: qgn train exited with {code} (log: {log})")
-                logger.info("[%d/%d] %s %s in %.1f min", done["n"], len(runs), run.path,
-                            "finished" if code == 0 else f"FAILED ({code})", (time.time() - started) / 60)
+                logger.info(
+                    "[%d/%d] %s %s in %.1f min",
+                    done["n"],
+                    len(runs),
+                    run.path,
+                    "finished" if code == 0 else f"FAILED ({code})",
+                    (time.time() - started) / 60,
+                )
 
     threads = [threading.Thread(target=worker, args=(d,)) for d in (devices or [None])]  # type: ignore[list-item]  # None: no device chosen
     for t in threads:
@@ -215,9 +253,11 @@ def _estimate(base: dict[str, Any], runs: list[Run]) -> str:
     step = sum(times) / len(times)
     todo = [r for r in runs if status(r) != "done"]
     hours = step * steps * len(todo) / 3600
-    return (f"{step * 1000:.0f} ms a step (full model, timed here), {steps} steps a run: about {hours:.1f} device-hours "
-            f"for the {len(todo)} runs not finished (training only; ablations that remove modules are cheaper, "
-            "evaluation adds a little)")
+    return (
+        f"{step * 1000:.0f} ms a step (full model, timed here), {steps} steps a run: about {hours:.1f} device-hours "
+        f"for the {len(todo)} runs not finished (training only; ablations that remove modules are cheaper, "
+        "evaluation adds a little)"
+    )
 
 
 def _main(args: Any) -> int:
@@ -230,8 +270,11 @@ def _main(args: Any) -> int:
     tables = parse_tables(args.tables)
     if args.tables.strip() == "all" and not _fmnerg_data_given(args):
         tables.remove("II")
-        print("--tables all: Table II left out: it trains on Twitter-FMNERG, and --fmnerg-set data.path (the "
-              f"{args.fmnerg_config} config's data.path) is not a folder here", flush=True)
+        print(
+            "--tables all: Table II left out: it trains on Twitter-FMNERG, and --fmnerg-set data.path (the "
+            f"{args.fmnerg_config} config's data.path) is not a folder here",
+            flush=True,
+        )
     try:
         queries = tuple(int(q) for q in args.queries.split(","))
     except ValueError:
@@ -253,8 +296,9 @@ def _main(args: Any) -> int:
         for run in once:
             _check_layers(run_config(bases[run.kind], run), run)
         used = {r.kind for r in once}
-        return rehearse(once, {k: v for k, v in bases.items() if k in used}, root, args.steps, args.processes,
-                        args.seeds)
+        return rehearse(
+            once, {k: v for k, v in bases.items() if k in used}, root, args.steps, args.processes, args.seeds
+        )
     configs: dict[Path, Path] = {}
     for run in runs:
         raw = run_config(bases[run.kind], run)
@@ -266,13 +310,26 @@ def _main(args: Any) -> int:
         configs[run.path] = file
     mine = [r for i, r in enumerate(runs) if i % shards == shard]
     counts = {s: sum(status(r) == s for r in mine) for s in ("done", "interrupted", "new")}
-    (root / PLAN_FILE).write_text(json.dumps({"tables": tables, "seeds": args.seeds, "queries": list(queries),
-                                              "config": args.config, "overrides": args.overrides,
-                                              "vi_visual_layers": args.vi_visual_layers,
-                                              "base_model": bases["gmner"]["model"]}, indent=2) + "\n")
-    print(f"plan: {len(runs)} runs for tables {', '.join(tables)} x {args.seeds} seed(s)"
-          + (f"; shard {shard}/{shards}: {len(mine)} of them" if shards > 1 else "")
-          + f"; {counts['done']} finished, {counts['interrupted']} to resume, {counts['new']} to start")
+    (root / PLAN_FILE).write_text(
+        json.dumps(
+            {
+                "tables": tables,
+                "seeds": args.seeds,
+                "queries": list(queries),
+                "config": args.config,
+                "overrides": args.overrides,
+                "vi_visual_layers": args.vi_visual_layers,
+                "base_model": bases["gmner"]["model"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(
+        f"plan: {len(runs)} runs for tables {', '.join(tables)} x {args.seeds} seed(s)"
+        + (f"; shard {shard}/{shards}: {len(mine)} of them" if shards > 1 else "")
+        + f"; {counts['done']} finished, {counts['interrupted']} to resume, {counts['new']} to start"
+    )
     if args.dry_run:
         for run in mine:
             switches = ", ".join(f"{k}={v}" for k, v in run.switches) or "the full model"
@@ -297,11 +354,14 @@ def _aggregate_only(root: Path) -> int:
     if not file.is_file():
         raise QGNError(f"{root} holds no {PLAN_FILE}: not a qgn reproduce folder")
     meta = json.loads(file.read_text(encoding="utf-8"))
-    md, js = write_tables(root, meta["tables"], meta["seeds"], tuple(meta["queries"]), meta.get("base_model"),
-                          meta.get("vi_visual_layers", "fixed"))
+    md, js = write_tables(
+        root,
+        meta["tables"],
+        meta["seeds"],
+        tuple(meta["queries"]),
+        meta.get("base_model"),
+        meta.get("vi_visual_layers", "fixed"),
+    )
     print(md.read_text(encoding="utf-8"))
     print(f"tables: {md} and {js}")
     return 0
-
-
-

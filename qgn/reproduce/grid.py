@@ -55,12 +55,24 @@ def _vi(ext_stride: int, ext_start: int, inj_stride: int, inj_start: int, visual
     return {**switches, "vision_extract_layers": inject} if visual == "follow" else switches
 
 
-VI_SCHEDULES = ((1, 1, 3, 2), (2, 1, 3, 2), (3, 2, 3, 2), (3, 3, 3, 2), (3, 1, 1, 2), (3, 1, 2, 2), (3, 1, 3, 1),
-                (3, 1, 3, 3))  # the paper's rows after the full model's 3 1 3 2, in its order
+VI_SCHEDULES = (
+    (1, 1, 3, 2),
+    (2, 1, 3, 2),
+    (3, 2, 3, 2),
+    (3, 3, 3, 2),
+    (3, 1, 1, 2),
+    (3, 1, 2, 2),
+    (3, 1, 3, 1),
+    (3, 1, 3, 3),
+)  # the paper's rows after the full model's 3 1 3 2, in its order
 
 
-def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP, base_model: dict[str, Any] | None = None,
-               vi_visual: str = "fixed") -> list[Row]:
+def table_rows(
+    table: str,
+    query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+    base_model: dict[str, Any] | None = None,
+    vi_visual: str = "fixed",
+) -> list[Row]:
     """The rows of ``table`` in the paper's order; the full model's row has no switches.
 
     A switch that sets what ``base_model`` (the run config's ``model`` section; the paper's defaults
@@ -73,15 +85,32 @@ def table_rows(table: str, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP, b
     rows: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "I": [("QGN", {})],
         "II": [("QGN", {})],
-        "III": [("MQA", off("hvla", "mqd")), ("HVLA", off("mqa", "mqd")), ("MQD", off("mqa", "hvla")),
-                ("MQA+HVLA", off("mqd")), ("MQA+MQD", off("hvla")), ("HVLA+MQD", off("mqa")), ("MQA+HVLA+MQD", {})],
-        "IV": [("L_pred", {"lambda_nt": 0.0, "lambda_con": 0.0}), ("L_pred+L_nt", {"lambda_con": 0.0}),
-               ("L_pred+L_con", {"lambda_nt": 0.0}), ("L_pred+L_nt+L_con", {})],
-        "V": [("random queries (full)", {}), ("batch-shared query parameters", {"query_init": "batch_shared"}),
-              ("mean-pooled text queries", {"query_init": "mean_pooled_text"}),
-              ("attention-pooled text queries", {"query_init": "attention_pooled_text"}),
-              ("w/o TQC", off("tqc")), ("w/o JCA", off("jca")), ("w/o VTF", off("vtf")), ("w/o FDE", off("fde")),
-              ("w/o MRE", off("mre"))],
+        "III": [
+            ("MQA", off("hvla", "mqd")),
+            ("HVLA", off("mqa", "mqd")),
+            ("MQD", off("mqa", "hvla")),
+            ("MQA+HVLA", off("mqd")),
+            ("MQA+MQD", off("hvla")),
+            ("HVLA+MQD", off("mqa")),
+            ("MQA+HVLA+MQD", {}),
+        ],
+        "IV": [
+            ("L_pred", {"lambda_nt": 0.0, "lambda_con": 0.0}),
+            ("L_pred+L_nt", {"lambda_con": 0.0}),
+            ("L_pred+L_con", {"lambda_nt": 0.0}),
+            ("L_pred+L_nt+L_con", {}),
+        ],
+        "V": [
+            ("random queries (full)", {}),
+            ("batch-shared query parameters", {"query_init": "batch_shared"}),
+            ("mean-pooled text queries", {"query_init": "mean_pooled_text"}),
+            ("attention-pooled text queries", {"query_init": "attention_pooled_text"}),
+            ("w/o TQC", off("tqc")),
+            ("w/o JCA", off("jca")),
+            ("w/o VTF", off("vtf")),
+            ("w/o FDE", off("fde")),
+            ("w/o MRE", off("mre")),
+        ],
         "VI": [("3,1,3,2", {})] + [(",".join(map(str, s)), _vi(*s, vi_visual)) for s in VI_SCHEDULES],
         "fig3": [(f"Nq={n}", {"num_queries": n}) for n in query_sweep],
     }
@@ -138,8 +167,14 @@ def run_dir(root: Path, row: Row, seed: int) -> Path:
     return root / row.table / row.slug / f"seed{seed}"
 
 
-def plan(root: Path, tables: list[str], seeds: int, query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
-         base_model: dict[str, Any] | None = None, vi_visual: str = "fixed") -> list[Run]:
+def plan(
+    root: Path,
+    tables: list[str],
+    seeds: int,
+    query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
+    base_model: dict[str, Any] | None = None,
+    vi_visual: str = "fixed",
+) -> list[Run]:
     """Every run the tables need, each once (the full model is shared), in a fixed order
     (``base_model``, ``vi_visual``: as :func:`table_rows`)."""
     runs: dict[Path, Run] = {}

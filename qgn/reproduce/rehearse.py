@@ -44,15 +44,36 @@ ASSUMED_UTILIZATION = 0.4  # a projection's assumption, said beside it; benchmar
 # built with random weights when the named weights cannot be loaded here. bert-base-cased's vocabulary
 # has 28,996 word pieces; CLIP ViT-B/32's vision tower is 12 layers of width 768 on 32 px patches of 224 px.
 TEXT_ARCHITECTURES = {
-    "bert-base-cased": dict(model_type="bert", vocab_size=28996, hidden_size=768, num_hidden_layers=12,
-                            num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512),
-    "bert-base-uncased": dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                              num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512),
+    "bert-base-cased": dict(
+        model_type="bert",
+        vocab_size=28996,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    ),
+    "bert-base-uncased": dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    ),
 }
 VISION_ARCHITECTURES = {
-    "openai/clip-vit-base-patch32": dict(model_type="clip_vision_model", hidden_size=768, intermediate_size=3072,
-                                         num_hidden_layers=12, num_attention_heads=12, image_size=224,
-                                         patch_size=32, hidden_act="quick_gelu"),
+    "openai/clip-vit-base-patch32": dict(
+        model_type="clip_vision_model",
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+        hidden_act="quick_gelu",
+    ),
 }
 
 
@@ -81,8 +102,10 @@ def prepare_encoders(raw: dict[str, Any]) -> list[str]:
     tokenizer (said loudly). Returns a line for each encoder used as configured."""
     model, data = raw["model"], raw["data"]
     lines = []
-    for side, key, known in (("text", "text_config", TEXT_ARCHITECTURES),
-                             ("vision", "vision_config", VISION_ARCHITECTURES)):
+    for side, key, known in (
+        ("text", "text_config", TEXT_ARCHITECTURES),
+        ("vision", "vision_config", VISION_ARCHITECTURES),
+    ):
         name = model.get(f"{side}_encoder")
         if model.get("text_only") and side == "vision":
             continue
@@ -93,9 +116,11 @@ def prepare_encoders(raw: dict[str, Any]) -> list[str]:
             lines.append(f"{side} encoder: {name}, pretrained weights")
             continue
         if name not in known:
-            raise QGNError(f"--rehearse: the {side} encoder {name!r} cannot be loaded here and its architecture is "
-                           f"not known to the rehearsal ({', '.join(known)}); give a local folder with "
-                           f"--set model.{side}_encoder=DIR")
+            raise QGNError(
+                f"--rehearse: the {side} encoder {name!r} cannot be loaded here and its architecture is "
+                f"not known to the rehearsal ({', '.join(known)}); give a local folder with "
+                f"--set model.{side}_encoder=DIR"
+            )
         model[key] = dict(known[name])
         message = f"{side} encoder {name} cannot be loaded here: built from its architecture with RANDOM weights"
         if side == "text":
@@ -126,18 +151,32 @@ def prepare_data(raw: dict[str, Any], folder: Path, train_posts: int) -> dict[st
     images.mkdir(exist_ok=True)
     sizes: dict[str, int] = {}
     counts: dict[str, Any] = {"posts": 0, "placeholders": 0}
-    wanted = {data.get("train_split", "train"): train_posts, data.get("dev_split", "dev"): DEV_POSTS,
-              data.get("test_split", "test"): DEV_POSTS}
+    wanted = {
+        data.get("train_split", "train"): train_posts,
+        data.get("dev_split", "dev"): DEV_POSTS,
+        data.get("test_split", "test"): DEV_POSTS,
+    }
     for split, keep in wanted.items():
-        posts = read_dataset(data["path"], split, image_dir=data.get("image_dir"), missing_images="text_only",
-                             fmnerg_xml_dir=data.get("fmnerg_xml_dir"), entity_types=model.get("entity_types"))
+        posts = read_dataset(
+            data["path"],
+            split,
+            image_dir=data.get("image_dir"),
+            missing_images="text_only",
+            fmnerg_xml_dir=data.get("fmnerg_xml_dir"),
+            entity_types=model.get("entity_types"),
+        )
         sizes[split] = len(posts)
         if len(posts) < keep:
-            raise QGNError(f"--rehearse: {data['path']} split {split} has {len(posts)} posts, fewer than the {keep} "
-                           "the rehearsal trains or evaluates on")
+            raise QGNError(
+                f"--rehearse: {data['path']} split {split} has {len(posts)} posts, fewer than the {keep} "
+                "the rehearsal trains or evaluates on"
+            )
         known = [p.image_size for p in posts if p.image_size]
-        typical = (int(statistics.median(s[0] for s in known)), int(statistics.median(s[1] for s in known))) \
-            if known else (640, 480)
+        typical = (
+            (int(statistics.median(s[0] for s in known)), int(statistics.median(s[1] for s in known)))
+            if known
+            else (640, 480)
+        )
         chosen = posts[:keep]
         for post in chosen:
             if post.image_path is None:
@@ -242,10 +281,17 @@ def rehearse_row(config_file: Path, row_dir: Path, steps: int) -> dict[str, Any]
     if resumed.state["global_step"] != steps + 1:
         raise QGNError(f"the resumed run stopped at step {resumed.state['global_step']}, not {steps + 1}")
     peak, kind = _peak_memory(resumed.accelerator)
-    return {"steps": steps + 1, "losses": losses + second.losses,
-            "seconds_per_step": seconds, "flops_per_step": flops, "peak_memory_bytes": peak,
-            "peak_memory_kind": kind, "processes": processes, "precision": final.get("scored_in"),
-            "dev_gmner_f1": final["dev"]["GMNER"]["f1"]}
+    return {
+        "steps": steps + 1,
+        "losses": losses + second.losses,
+        "seconds_per_step": seconds,
+        "flops_per_step": flops,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": kind,
+        "processes": processes,
+        "precision": final.get("scored_in"),
+        "dev_gmner_f1": final["dev"]["GMNER"]["f1"],
+    }
 
 
 def worker_main(argv: list[str]) -> int:
@@ -287,8 +333,17 @@ def _launch(processes: int, module_args: list[str]) -> list[str]:
     with socket(AF_INET, SOCK_STREAM) as s:  # a free port: a fixed one collides with a parallel run
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-            str(port), "-m", *module_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(port),
+        "-m",
+        *module_args,
+    ]
 
 
 def _format_bytes(n: int | None) -> str:
@@ -300,9 +355,11 @@ def _row_line(name: str, result: dict[str, Any] | None, status: str, wall: float
         return f"| {name} | – | – | – | – | – | {wall:.0f} | {status} |"
     losses = result["losses"]
     sps = result["seconds_per_step"]
-    return (f"| {name} | {result['steps']} | {losses[0]:.4f} | {losses[-1]:.4f} | "
-            f"{'–' if sps is None else f'{sps:.2f}'} | {_format_bytes(result['peak_memory_bytes'])} "
-            f"{result['peak_memory_kind']} | {wall:.0f} | {status} |")
+    return (
+        f"| {name} | {result['steps']} | {losses[0]:.4f} | {losses[-1]:.4f} | "
+        f"{'–' if sps is None else f'{sps:.2f}'} | {_format_bytes(result['peak_memory_bytes'])} "
+        f"{result['peak_memory_kind']} | {wall:.0f} | {status} |"
+    )
 
 
 def _first_error(log: Path, fallback: str) -> str:
@@ -310,8 +367,11 @@ def _first_error(log: Path, fallback: str) -> str:
     exception of its own leaves only the launcher's report)."""
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         text = line.strip()
-        if text.startswith("terminate called") or "Killed" in text or (
-                "Error" in text.split(":")[0] and "torch.distributed.elastic" not in text):
+        if (
+            text.startswith("terminate called")
+            or "Killed" in text
+            or ("Error" in text.split(":")[0] and "torch.distributed.elastic" not in text)
+        ):
             return text[:300]
     return fallback
 
@@ -324,8 +384,13 @@ def _run_tool(cmd: list[str], log: Path) -> tuple[bool, float, str]:
     return code == 0, time.time() - started, (tail[-1] if tail else f"exit {code}")[:300]
 
 
-def projection(results: dict[str, dict[str, Any]], split_sizes: dict[str, int], raw: dict[str, Any], seeds: int,
-               rows_per_key: dict[str, int]) -> list[str]:
+def projection(
+    results: dict[str, dict[str, Any]],
+    split_sizes: dict[str, int],
+    raw: dict[str, Any],
+    seeds: int,
+    rows_per_key: dict[str, int],
+) -> list[str]:
     """The grid's cost on named GPUs from the FLOPs counted per training step (PROJECTION)."""
     train = raw["train"]
     n_train, n_dev = split_sizes.get("train", 0), split_sizes.get("dev", 0)
@@ -341,24 +406,35 @@ def projection(results: dict[str, dict[str, Any]], split_sizes: dict[str, int], 
         run = flops * steps + forward_per_post * n_dev * epochs  # training + a dev evaluation per epoch
         total += run * seeds * rows_per_key.get(key, 1)
         runs += seeds * rows_per_key.get(key, 1)
-    lines = [f"PROJECTION (not a measurement): {len(results) - len(missing)} rows x {seeds} seeds, {n_train} train "
-             f"posts / batch {batch} x {epochs} epochs = {steps} steps a run at 3 x the FLOPs counted in the "
-             f"first step's forward pass of each row (torch.utils.flop_counter: matrix products and attention), "
-             f"plus a dev evaluation ({n_dev} posts) per epoch: {total / 1e15:.1f} PFLOP in all, "
-             f"{total / max(runs, 1) / 1e15:.1f} PFLOP a run. The matching, data loading and post-processing run on "
-             "the CPU and are not in it: a FLOP-bound lower bound."]
+    lines = [
+        f"PROJECTION (not a measurement): {len(results) - len(missing)} rows x {seeds} seeds, {n_train} train "
+        f"posts / batch {batch} x {epochs} epochs = {steps} steps a run at 3 x the FLOPs counted in the "
+        f"first step's forward pass of each row (torch.utils.flop_counter: matrix products and attention), "
+        f"plus a dev evaluation ({n_dev} posts) per epoch: {total / 1e15:.1f} PFLOP in all, "
+        f"{total / max(runs, 1) / 1e15:.1f} PFLOP a run. The matching, data loading and post-processing run on "
+        "the CPU and are not in it: a FLOP-bound lower bound."
+    ]
     for gpu, peak in GPU_BF16_PEAK_TFLOPS.items():
         hours = total / (peak * 1e12) / 3600
-        lines.append(f"  {gpu} (bf16 dense peak {peak:.0f} TFLOP/s): {hours:.2f} GPU-hours for the {runs} runs at 100 % "
-                     f"of the peak ({hours * 60 / max(runs, 1):.1f} min a run), {hours / ASSUMED_UTILIZATION:.2f} at an "
-                     f"assumed {ASSUMED_UTILIZATION:.0%} ({hours * 60 / max(runs, 1) / ASSUMED_UTILIZATION:.1f} min a run)")
+        lines.append(
+            f"  {gpu} (bf16 dense peak {peak:.0f} TFLOP/s): {hours:.2f} GPU-hours for the {runs} runs at 100 % "
+            f"of the peak ({hours * 60 / max(runs, 1):.1f} min a run), {hours / ASSUMED_UTILIZATION:.2f} at an "
+            f"assumed {ASSUMED_UTILIZATION:.0%} ({hours * 60 / max(runs, 1) / ASSUMED_UTILIZATION:.1f} min a run)"
+        )
     if missing:
         lines.append(f"  rows without a FLOP count (left out): {', '.join(missing)}")
     return lines
 
 
-def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, steps: int, processes: int,
-             seeds: int, progress_print: Any = print) -> int:
+def rehearse(
+    runs: list[Any],
+    bases: dict[str, dict[str, Any]],
+    root: Path,
+    steps: int,
+    processes: int,
+    seeds: int,
+    progress_print: Any = print,
+) -> int:
     """Rehearse every run of ``runs`` (one per row: seed 1) under ``processes`` processes; returns the
     exit status (1 when any row failed)."""
     from qgn.reproduce.grid import run_config
@@ -376,20 +452,32 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
         raw = json.loads(json.dumps(base))
         train = raw["train"]
         if train["batch_size"] % processes or DEV_POSTS % processes:
-            raise QGNError(f"--processes {processes} must divide train.batch_size {train['batch_size']} and the "
-                           f"{DEV_POSTS} dev posts")
+            raise QGNError(
+                f"--processes {processes} must divide train.batch_size {train['batch_size']} and the "
+                f"{DEV_POSTS} dev posts"
+            )
         for line in prepare_encoders(raw):
             progress_print(f"{kind}: {line}")
         folder = root / f"data-{kind}"
         counts[kind] = prepare_data(raw, folder, train["batch_size"] * train.get("grad_accum_steps", 1) * steps)
         if counts[kind]["placeholders"]:
-            loud(f"{kind}: {counts[kind]['placeholders']} of the {counts[kind]['posts']} posts used have no image in "
-                 f"data.image_dir ({raw['data'].get('image_dir')}): PLACEHOLDER images of their sizes stand in "
-                 "(losses and timings are real, grounding is not)")
-        raw["data"].update(path=str(folder), image_dir=None, missing_images="fail", train_split="train",
-                           dev_split="dev", test_split="test", fmnerg_xml_dir=None)
-        raw["train"].update(eval_batch_size=DEV_POSTS, checkpoint_every_minutes=0, checkpoint_every_steps=0,
-                            num_workers=0)
+            loud(
+                f"{kind}: {counts[kind]['placeholders']} of the {counts[kind]['posts']} posts used have no image in "
+                f"data.image_dir ({raw['data'].get('image_dir')}): PLACEHOLDER images of their sizes stand in "
+                "(losses and timings are real, grounding is not)"
+            )
+        raw["data"].update(
+            path=str(folder),
+            image_dir=None,
+            missing_images="fail",
+            train_split="train",
+            dev_split="dev",
+            test_split="test",
+            fmnerg_xml_dir=None,
+        )
+        raw["train"].update(
+            eval_batch_size=DEV_POSTS, checkpoint_every_minutes=0, checkpoint_every_steps=0, num_workers=0
+        )
         prepared[kind] = raw
 
     by_key: dict[str, Any] = {}
@@ -397,8 +485,10 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
         by_key.setdefault(run.key, run)
     rows_per_key = {key: 1 for key in by_key}
     progress_print(f"rehearsal: {len(by_key)} rows, {steps} steps + 1 after a resume each, {processes} process(es)")
-    header = ["| row | steps | first loss | last loss | s/step | peak memory | wall s | status |",
-              "|---|---|---|---|---|---|---|---|"]
+    header = [
+        "| row | steps | first loss | last loss | s/step | peak memory | wall s | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines, failures, results = [], [], {}
     target: Path | None = None  # the best/ that qgn predict and the export use: the full model's, else the first
     for key, run in by_key.items():
@@ -412,8 +502,11 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
         ok, wall, last = _run_tool(cmd, log)
         result = json.loads((row_dir / RESULT_FILE).read_text()) if ok and (row_dir / RESULT_FILE).is_file() else None
         if result is None:
-            error = (row_dir / ERROR_FILE).read_text(encoding="utf-8").strip() if (row_dir / ERROR_FILE).is_file() \
+            error = (
+                (row_dir / ERROR_FILE).read_text(encoding="utf-8").strip()
+                if (row_dir / ERROR_FILE).is_file()
                 else _first_error(log, last)
+            )
             failures.append(f"row {key} failed: {error} (log: {log})")
             lines.append(_row_line(key, None, "FAILED", time.time() - t0))
         else:
@@ -438,16 +531,42 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
                 image = post["image"] if os.path.isabs(post["image"]) else str(dev.parent / post["image"])
                 dst.write(json.dumps({"id": post["id"], "tokens": post["tokens"], "image": image}) + "\n")
         for name, cmd in (
-                ("qgn predict", [sys.executable, "-m", "qgn.cli", "predict", "--checkpoint", str(target),
-                                 "--input", str(inputs), "--output", str(root / "predictions.jsonl"),
-                                 "--no-progress"]),
-                ("qgn export onnx", [sys.executable, "-m", "qgn.cli", "export", "--checkpoint",
-                                     str(target), "--output", str(root / "model.onnx")])):
+            (
+                "qgn predict",
+                [
+                    sys.executable,
+                    "-m",
+                    "qgn.cli",
+                    "predict",
+                    "--checkpoint",
+                    str(target),
+                    "--input",
+                    str(inputs),
+                    "--output",
+                    str(root / "predictions.jsonl"),
+                    "--no-progress",
+                ],
+            ),
+            (
+                "qgn export onnx",
+                [
+                    sys.executable,
+                    "-m",
+                    "qgn.cli",
+                    "export",
+                    "--checkpoint",
+                    str(target),
+                    "--output",
+                    str(root / "model.onnx"),
+                ],
+            ),
+        ):
             ok, wall, last = _run_tool(cmd, root / f"{name.split()[-1]}.log")
             if not ok:
                 failures.append(f"{name} of {target} failed: {last}")
-            lines.append(f"| {name} ({target.parent.name}) | – | – | – | – | – | {wall:.0f} | "
-                         f"{'ok' if ok else 'FAILED'} |")
+            lines.append(
+                f"| {name} ({target.parent.name}) | – | – | – | – | – | {wall:.0f} | {'ok' if ok else 'FAILED'} |"
+            )
             progress_print(lines[-1])
         for written in root.glob("model.onnx*"):  # the graph and its weights file (a GB): written is what counts
             written.unlink()
@@ -455,14 +574,20 @@ def rehearse(runs: list[Any], bases: dict[str, dict[str, Any]], root: Path, step
         failures.append("qgn predict and the ONNX export did not run: no row finished")
 
     table = "\n".join(header + lines)
-    out = [f"rehearsal of {len(by_key)} rows under {processes} process(es), {steps} steps + 1 after a resume, "
-           f"{time.time() - started:.0f} s in all", "", table, ""]
+    out = [
+        f"rehearsal of {len(by_key)} rows under {processes} process(es), {steps} steps + 1 after a resume, "
+        f"{time.time() - started:.0f} s in all",
+        "",
+        table,
+        "",
+    ]
     gmner = "gmner" if "gmner" in counts else next(iter(counts))
     out += projection(results, counts[gmner]["split_sizes"], prepared[gmner], seeds, rows_per_key)
     text = "\n".join(out) + "\n"
     (root / "rehearsal.md").write_text(text, encoding="utf-8")
-    (root / "rehearsal.json").write_text(json.dumps({"rows": results, "failures": failures, "counts": counts},
-                                                    indent=2) + "\n", encoding="utf-8")
+    (root / "rehearsal.json").write_text(
+        json.dumps({"rows": results, "failures": failures, "counts": counts}, indent=2) + "\n", encoding="utf-8"
+    )
     print(text)
     for message in failures:
         print(f"qgn reproduce --rehearse: {message}", file=sys.stderr)

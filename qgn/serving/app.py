@@ -97,9 +97,13 @@ def _docs_assets() -> Any:
         return None
 
 
-def create_app(predictor: Any, examples: list[Example] | None = None,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, title: str = "QGN",
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
+def create_app(
+    predictor: Any,
+    examples: list[Example] | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    title: str = "QGN",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Any:
     """The FastAPI app serving ``predictor``. ``examples`` are offered on the page; uploads over
     ``max_upload_mb`` megabytes or ``max_image_pixels`` pixels are refused (413) before decoding."""
     try:
@@ -123,8 +127,11 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
     # default CDN, which leaves the page blank on a machine without internet access.
     app = FastAPI(title=f"{title} (qgn serve)", docs_url=None, redoc_url=None)
     assets = _docs_assets()
-    docs_files = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-                  "favicon-32x32.png": "image/png"}
+    docs_files = {
+        "swagger-ui-bundle.js": "text/javascript",
+        "swagger-ui.css": "text/css",
+        "favicon-32x32.png": "image/png",
+    }
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -148,26 +155,37 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
     @app.get("/docs", include_in_schema=False)
     def docs() -> Any:
         if assets is None:
-            return error(404, "the API page needs the serve extra: pip install 'qgn[serve]' (the schema is at "
-                              "/openapi.json)")
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} API",
-                                   swagger_js_url="/docs-files/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-files/swagger-ui.css",
-                                   swagger_favicon_url="/docs-files/favicon-32x32.png",
-                                   swagger_ui_parameters={"validatorUrl": None})  # no badge from swagger.io
+            return error(
+                404, "the API page needs the serve extra: pip install 'qgn[serve]' (the schema is at /openapi.json)"
+            )
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} API",
+            swagger_js_url="/docs-files/swagger-ui-bundle.js",
+            swagger_css_url="/docs-files/swagger-ui.css",
+            swagger_favicon_url="/docs-files/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # no badge from swagger.io
 
     @app.get("/docs-files/{name}", include_in_schema=False)
     def docs_file(name: str) -> Response:
         if assets is None or name not in docs_files:
             return error(404, f"no file {name}")
-        return Response(assets.joinpath(name).read_bytes(), media_type=docs_files[name],
-                        headers={"Cache-Control": "public, max-age=86400"})
+        return Response(
+            assets.joinpath(name).read_bytes(),
+            media_type=docs_files[name],
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         config = predictor.config
-        return {"status": "ok", "entity_types": list(config.entity_types), "text_only": bool(config.text_only),
-                "device": str(predictor.device)}
+        return {
+            "status": "ok",
+            "entity_types": list(config.entity_types),
+            "text_only": bool(config.text_only),
+            "device": str(predictor.device),
+        }
 
     @app.get("/api/examples")
     def list_examples() -> dict[str, Any]:
@@ -184,8 +202,11 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
         # A plain def: FastAPI runs it in its thread pool, so a long prediction does not block the server.
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in FORM_TYPES:
-            return error(415, f"send multipart/form-data with the fields image (a file) and text, not "
-                              f"{kind or 'a body without a content type'} (curl -F image=@photo.jpg -F text=...)")
+            return error(
+                415,
+                f"send multipart/form-data with the fields image (a file) and text, not "
+                f"{kind or 'a body without a content type'} (curl -F image=@photo.jpg -F text=...)",
+            )
         if not text.strip():
             return error(400, "empty text: give the post's text")
         if len(text) > MAX_TEXT_CHARS:
@@ -203,9 +224,12 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
                 status = 413 if "too large" in str(err) else 415
                 return error(status, f"not a readable image: {err}" if status == 415 else str(err))
             if width * height > max_image_pixels:
-                return error(413, f"image too large: {width} x {height} pixels ({width * height / 1e6:.1f} "
-                                  f"megapixels), over this server's limit of {max_image_pixels / 1e6:g} megapixels "
-                                  "(qgn serve --max-image-pixels)")
+                return error(
+                    413,
+                    f"image too large: {width} x {height} pixels ({width * height / 1e6:.1f} "
+                    f"megapixels), over this server's limit of {max_image_pixels / 1e6:g} megapixels "
+                    "(qgn serve --max-image-pixels)",
+                )
         elif not predictor.config.text_only:
             return error(400, "no image: this model grounds entities in an image; send the multipart field image")
         large = data is not None and width * height > _LARGE_IMAGE_PIXELS
@@ -229,20 +253,34 @@ def create_app(predictor: Any, examples: list[Example] | None = None,
             data = None
             if large:
                 _release_memory()
-        answer = {"entities": [entity_dict(post, p) for p in predictions], "image_size": size,
-                  "words": len(post.tokens), "words_read": read}
+        answer = {
+            "entities": [entity_dict(post, p) for p in predictions],
+            "image_size": size,
+            "words": len(post.tokens),
+            "words_read": read,
+        }
         if read < len(post.tokens):  # said, not silent: an entity past the cut is never found
-            answer["warning"] = (f"the text is longer than the model reads (max_text_length="
-                                 f"{predictor.config.max_text_length} sub-words): only its first {read} of "
-                                 f"{len(post.tokens)} words were read, no entity after them is found")
+            answer["warning"] = (
+                f"the text is longer than the model reads (max_text_length="
+                f"{predictor.config.max_text_length} sub-words): only its first {read} of "
+                f"{len(post.tokens)} words were read, no entity after them is found"
+            )
         return answer
 
     return app
 
 
-def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 7860, device: str | None = None,
-          precision: str = "fp32", examples_file: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, **thresholds: Any) -> None:
+def serve(
+    checkpoint: str,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str | None = None,
+    precision: str = "fp32",
+    examples_file: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    **thresholds: Any,
+) -> None:
     """Load ``checkpoint`` (``thresholds`` override its post-processing) and serve it with uvicorn
     until interrupted."""
     try:

@@ -21,13 +21,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     add_inference_arguments(p)
-    p.add_argument("--examples", help='JSON-lines file of {"text", "image"} posts the page offers (default: a few '
-                   "posts of the synthetic demo benchmark)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                   help=f"largest image file accepted (default {DEFAULT_MAX_UPLOAD_MB:g} MB)")
-    p.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help=f"largest image accepted, in pixels (width x height; default {DEFAULT_MAX_IMAGE_PIXELS:,}), "
-                   "checked from the file's header before it is decoded: a small PNG can hold a huge image")
+    p.add_argument(
+        "--examples",
+        help='JSON-lines file of {"text", "image"} posts the page offers (default: a few '
+        "posts of the synthetic demo benchmark)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"largest image file accepted (default {DEFAULT_MAX_UPLOAD_MB:g} MB)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"largest image accepted, in pixels (width x height; default {DEFAULT_MAX_IMAGE_PIXELS:,}), "
+        "checked from the file's header before it is decoded: a small PNG can hold a huge image",
+    )
     p.set_defaults(func=_main)
 
 
@@ -46,7 +57,15 @@ def _positive_int(text: str) -> int:
 def _main(args: Any) -> int:
     from qgn.serving.app import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
-          examples_file=args.examples, max_upload_mb=args.max_upload_mb,
-          max_image_pixels=args.max_image_pixels, **threshold_overrides(args))
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        precision=args.precision,
+        examples_file=args.examples,
+        max_upload_mb=args.max_upload_mb,
+        max_image_pixels=args.max_image_pixels,
+        **threshold_overrides(args),
+    )
     return 0
