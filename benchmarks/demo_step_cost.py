@@ -2,7 +2,7 @@
 
 Why CPU time and not wall time: it is what a run costs on an idle machine, and it stays about the
 same when other jobs share the cores (wall time does not). Every demo lever is on (alignments,
-box prior, box refinement), batch 16, one thread, padded images (``pixel_mask``), 20 sub-words.
+box prior, box refinement), batch 16, one thread, fp32, ``_common.synthetic_batch`` with a ``pixel_mask``.
 
     python benchmarks/demo_step_cost.py                      # 64/8, 128/16, 96/12, 96/8, 128/8
     python benchmarks/demo_step_cost.py --sizes 64/8 96/8 --steps 10
@@ -11,7 +11,6 @@ box prior, box refinement), batch 16, one thread, padded images (``pixel_mask``)
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,14 +19,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qgn.engine.precision import cpu_bf16_units  # noqa: E402
 from qgn.modeling import build  # noqa: E402
 from qgn.modeling.configuration_qgn import QGNConfig  # noqa: E402
+
+from _common import cpu_model, synthetic_batch, train_step_fn  # noqa: E402
 
 DEFAULT_SIZES = ("64/8", "128/16", "96/12", "96/8", "128/8")
 
 
 def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16) -> float:
-    """Mean CPU seconds of a forward + backward + AdamW step."""
+    """Mean CPU seconds of a forward + backward + AdamW step (fp32) on ``_common.synthetic_batch``."""
     config = QGNConfig.tiny(
         vocab_size=300,
         image_size=image_size,
@@ -40,35 +42,14 @@ def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batc
     )
     model, criterion, _ = build(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(0)
-    inputs = {
-        "input_ids": torch.randint(5, 300, (batch, 20), generator=g),
-        "attention_mask": torch.ones(batch, 20, dtype=torch.long),
-        "word_index": torch.tensor([[-1, *range(18), -1]] * batch),
-        "word_mask": torch.ones(batch, 18, dtype=torch.bool),
-        "pixel_values": torch.randn(batch, 3, image_size, image_size, generator=g),
-        "pixel_mask": torch.ones(batch, image_size, image_size, dtype=torch.bool),
-    }
-    targets = [
-        {
-            "labels": torch.tensor([0, 1]),
-            "start": torch.tensor([0, 3]),
-            "end": torch.tensor([1, 3]),
-            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]]),
-            "has_box": torch.tensor([True, False]),
-            "entity_index": torch.tensor([0, 1]),
-        }
-        for _ in range(batch)
-    ]
+    inputs, targets = synthetic_batch(config, batch)
+    inputs["pixel_mask"] = torch.ones(batch, image_size, image_size, dtype=torch.bool)
+    step = train_step_fn(model, criterion, torch.optim.AdamW(model.parameters(), 1e-3), inputs, targets)
     started = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             started = time.process_time()
-        loss, _ = criterion(model(**inputs), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        step()
     return (time.process_time() - started) / steps
 
 
@@ -80,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        print(f"processor: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+        units = ", ".join(cpu_bf16_units()) or "no bf16 units"
+        print(f"processor: {cpu_model()} ({units}), torch {torch.__version__}, fp32, 1 thread")
         for item in args.sizes:
             size, _, patch = item.partition("/")
             grid = int(size) // int(patch)
