@@ -43,25 +43,17 @@ ASSUMED_UTILIZATION = 0.4  # a projection's assumption, said beside it; benchmar
 # The encoders of the paper's configs, by the names the configs give, as architectures (shapes only):
 # built with random weights when the named weights cannot be loaded here. bert-base-cased's vocabulary
 # has 28,996 word pieces; CLIP ViT-B/32's vision tower is 12 layers of width 768 on 32 px patches of 224 px.
-TEXT_ARCHITECTURES = {
-    "bert-base-cased": dict(
-        model_type="bert",
-        vocab_size=28996,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    ),
-    "bert-base-uncased": dict(
-        model_type="bert",
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    ),
+_BERT_BASE = dict(
+    model_type="bert",
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+)
+TEXT_ARCHITECTURES = {  # the two BERT-base checkpoints differ only in their vocabularies
+    "bert-base-cased": {**_BERT_BASE, "vocab_size": 28996},
+    "bert-base-uncased": {**_BERT_BASE, "vocab_size": 30522},
 }
 VISION_ARCHITECTURES = {
     "openai/clip-vit-base-patch32": dict(
