@@ -233,6 +233,154 @@ def test_fig3_reads_the_full_models_runs_for_its_nq(tmp_path):
     assert rows["Nq=10"]["ours"]["mean"] == 40.0 and rows["Nq=10"]["delta"] == -10.0
 
 
+# ----------------------------------------------------------------------------- --plus
+def _yaml(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_plus_switches_are_what_the_plus_config_changes(tmp_path):
+    """Model keys that differ (after --set on both, and the defaults filled) as they are, train keys as
+    train.<key>; data, train.seed and keys equal in both (or equal to the default) are not switches."""
+    from qgn.errors import QGNError
+    from qgn.reproduce.cli import _plus
+    from qgn.reproduce.grid import Plus
+
+    base_raw = {
+        "model": {"preset": "tiny", "num_queries": 8, "lambda_con": 0.5},
+        "data": {"path": "/base/data", "tokenizer": "words"},
+        "train": {"epochs": 3, "lr": 1e-3, "seed": 42},
+    }
+    plus_raw = {
+        "model": {"preset": "tiny", "num_queries": 12, "lambda_con": 0.5, "lambda_nt": 1.0, "score_threshold": 0.1},
+        "data": {"path": "/plus/data", "missing_images": "skip"},
+        "train": {"epochs": 3, "lr": 1e-3, "layer_decay": 0.8, "seed": 7, "weight_decay": 0.01},
+    }
+    base = _yaml(tmp_path / "base.yaml", base_raw)
+    plus_file = _yaml(tmp_path / "plus.yaml", plus_raw)
+    # the --set reaches both: lr = 5e-4 in both is no switch; num_queries is set to 12 in both, neither
+    from qgn.engine.settings import apply_overrides, load_run_file, settings_from_dict
+
+    overrides = ["train.lr=5e-4", "data.path=/given"]
+    base_dict = settings_from_dict(apply_overrides(load_run_file(str(base)), overrides)).to_dict()
+    plus = _plus(str(plus_file), overrides, base_dict)
+    # lambda_nt 1.0 and weight_decay 0.01 are the defaults (the base has them too): no switches
+    assert plus.switches == {"num_queries": 12, "score_threshold": 0.1, "train.layer_decay": 0.8}
+    assert plus.name == "plus" and plus.label == "QGN+ (plus, not the paper's)"
+    assert _plus(str(plus_file), [*overrides, "model.num_queries=12"], base_dict).switches == plus.switches
+    base_12 = settings_from_dict(apply_overrides(base_dict, ["model.num_queries=12"])).to_dict()
+    assert _plus(str(plus_file), [*overrides, "model.num_queries=12"], base_12).switches == {
+        "score_threshold": 0.1,
+        "train.layer_decay": 0.8,
+    }
+    # Table I gets the row after QGN's, in a folder of its own; no other table has it
+    rows = table_rows("I", base_model=base_dict["model"], plus=plus)
+    assert [r.label for r in rows] == ["QGN", "QGN+ (plus, not the paper's)"]
+    assert rows[1].switches == plus.switches and not rows[1].is_full
+    assert rows[1].slug.startswith("qgn-plus-plus-") and len(rows[1].slug) == len("qgn-plus-plus-") + 8
+    assert [r.label for r in table_rows("IV", plus=plus)] == [r.label for r in table_rows("IV")]
+    runs = plan(tmp_path, ["I", "IV"], 2, base_model=base_dict["model"], plus=plus)
+    assert sorted(str(r.path.relative_to(tmp_path)) for r in runs if "qgn-plus" in r.key) == [
+        f"I/{rows[1].slug}/seed1",
+        f"I/{rows[1].slug}/seed2",
+    ]
+    assert sum(r.path.parent.name == "full" for r in runs) == 2  # the full model's runs stay shared
+    assert Plus.from_json(json.loads(json.dumps(plus.to_json()))) == plus
+    # another plus config is another folder
+    other = _plus(str(_yaml(tmp_path / "plus.yaml", {**plus_raw, "train": {"layer_decay": 0.7}})), overrides, base_dict)
+    assert other.switches["train.layer_decay"] == 0.7 and other.row().slug != rows[1].slug
+
+    # refused: another preset; nothing changed
+    with pytest.raises(QGNError, match="preset"):
+        _plus(str(_yaml(tmp_path / "p2.yaml", {"model": {"preset": "default"}})), overrides, base_dict)
+    with pytest.raises(QGNError, match="no extra row"):
+        _plus(str(_yaml(tmp_path / "p3.yaml", {**base_raw, "data": {}})), overrides, base_dict)
+
+
+def test_run_config_puts_train_switches_in_train():
+    from qgn.reproduce.grid import Run, run_config
+
+    base = {"model": {"preset": "tiny", "num_queries": 8}, "data": {"path": "/d"}, "train": {"epochs": 3}}
+    run = Run("gmner/x", "gmner", (("num_queries", 6), ("train.layer_decay", 0.8)), 2, Path("x"))
+    raw = run_config(base, run)
+    assert raw["model"] == {"preset": "tiny", "num_queries": 6}
+    assert raw["train"] == {"epochs": 3, "layer_decay": 0.8, "seed": 2}
+    assert base["train"] == {"epochs": 3}  # the base is not changed
+    assert run.overrides == ["model.num_queries=6", "train.layer_decay=0.8", "train.seed=2"]
+
+
+def test_plus_row_runs_beside_qgn_in_table_i(grid_config, tmp_path, capsys):
+    """--plus: the dry run lists the QGN+ runs and counts them; the run's config.yaml has the plus
+    config's model and train values on the base's data; Table I has a column for each row, in
+    tables.md and tables.json, and --aggregate-only rebuilds the same."""
+    base = yaml.safe_load(grid_config.read_text())
+    plus_file = _yaml(
+        tmp_path / "grid_plus.yaml",
+        {
+            "model": {**base["model"], "num_queries": 6},
+            "data": {"path": str(tmp_path / "nowhere")},  # not used: the base's data is
+            "train": {**base["train"], "layer_decay": 0.8},
+        },
+    )
+    out = tmp_path / "plus"
+    args = ["reproduce", "--config", str(grid_config), "--plus", str(plus_file), "--tables", "I", "--seeds", "1"]
+    args += ["--set", "train.epochs=2", "--output-dir", str(out), "--no-progress"]
+    assert main([*args, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 2 runs for tables I x 1 seed(s); 0 finished, 0 to resume, 2 to start" in text
+    plus_lines = [line for line in text.splitlines() if "/I/qgn-plus-grid-plus-" in line]
+    assert len(plus_lines) == 1 and "(num_queries=6, train.layer_decay=0.8; seed 1)" in plus_lines[0]
+    assert "for the 2 runs not finished" in text and "QGN+ row's levers" in text
+    assert not list(out.glob("**/*.yaml"))
+
+    assert main(args) == 0
+    plus_runs = list((out / "I").glob("qgn-plus-grid-plus-*/seed1"))
+    assert len(plus_runs) == 1 and (plus_runs[0] / "final_metrics.json").is_file()
+    assert (out / "full" / "seed1" / "final_metrics.json").is_file()
+    saved = yaml.safe_load((plus_runs[0] / "config.yaml").read_text())
+    assert saved["model"]["num_queries"] == 6 and saved["train"]["layer_decay"] == 0.8
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seed"] == 1  # --set reached the plus row
+    assert saved["data"]["path"] == str(base["data"]["path"]) and saved["data"]["tokenizer"] == "words"
+    full_saved = yaml.safe_load((out / "full" / "seed1" / "config.yaml").read_text())
+    assert full_saved["model"]["num_queries"] == 8 and full_saved["train"]["layer_decay"] == 1.0
+
+    label = f"QGN+ ({plus_file.stem}, not the paper's)"
+    full_f1 = json.loads((out / "full" / "seed1" / "final_metrics.json").read_text())["test"]["GMNER"]["f1"]
+
+    def check(plus_f1: float) -> None:
+        tables = json.loads((out / "tables.json").read_text())
+        qgn, plus_row = tables["tables"]["I"]["rows"]
+        assert qgn["row"] == "QGN" and qgn["switches"] == {} and qgn["paper"]["GMNER F1"] == 61.18
+        assert plus_row["row"] == label and plus_row["paper"] is None and plus_row["runs_finished"] == 1
+        assert plus_row["switches"] == {"num_queries": 6, "train.layer_decay": 0.8}
+        assert plus_row["ours"]["GMNER F1"]["values"] == [plus_f1] and qgn["ours"]["GMNER F1"]["values"] == [full_f1]
+        assert tables["plus"] == {"name": "grid_plus", "switches": plus_row["switches"]}
+        md = (out / "tables.md").read_text()
+        assert f"| column | ours QGN | ours {label} | paper (QGN) |\n|---|---|---|---|\n" in md
+        assert f"| GMNER F1 | {full_f1:.2f} ± 0.00 (n=1) | {plus_f1:.2f} ± 0.00 (n=1) | 61.18 |" in md
+        assert "num_queries=6, train.layer_decay=0.8" in md
+
+    check(json.loads((plus_runs[0] / "final_metrics.json").read_text())["test"]["GMNER"]["f1"])
+    # --aggregate-only rebuilds both rows from reproduce.json (here with a known figure for QGN+)
+    metrics = {m: {"precision": 70.0, "recall": 80.0, "f1": 77.0} for m in ("GMNER", "MNER", "EEG")}
+    (plus_runs[0] / "final_metrics.json").write_text(json.dumps({"test": metrics, "dev": metrics}))
+    (out / "tables.md").unlink()
+    (out / "tables.json").unlink()
+    capsys.readouterr()
+    assert main(["reproduce", "--aggregate-only", str(out)]) == 0
+    check(77.0)
+    assert f"ours {label}" in capsys.readouterr().out
+
+
+def test_plus_without_table_i_adds_nothing(grid_config, tmp_path, capsys):
+    out = tmp_path / "x"
+    args = ["reproduce", "--config", str(grid_config), "--tables", "IV", "--seeds", "1", "--output-dir", str(out)]
+    assert main([*args, "--plus", "twitter_gmner_plus", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "Table I is not among --tables IV: no QGN+ row" in text and "qgn-plus" not in text
+    assert "plan: 4 runs for tables IV" in text
+
+
 # ----------------------------------------------------------------------------- --rehearse
 GMNER_V2 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "twitter-gmner" / "Twitter10000_v2.0"
 

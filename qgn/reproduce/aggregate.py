@@ -2,7 +2,8 @@
 
 Only the test figures of each run's dev-selected checkpoint are read (``final_metrics.json``,
 written by ``qgn train``: the best dev epoch, with the thresholds chosen on dev). A row whose runs
-have not all finished shows what has (its n says how many) or ``missing``.
+have not all finished shows what has (its n says how many) or ``missing``. With ``--plus``, Table I
+has a second row of ours, QGN+, which the paper does not have (its ``paper`` is null).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, Row, paper_tables, run_dir, table_rows
+from qgn.reproduce.grid import DEFAULT_QUERY_SWEEP, Plus, Row, paper_tables, run_dir, table_rows
 
 METRIC_COLUMNS = [
     ("GMNER", "recall"),
@@ -76,9 +77,10 @@ def collect(
     query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
     base_model: dict[str, Any] | None = None,
     vi_visual: str = "fixed",
+    plus: Plus | None = None,
 ) -> dict[str, Any]:
     """``{table: {"title", "rows": [...]}}`` with our statistics and the paper's numbers per row
-    (``base_model``, ``vi_visual``: as :func:`qgn.reproduce.grid.table_rows`, to find the runs)."""
+    (``base_model``, ``vi_visual``, ``plus``: as :func:`qgn.reproduce.grid.table_rows`, to find the runs)."""
     paper = paper_tables()
     out: dict[str, Any] = {
         "source_of_paper_numbers": paper["source"],
@@ -86,12 +88,14 @@ def collect(
         "vi_visual_layers": vi_visual,
         "tables": {},
     }
+    if plus is not None:  # recorded only with --plus: without it tables.json is as before
+        out["plus"] = plus.to_json()
     full_row = Row("III", "full")
     full = _stats([f["test"]["GMNER"]["f1"] for f in _finals(root, full_row, seeds)])
     for table in tables:
         info = paper[table]
         rows = []
-        for row in table_rows(table, query_sweep, base_model, vi_visual):
+        for row in table_rows(table, query_sweep, base_model, vi_visual, plus):
             finals = _finals(root, row, seeds)
             entry: dict[str, Any] = {"row": row.label, "switches": row.switches, "runs_finished": len(finals)}
             if table == "I":
@@ -99,7 +103,8 @@ def collect(
                     f"{m} {c[0].upper() if c != 'f1' else 'F1'}": _stats([f["test"][m][c] for f in finals])
                     for m, c in METRIC_COLUMNS
                 }
-                entry["paper"] = dict(zip(info["columns"], info["rows"]["QGN"]))
+                # the paper has no QGN+ row: only the QGN row (the full model) has its numbers
+                entry["paper"] = dict(zip(info["columns"], info["rows"]["QGN"])) if row.is_full else None
             elif table == "II":
                 for category in [*COARSE, "All"]:
                     values = [v for v in (_coarse_f1(f, category) for f in finals) if v is not None]
@@ -156,11 +161,23 @@ def to_markdown(result: dict[str, Any]) -> str:
                 + ".",
                 "",
             ]
-        if table == "I":
+        if table == "I" and len(block["rows"]) == 1:
             row = block["rows"][0]
             lines += ["| column | ours | paper (QGN) |", "|---|---|---|"]
             for column, paper_value in row["paper"].items():
                 lines.append(f"| {column} | {_cell(row['ours'].get(column))} | {paper_value:.2f} |")
+        elif table == "I":  # QGN and the QGN+ row of --plus, a column each, then the paper's QGN
+            rows, paper_row = block["rows"], block["rows"][0]["paper"]
+            lines += [
+                "| column | " + " | ".join(f"ours {r['row']}" for r in rows) + " | paper (QGN) |",
+                "|---" * (len(rows) + 2) + "|",
+            ]
+            for column, paper_value in paper_row.items():
+                cells = " | ".join(_cell(r["ours"].get(column)) for r in rows)
+                lines.append(f"| {column} | {cells} | {paper_value:.2f} |")
+            for r in rows[1:]:
+                switches = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["switches"].items())
+                lines += ["", f"{r['row']}: its config's changes on the base config: {switches}."]
         elif table == "II":
             lines += ["| category | ours | paper QGN | H-Index | TIGER | MQSPN |", "|---|---|---|---|---|---|"]
             for row in block["rows"]:
@@ -189,8 +206,9 @@ def write_tables(
     query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
     base_model: dict[str, Any] | None = None,
     vi_visual: str = "fixed",
+    plus: Plus | None = None,
 ) -> tuple[Path, Path]:
-    result = collect(root, tables, seeds, query_sweep, base_model, vi_visual)
+    result = collect(root, tables, seeds, query_sweep, base_model, vi_visual, plus)
     md, js = root / "tables.md", root / "tables.json"
     md.write_text(to_markdown(result), encoding="utf-8")
     js.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -4,6 +4,7 @@
     qgn reproduce ... --dry-run                 # the plan, and its cost from a timed training step
     qgn reproduce ... --devices 0,1,2,3         # four runs at once, one per GPU
     qgn reproduce ... --shard 1/4               # this node's quarter of the runs
+    qgn reproduce ... --plus twitter_gmner_plus # Table I gets a QGN+ row (not the paper's)
     qgn reproduce --aggregate-only DIR          # rebuild DIR/tables.md from what has finished
 
 Every run is a plain ``qgn train`` in its own process (``DIR/<table>/<row>/seed<k>/``; the full
@@ -32,10 +33,12 @@ from qgn.reproduce.aggregate import write_tables
 from qgn.reproduce.grid import (
     DEFAULT_QUERY_SWEEP,
     VI_VISUAL_LAYERS,
+    Plus,
     Run,
     parse_shard,
     parse_tables,
     plan,
+    plus_switches,
     run_config,
     status,
 )
@@ -66,6 +69,13 @@ def register(subparsers: Any) -> None:
         default="fixed",
         help="Table VI: read the ViT features at the config's vision_extract_layers in every row (fixed, "
         "the paper's V = {2,5,8,11}; default) or at each row's injection layers (follow)",
+    )
+    p.add_argument(
+        "--plus",
+        metavar="CONFIG",
+        help="a config beyond the paper (a shipped name, e.g. twitter_gmner_plus, or a YAML file) as a second "
+        "row of Table I, 'QGN+ (CONFIG, not the paper's)': its switches are what its model and train sections "
+        "change on --config's (after --set, applied to both); its data section is not used (default: no such row)",
     )
     p.add_argument("--output-dir", help="where the runs and tables go")
     p.add_argument(
@@ -132,6 +142,15 @@ def _base_config(name: str, overrides: list[str], root: Path) -> dict[str, Any]:
     if not settings.data.path:
         raise QGNError(f"config {name}: data.path is not set; give --set data.path=DIR (and data.image_dir)")
     return settings.with_absolute_paths().to_dict()
+
+
+def _plus(name: str, overrides: list[str], base: dict[str, Any]) -> Plus:
+    """``--plus``: the config ``name`` with the same ``--set`` overrides, as switches on ``base`` (the
+    base config's run dict, from :func:`_base_config`)."""
+    from qgn.engine.settings import apply_overrides, load_run_file, settings_from_dict
+
+    raw = settings_from_dict(apply_overrides(load_run_file(name), overrides)).with_absolute_paths().to_dict()
+    return Plus(Path(name).stem, plus_switches(base, raw))
 
 
 def _check_layers(raw: dict[str, Any], run: Run) -> None:
@@ -221,7 +240,8 @@ def _execute(runs: list[Run], configs: dict[Path, Path], devices: list[str], pro
 
 def _estimate(base: dict[str, Any], runs: list[Run]) -> str:
     """Seconds per optimizer step of the full model, timed on a few training batches, times the
-    steps the remaining runs take (evaluation not counted)."""
+    steps the remaining runs take (evaluation not counted; a run's ``train.*`` switches, the QGN+ row's,
+    can change its epochs and batch)."""
     import tempfile
 
     import torch
@@ -245,19 +265,33 @@ def _estimate(base: dict[str, Any], runs: list[Run]) -> str:
             trainer.optimizer.zero_grad()
             if i:  # the first step warms caches up
                 times.append(time.perf_counter() - started)
-        steps = math.ceil(len(trainer.train_loader) / settings.train.grad_accum_steps) * settings.train.epochs
+        n_batches, train = len(trainer.train_loader), settings.train
+        steps = math.ceil(n_batches / train.grad_accum_steps) * train.epochs
         del trainer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     if not times:
         return "no training batch to time"
     step = sum(times) / len(times)
     todo = [r for r in runs if status(r) != "done"]
-    hours = step * steps * len(todo) / 3600
+
+    def steps_of(run: Run) -> int:
+        switches = dict(run.switches)
+        get = lambda key: switches.get(f"train.{key}", getattr(train, key))  # noqa: E731
+        posts = n_batches * train.batch_size  # about: the last batch may be short
+        return math.ceil(posts / (get("batch_size") * get("grad_accum_steps"))) * get("epochs")
+
+    hours = step * sum(steps_of(r) for r in todo) / 3600
+    plus = any(r.key.startswith("gmner/qgn-plus-") for r in todo)
     return (
         f"{step * 1000:.0f} ms a step (full model, timed here), {steps} steps a run: about {hours:.1f} device-hours "
         f"for the {len(todo)} runs not finished (training only; ablations that remove modules are cheaper, "
-        "evaluation adds a little)"
+        + ("the QGN+ row's levers may cost more, " if plus else "")
+        + "evaluation adds a little)"
     )
+
+
+def _describe(switches: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in switches)
 
 
 def _main(args: Any) -> int:
@@ -285,8 +319,14 @@ def _main(args: Any) -> int:
     root.mkdir(parents=True, exist_ok=True)
 
     bases = {"gmner": _base_config(args.config, args.overrides, root)}
+    plus = None
+    if args.plus and "I" in tables:
+        plus = _plus(args.plus, args.overrides, bases["gmner"])
+        print(f"--plus {args.plus}: Table I row {plus.label!r}, switches: {_describe(plus.switches.items())}")
+    elif args.plus:
+        print(f"--plus {args.plus}: Table I is not among --tables {args.tables}: no QGN+ row", flush=True)
     # A row that sets what the config already has is the full model and shares its runs (Fig. 3's Nq = 60).
-    runs = plan(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers)
+    runs = plan(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers, plus)
     if any(r.kind == "fmnerg" for r in runs):
         bases["fmnerg"] = _base_config(args.fmnerg_config, args.fmnerg_overrides, root)
     if args.rehearse:
@@ -320,6 +360,7 @@ def _main(args: Any) -> int:
                 "overrides": args.overrides,
                 "vi_visual_layers": args.vi_visual_layers,
                 "base_model": bases["gmner"]["model"],
+                "plus": plus.to_json() if plus is not None else None,
             },
             indent=2,
         )
@@ -332,7 +373,7 @@ def _main(args: Any) -> int:
     )
     if args.dry_run:
         for run in mine:
-            switches = ", ".join(f"{k}={v}" for k, v in run.switches) or "the full model"
+            switches = _describe(run.switches) or "the full model"
             print(f"  {status(run):<11} {run.path}  ({switches}; seed {run.seed})")
         try:
             print("estimate: " + _estimate(bases["gmner"], mine))
@@ -341,7 +382,7 @@ def _main(args: Any) -> int:
         return 0
     todo = [r for r in mine if status(r) != "done"]
     failures = _execute(todo, configs, devices, progress=not args.no_progress)
-    md, _ = write_tables(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers)
+    md, _ = write_tables(root, tables, args.seeds, queries, bases["gmner"]["model"], args.vi_visual_layers, plus)
     print(md.read_text(encoding="utf-8"))
     print(f"tables: {md} and {root / 'tables.json'}")
     for message in failures:
@@ -361,6 +402,7 @@ def _aggregate_only(root: Path) -> int:
         tuple(meta["queries"]),
         meta.get("base_model"),
         meta.get("vi_visual_layers", "fixed"),
+        Plus.from_json(meta.get("plus")),
     )
     print(md.read_text(encoding="utf-8"))
     print(f"tables: {md} and {js}")

@@ -3,10 +3,12 @@
 A row's runs are ordinary ``qgn train`` run directories, ``DIR/<table>/<row>/seed<k>/``; the full
 model, a row of several tables, lives once in ``DIR/full/seed<k>/`` and every table reads it there.
 Seeds are 1..K and set ``train.seed = k``, so ``--seeds 5`` after ``--seeds 3`` adds seeds 4 and 5.
+A switch named ``train.<key>`` sets the ``train`` section (only the QGN+ row of ``--plus`` has them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ class Row:
     label: str
     switches: dict[str, Any] = field(default_factory=dict)
     variant: str = ""  # appended to the run folder's name, so that another variant never reuses its runs
+    folder: str = ""  # the run folder's name, when not made from the label (the QGN+ row)
 
     @property
     def is_full(self) -> bool:
@@ -43,6 +46,8 @@ class Row:
     def slug(self) -> str:
         if self.is_full:
             return FULL
+        if self.folder:
+            return self.folder
         slug = re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
         return f"{slug}-{self.variant}" if self.variant else slug
 
@@ -53,6 +58,61 @@ def _vi(ext_stride: int, ext_start: int, inj_stride: int, inj_start: int, visual
     inject = layer_schedule(inj_start, inj_stride)
     switches = {"text_extract_layers": layer_schedule(ext_start, ext_stride), "vision_inject_layers": inject}
     return {**switches, "vision_extract_layers": inject} if visual == "follow" else switches
+
+
+@dataclass(frozen=True)
+class Plus:
+    """``--plus``: a config beyond the paper, as an extra row of Table I. ``switches`` are what it
+    changes on the base config: ``model`` keys as they are, ``train`` keys as ``train.<key>``."""
+
+    name: str
+    switches: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"QGN+ ({self.name}, not the paper's)"
+
+    def row(self) -> Row:
+        # The folder names the config and a digest of its switches: a changed plus config (or a base
+        # config it now differs from otherwise) never reuses the runs of another.
+        digest = hashlib.sha1(json.dumps(self.switches, sort_keys=True).encode()).hexdigest()[:8]
+        name = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return Row("I", self.label, dict(self.switches), folder=f"qgn-plus-{name}-{digest}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "switches": self.switches}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Plus | None:
+        return cls(data["name"], dict(data["switches"])) if data else None
+
+
+def plus_switches(base: dict[str, Any], plus: dict[str, Any]) -> dict[str, Any]:
+    """What the run dict ``plus`` changes on the run dict ``base``, both with their defaults filled
+    (``settings_from_dict(...).to_dict()``): every ``model`` key whose value differs, and every ``train``
+    key that differs as ``train.<key>`` (``train.seed`` aside: the grid sets it). ``data`` is not
+    compared (the base's is used). Refused: different presets, or no difference at all."""
+    from qgn.engine.settings import settings_from_dict
+
+    base_full, plus_full = settings_from_dict(base).to_dict(), settings_from_dict(plus).to_dict()
+    base_model, plus_model = dict(base_full["model"]), dict(plus_full["model"])
+    base_preset, plus_preset = base_model.pop("preset"), plus_model.pop("preset")
+    if base_preset != plus_preset:
+        raise QGNError(
+            f"--plus: its model.preset is {plus_preset!r} but the base config's is {base_preset!r}; a QGN+ row "
+            "changes settings on the base model, give configs of the same preset"
+        )
+    switches = {k: v for k, v in plus_model.items() if k not in base_model or base_model[k] != v}
+    switches.update(
+        {
+            f"train.{k}": v
+            for k, v in plus_full["train"].items()
+            if k != "seed" and (k not in base_full["train"] or base_full["train"][k] != v)
+        }
+    )
+    if not switches:
+        raise QGNError("--plus: its model and train sections are the base config's: no extra row to run")
+    return switches
 
 
 VI_SCHEDULES = (
@@ -72,12 +132,14 @@ def table_rows(
     query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
     base_model: dict[str, Any] | None = None,
     vi_visual: str = "fixed",
+    plus: Plus | None = None,
 ) -> list[Row]:
     """The rows of ``table`` in the paper's order; the full model's row has no switches.
 
     A switch that sets what ``base_model`` (the run config's ``model`` section; the paper's defaults
     when ``None``) already has is dropped, so a row equal to the full model is the full model and
-    shares its runs (Fig. 3's Nq = 60 with the paper configs).
+    shares its runs (Fig. 3's Nq = 60 with the paper configs). ``plus``: Table I gets its row after
+    QGN's, with its switches as they are (they were taken against the base config).
     """
     if vi_visual not in VI_VISUAL_LAYERS:
         raise QGNError(f"Table VI visual layers must be one of {', '.join(VI_VISUAL_LAYERS)}, got {vi_visual!r}")
@@ -123,8 +185,12 @@ def table_rows(
     variant = "v-follows-injection" if table == "VI" and vi_visual == "follow" else ""
     out = []
     for label, switches in rows[table]:
-        changed = {k: v for k, v in switches.items() if k not in base_model or base_model[k] != v}
+        changed = {
+            k: v for k, v in switches.items() if k.startswith("train.") or k not in base_model or base_model[k] != v
+        }
         out.append(Row(table, label, changed, variant if changed else ""))
+    if table == "I" and plus is not None:
+        out.append(plus.row())
     return out
 
 
@@ -156,7 +222,8 @@ class Run:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"model.{k}={json.dumps(v)}" for k, v in self.switches] + [f"train.seed={self.seed}"]
+        section = lambda k: k if k.startswith("train.") else f"model.{k}"  # noqa: E731
+        return [f"{section(k)}={json.dumps(v)}" for k, v in self.switches] + [f"train.seed={self.seed}"]
 
 
 def run_dir(root: Path, row: Row, seed: int) -> Path:
@@ -174,12 +241,13 @@ def plan(
     query_sweep: tuple[int, ...] = DEFAULT_QUERY_SWEEP,
     base_model: dict[str, Any] | None = None,
     vi_visual: str = "fixed",
+    plus: Plus | None = None,
 ) -> list[Run]:
     """Every run the tables need, each once (the full model is shared), in a fixed order
-    (``base_model``, ``vi_visual``: as :func:`table_rows`)."""
+    (``base_model``, ``vi_visual``, ``plus``: as :func:`table_rows`)."""
     runs: dict[Path, Run] = {}
     for table in tables:
-        for row in table_rows(table, query_sweep, base_model, vi_visual):
+        for row in table_rows(table, query_sweep, base_model, vi_visual, plus):
             kind = "fmnerg" if table == "II" else "gmner"
             for seed in range(1, seeds + 1):
                 path = run_dir(root, row, seed)
@@ -189,11 +257,16 @@ def plan(
 
 
 def run_config(base: dict[str, Any], run: Run) -> dict[str, Any]:
-    """The settings of ``run``: ``base`` (a run file as a dict) with the row's switches and seed, validated."""
+    """The settings of ``run``: ``base`` (a run file as a dict) with the row's switches (``train.<key>``
+    in ``train``, the others in ``model``) and seed, validated."""
     from qgn.engine.settings import settings_from_dict
 
     raw = {k: dict(v) for k, v in base.items()}
-    raw["model"].update(dict(run.switches))
+    for key, value in run.switches:
+        if key.startswith("train."):
+            raw["train"][key[len("train.") :]] = value
+        else:
+            raw["model"][key] = value
     raw["train"]["seed"] = run.seed
     settings_from_dict(raw)  # each row's switches are valid on this config (e.g. layers the encoders have)
     return raw
