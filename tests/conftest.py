@@ -1,10 +1,23 @@
-"""Fixtures shared by the test files that need a trained checkpoint (serve, predict, export, hub)."""
+"""Fixtures shared by the test files: a trained checkpoint (serve, predict, export, hub), and one torch
+thread for the files of tiny models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: thread hand-offs cost more than they save, and much more on a busy 2-core box.
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

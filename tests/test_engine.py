@@ -169,6 +169,9 @@ import os, signal, sys
 import accelerate
 from qgn.engine import train
 
+# A shell's background job starts with SIGINT ignored, and Python then keeps it ignored: give this
+# process the usual Ctrl-C handler, as an interactive terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mode, calls = sys.argv[3], {"n": 0}
 loss, save_state = train.Trainer._loss, accelerate.Accelerator.save_state
 
@@ -854,6 +857,9 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
         "align_presence",
         "align_box_prior",
         "box_refine",
+        "box_refine_pixels",
+        "bio_loss_weight",
+        "span_proposals",
         "aux_loss",
         "aux_one_to_many",
         "cost_span",
@@ -864,3 +870,4 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
     # notarget_unmatched_weight is 0.0 there, the paper's L_nt (tests/test_paper_configs.py)
     assert {k: getattr(model, k) for k in levers} == {k: getattr(default, k) for k in levers}
     assert not default.box_refine and default.lambda_align == 0 and default.aux_one_to_many == 1
+    assert not default.box_refine_pixels and default.bio_loss_weight == 0 and default.span_proposals == 0

@@ -82,12 +82,34 @@ def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_be
         align_presence=True,
         align_box_prior=True,
         box_refine=True,
+        box_refine_pixels=True,
     )
     torch.manual_seed(0)
     model = QGNModel(config).eval()
     torch.nn.init.normal_(model.heads.box_refine.mlp.layers[-1].weight, std=0.1)  # a correction to export
+    torch.nn.init.normal_(model.heads.pixel_refine.mlp.layers[-1].weight, std=0.1)
     model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=ImageTransform.load(tiny_checkpoint))
     out = tmp_path / "demo.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--output", str(out)]) == 0
+    _assert_onnx_matches(load(tmp_path / "ckpt", device="cpu"), out, tiny_bench)
+
+
+def test_onnx_export_of_the_recognition_aids_matches_pytorch(tiny_checkpoint, tiny_bench, tmp_path):
+    """Span-proposal queries (a top-k over a word axis that changes with the batch) and the BIO
+    head export, and the graph keeps the word axis dynamic."""
+    from transformers import AutoTokenizer
+
+    from qgn.data.pipeline import ImageTransform
+    from qgn.modeling import QGNConfig, QGNModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    config = QGNConfig.tiny(
+        vocab_size=len(tokenizer), num_queries=8, score_threshold=0.0, bio_loss_weight=1.0, span_proposals=4
+    )
+    torch.manual_seed(0)
+    model = QGNModel(config).eval()
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=ImageTransform.load(tiny_checkpoint))
+    out = tmp_path / "aids.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--output", str(out)]) == 0
     _assert_onnx_matches(load(tmp_path / "ckpt", device="cpu"), out, tiny_bench)
 

@@ -20,12 +20,7 @@ from qgn.modeling.tokenizer import build_word_tokenizer
 RED = (220, 40, 40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def drawn(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -139,6 +134,7 @@ def lever_config(**overrides) -> QGNConfig:
         align_presence=True,
         align_box_prior=True,
         box_refine=True,
+        box_refine_pixels=True,
         **overrides,
     )
 

@@ -57,6 +57,7 @@ def _config(**overrides):
         num_labels=3,
         text_only=False,
         box_refine=False,
+        box_refine_pixels=False,
     )
     values.update(overrides)
     return SimpleNamespace(**values)

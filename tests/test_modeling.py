@@ -15,13 +15,7 @@ VOCAB = 120
 C = 4  # entity types of QGNConfig.tiny()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: thread hand-offs cost more than they save, and much more on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny(**overrides) -> QGNConfig:
@@ -474,6 +468,42 @@ def test_box_refinement_starts_as_the_identity_and_reads_the_image_inside_the_bo
     with torch.no_grad():
         before, after = head(queries, logits, vision), head(queries, logits, changed)
     assert not torch.allclose(before[0, 0], after[0, 0]) and torch.allclose(before[0, 1], after[0, 1])
+
+
+def test_pixel_refinement_starts_as_the_identity_and_reads_the_pixels_around_the_box():
+    from qgn.modeling.heads import PixelBoxRefinement
+
+    config = tiny(box_refine_pixels=True)
+    model = build(config).eval()
+    batch = make_batch(config)
+    with torch.no_grad():
+        refined = model(**batch)["pred_boxes"]
+        refine, model.heads.pixel_refine = model.heads.pixel_refine, None
+        plain = model(**batch)["pred_boxes"]
+        model.heads.pixel_refine = refine
+    torch.testing.assert_close(refined, plain)  # zero last layer: training starts from the head's boxes
+    model.train()
+    loss_of(model, model(**batch)).backward()
+    assert refine.mlp.layers[-1].weight.grad.abs().sum() > 0
+
+    # the correction depends on the pixels in and just around the box (1.5 times it), nowhere else
+    head = PixelBoxRefinement(8, points=4)
+    torch.nn.init.normal_(head.mlp.layers[-1].weight)
+    queries = torch.randn(1, 2, 8)
+    logits = torch.logit(torch.tensor([[[0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]]]))
+    pixels = torch.cat([torch.randn(1, 3, 32, 32), torch.ones(1, 1, 32, 32)], dim=1)
+    just_outside = pixels.clone()
+    just_outside[:, :3, 10:12, 2:4] += 5.0  # left of the first box (x 0.15-0.35), inside its 1.5x context
+    far = pixels.clone()
+    far[:, :3, 30:, :2] += 5.0  # a corner neither box's context reaches
+    with torch.no_grad():
+        before, near, away = (
+            head(queries, logits, pixels),
+            head(queries, logits, just_outside),
+            head(queries, logits, far),
+        )
+    assert not torch.allclose(before[0, 0], near[0, 0]) and torch.allclose(before[0, 1], near[0, 1])
+    torch.testing.assert_close(before, away)
 
 
 def test_from_pretrained_on_a_non_checkpoint_fails_clearly(tmp_path):

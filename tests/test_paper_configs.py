@@ -61,3 +61,20 @@ def test_architecture_doc_ends_with_what_the_paper_configs_take_from_the_paper()
         "seed",
     ):
         assert key in section, key
+
+
+def test_the_plus_config_is_the_paper_recipe_plus_the_levers_it_names():
+    """twitter_gmner_plus changes only model levers beyond the paper (each documented in
+    docs/architecture.md) on top of twitter_gmner, whose recipe it keeps."""
+    from qgn.engine.settings import load_run_file, settings_from_dict
+    from qgn.reproduce.grid import plus_switches
+
+    paper, plus = load_run_file("twitter_gmner"), load_run_file("twitter_gmner_plus")
+    switches = plus_switches(paper, plus)
+    assert not [k for k in switches if k.startswith("train.")], "the paper's training recipe is kept"
+    assert {"bio_loss_weight", "span_proposals", "lambda_align", "box_refine"} <= set(switches)
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for key in switches:
+        assert f"`{key}" in doc, key
+    model = settings_from_dict(plus).model
+    assert (model.num_queries, model.text_encoder, model.notarget_unmatched_weight) == (60, "bert-base-cased", 0.0)

@@ -101,19 +101,59 @@ def make_loader(
     )
 
 
+def layer_depths(encoder: torch.nn.Module) -> dict[str, int]:
+    """Depth of each parameter of a transformers encoder, by name: 0 for the embeddings (and
+    whatever sits below the first layer), l for ``...layer.{l-1}...`` / ``...layers.{l-1}...``,
+    L + 1 for what sits above the last of its L layers (pooler, final norm)."""
+    import re
+
+    layer_of = {}
+    for name, _ in encoder.named_parameters():
+        found = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+        layer_of[name] = int(found.group(1)) + 1 if found else None
+    depth = max((v for v in layer_of.values() if v is not None), default=0)
+    return {
+        name: layer if layer is not None else (0 if "embed" in name else depth + 1) for name, layer in layer_of.items()
+    }
+
+
 def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict[str, Any]]:
-    """Pretrained encoders at ``lr``, QGN's own (randomly initialised) modules at ``head_lr``."""
+    """Pretrained encoders at ``lr`` (scaled per layer by ``train.layer_decay``), QGN's own
+    (randomly initialised) modules at ``head_lr``."""
     from transformers import PreTrainedModel
 
-    encoder_ids = {id(p) for m in model.modules() if isinstance(m, PreTrainedModel) for p in m.parameters()}
     train = settings.train
-    encoder: list[torch.nn.Parameter] = []
+    scale_of: dict[int, float] = {}  # id(parameter) -> lr scale, for encoder parameters
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and id(next(iter(module.parameters()), None)) not in scale_of:
+            depths = layer_depths(module)
+            top = max(depths.values(), default=0)
+            for name, p in module.named_parameters():
+                scale_of[id(p)] = train.layer_decay ** (top - depths[name])
+    by_scale: dict[float, list[torch.nn.Parameter]] = {}
     head: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
-            (encoder if id(p) in encoder_ids else head).append(p)
-    groups = [{"params": encoder, "lr": train.lr}, {"params": head, "lr": train.head_lr or train.lr}]
+            if id(p) in scale_of:
+                by_scale.setdefault(scale_of[id(p)], []).append(p)
+            else:
+                head.append(p)
+    groups = [{"params": params, "lr": train.lr * scale} for scale, params in sorted(by_scale.items(), reverse=True)]
+    groups.append({"params": head, "lr": train.head_lr or train.lr})
     return [g for g in groups if g["params"]]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: RunSettings, total_steps: int) -> Any:
+    """Warm-up over ``warmup_ratio`` of the steps, then ``lr_schedule``."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[settings.train.lr_schedule]
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=int(settings.train.warmup_ratio * total_steps),
+        num_training_steps=max(total_steps, 1),
+    )
 
 
 def make_optimizer(groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:

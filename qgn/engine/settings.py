@@ -61,6 +61,9 @@ class DataSettings:
     cache_images: bool = False
 
 
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
 @dataclass
 class TrainSettings:
     """The training recipe; defaults are the paper's (Sec. IV-A) where it gives one.
@@ -71,6 +74,13 @@ class TrainSettings:
             initialised QGN modules; ``null`` means ``lr``.
         weight_decay: AdamW weight decay (0.01; not in the paper).
         warmup_ratio: linear warm-up over this fraction of the steps, then linear decay (0.05).
+        lr_schedule: what follows the warm-up: ``linear`` decay to 0 (the default), ``cosine``
+            decay to 0, or ``constant`` (not in the paper, which gives only the warm-up).
+        layer_decay: layer-wise learning-rate decay of the pretrained encoders (1.0 = off; not in
+            the paper; ELECTRA / BEiT fine-tuning): the top of each encoder (what sits above its
+            last layer, or else its last layer) learns at ``lr``, and every step down (layers,
+            then the embeddings) multiplies the rate by ``layer_decay``. Lower layers, which hold
+            the general features, move less.
         max_grad_norm: gradient clipping (1.0; not in the paper; 0 disables).
         grad_accum_steps: gradient accumulation for small GPUs (1).
         mixed_precision: ``no``, ``bf16``, ``fp16`` or ``auto`` autocast; matcher and losses stay
@@ -99,6 +109,8 @@ class TrainSettings:
     head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
+    lr_schedule: str = "linear"
+    layer_decay: float = 1.0
     max_grad_norm: float = 1.0
     grad_accum_steps: int = 1
     mixed_precision: str = "no"
@@ -272,6 +284,12 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
         raise QGNError(f"data.missing_images must be fail, skip or text_only, got {settings.data.missing_images!r}")
     if settings.train.select_metric not in ("GMNER", "MNER", "EEG"):
         raise QGNError(f"train.select_metric must be GMNER, MNER or EEG, got {settings.train.select_metric!r}")
+    if settings.train.lr_schedule not in LR_SCHEDULES:
+        raise QGNError(
+            f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {settings.train.lr_schedule!r}"
+        )
+    if not 0 < settings.train.layer_decay <= 1:
+        raise QGNError(f"train.layer_decay must be in (0, 1] (1 = off), got {settings.train.layer_decay}")
     if settings.train.mixed_precision not in ("no", "bf16", "fp16", "auto"):
         raise QGNError(f"train.mixed_precision must be no, bf16, fp16 or auto, got {settings.train.mixed_precision!r}")
     return settings

@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from qgn.engine.final_scoring import metrics_summary, score_selected
-from qgn.engine.run_parts import build_tokenizer, make_loader, make_optimizer, parameter_groups, read_split
+from qgn.engine.run_parts import (
+    build_tokenizer,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+    read_split,
+)
 from qgn.engine.safe_save import Terminated, _atomic_replace, _raise_terminated, _signals_held, corrupt_files
 from qgn.engine.settings import RunSettings, resolve_settings, settings_from_dict
 from qgn.errors import QGNError
@@ -123,8 +130,6 @@ class Trainer:
 
     # -------------------------------------------------------------- construction
     def _build(self, resume: bool) -> None:
-        from transformers import get_linear_schedule_with_warmup
-
         from qgn.data.pipeline import ImageTransform
         from qgn.modeling import build
 
@@ -149,9 +154,7 @@ class Trainer:
         if s.train.max_steps:
             self.total_steps = min(self.total_steps, s.train.max_steps)
         optimizer = make_optimizer(parameter_groups(self.model, s), s.train.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(s.train.warmup_ratio * self.total_steps), max(self.total_steps, 1)
-        )
+        scheduler = make_scheduler(optimizer, s, self.total_steps)
         self.model, self.optimizer, self.train_loader, self.dev_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, dev_loader, scheduler
         )

@@ -146,6 +146,28 @@ class QGNConfig:
         box_refine: after the box head, sample the final visual tokens at 3 x 3 points over the
             predicted box (its edges and middle) and let an MLP correct the box from them and the
             query (False). The box head alone is only as precise as the patch grid it reads.
+        box_refine_pixels: then sample the input pixels (padding zeroed, pixel mask as a fourth
+            channel) at 8 x 8 points over the box enlarged 1.5 times, read them with two small
+            convolutions and let an MLP correct the box again (False;
+            :class:`qgn.modeling.heads.PixelBoxRefinement`): finer than the patch grid.
+
+    Entity recognition aids (not in the paper; they make the span queries learn what a tagger
+    learns, from the first step; :mod:`qgn.modeling.span_aids`):
+        bio_loss_weight: weight of an auxiliary token-level BIO loss (0 = off): a linear layer
+            over the text features F_t pooled to words tags every word O / B-type / I-type, trained
+            with cross-entropy against the gold spans. The encoder then gets a dense signal on
+            every word, where the set loss reaches it only through the few matched queries.
+        span_proposals: k, the number of queries initialised from candidate spans (0 = off;
+            two-stage queries, as in Deformable DETR and DINO). Every span of up to
+            ``span_proposal_max_words`` words is scored from F_t (its first and last word and its
+            length); the k best add their span feature to the first k learned query embeddings,
+            and those queries' start / end logits get a learned bias (``span_prior_bias``, 2 at
+            the start) on the proposed words. The selection is not differentiated; the span
+            feature is. The scorer is trained with ``span_proposal_weight`` times a cross-entropy
+            over the entity types plus "no entity" (gold spans against all others).
+        span_proposal_max_words: the longest candidate span in words (6).
+        span_proposal_weight: weight of the proposal scorer's loss (1.0; used when
+            ``span_proposals > 0``).
 
     Text-only mode:
         text_only: no image branch at all (no vision encoder, no HVLA, MQD without vision); the
@@ -220,6 +242,12 @@ class QGNConfig:
     align_temperature: float = 0.07
     # box refinement (not in the paper)
     box_refine: bool = False
+    box_refine_pixels: bool = False
+    # entity recognition aids (not in the paper)
+    bio_loss_weight: float = 0.0
+    span_proposals: int = 0
+    span_proposal_max_words: int = 6
+    span_proposal_weight: float = 1.0
     # text-only mode
     text_only: bool = False
     # matcher
@@ -280,6 +308,8 @@ class QGNConfig:
             "weight_giou",
             "no_entity_weight",
             "notarget_unmatched_weight",
+            "bio_loss_weight",
+            "span_proposal_weight",
         )
         for name in weights:
             if getattr(self, name) is not None and getattr(self, name) < 0:
@@ -305,6 +335,13 @@ class QGNConfig:
         for name in ("align_presence", "align_box_prior"):
             if getattr(self, name) and not self.lambda_align:
                 raise ValueError(f"{name} reads the alignment head: it needs lambda_align > 0")
+        if not 0 <= self.span_proposals <= self.num_queries:
+            raise ValueError(
+                f"span_proposals must be in [0, num_queries={self.num_queries}] (queries set from spans), "
+                f"got {self.span_proposals}"
+            )
+        if self.span_proposal_max_words < 1:
+            raise ValueError(f"span_proposal_max_words must be >= 1, got {self.span_proposal_max_words}")
         for name in ("num_fusion_layers", "num_decoder_layers", "num_refinement_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

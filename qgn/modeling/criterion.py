@@ -3,7 +3,9 @@
 ``total = lambda_pred * L_pred + lambda_nt * L_nt + lambda_con * L_con`` with
 ``L_pred = weight_ce * CE + weight_boundary * BCE(start, end) + weight_l1 * L1 + weight_giou * GIoU``,
 plus, beyond the paper and off by default, ``lambda_align * L_align + lambda_align_words *
-L_align_words`` (contrastive query-patch and word-patch alignment, MDETR / GLIP).
+L_align_words`` (contrastive query-patch and word-patch alignment, MDETR / GLIP) and
+``bio_loss_weight * L_bio + span_proposal_weight * L_proposals`` (a token-level BIO loss and the
+span-proposal scorer's loss, :mod:`qgn.modeling.span_aids`).
 One method per loss and a dispatch table, as DETR's ``SetCriterion`` (Apache-2.0). A weight of
 0 switches its loss off: it is not computed and not reported (the Table IV ablation).
 
@@ -28,6 +30,7 @@ from qgn.modeling.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, patch_
 from qgn.modeling.layers import MASKED_LOGIT
 from qgn.modeling.matcher import HungarianMatcher
 from qgn.modeling.postprocess import best_spans
+from qgn.modeling.span_aids import bio_labels, span_labels
 
 Indices = Sequence[tuple[torch.Tensor, torch.Tensor]]
 HAS_TARGET, NO_TARGET = 0, 1  # classes of notarget_logits
@@ -98,6 +101,8 @@ class SetCriterion(nn.Module):
             "consistency": self.loss_consistency,
             "align": self.loss_align,
             "align_words": self.loss_align_words,
+            "bio": self.loss_bio,
+            "proposals": self.loss_proposals,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -320,6 +325,26 @@ class SetCriterion(nn.Module):
             "loss_align_words": self._contrastive(logits, positive, row_used, num_words, outputs.get("patch_padding"))
         }
 
+    def loss_bio(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
+        """Token-level BIO cross-entropy of ``bio_logits`` (B, W, 1 + 2C), mean over real words.
+        Independent of the matching: every word of every post is supervised."""
+        logits = outputs["bio_logits"].float()
+        labels = bio_labels(targets, logits.shape[1], logits.device)
+        real = outputs["word_mask"].to(logits.device).bool()
+        ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return {"loss_bio": _weighted_mean(ce, real.float())}
+
+    def loss_proposals(self, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the span-proposal scorer over the types plus "no entity": gold spans
+        (up to ``span_proposal_max_words`` words) to their type, every other candidate inside the
+        post to "no entity", weighted like the type loss (``no_entity_weight``)."""
+        logits = outputs["span_logits"].float()  # (B, W * L, C + 1)
+        max_words = self.config.span_proposal_max_words
+        labels = span_labels(targets, logits.shape[1] // max_words, max_words, self.num_classes, logits.device)
+        weight = self.class_weight.to(logits.device)[labels] * outputs["span_valid"].to(logits.device).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return {"loss_proposals": _weighted_mean(ce, weight)}
+
     # ----------------------------------------------------------------- dispatch
     def active_losses(self, outputs: Mapping[str, torch.Tensor]) -> list[str]:
         """The losses this configuration and these outputs call for (weight 0 -> not computed)."""
@@ -335,6 +360,8 @@ class SetCriterion(nn.Module):
         losses += ["consistency"] if notarget and c.lambda_con else []
         losses += ["align"] if "align_logits" in outputs and c.lambda_align else []
         losses += ["align_words"] if "align_word_logits" in outputs and c.lambda_align_words else []
+        losses += ["bio"] if "bio_logits" in outputs and c.bio_loss_weight else []
+        losses += ["proposals"] if "span_logits" in outputs and c.span_proposal_weight else []
         return losses
 
     def get_loss(self, name: str, outputs, targets, indices, counts) -> dict[str, torch.Tensor]:
@@ -393,6 +420,8 @@ class SetCriterion(nn.Module):
                 ("loss_con", c.lambda_con),
                 ("loss_align", c.lambda_align),
                 ("loss_align_words", c.lambda_align_words),
+                ("loss_bio", c.bio_loss_weight),
+                ("loss_proposals", c.span_proposal_weight),
             )
             if k in terms
         ]

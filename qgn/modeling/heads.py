@@ -62,6 +62,7 @@ class PredictionHeads(nn.Module):
             self.box_head = MLP(d, d, 4, num_layers=3)
             self.notarget_head = MLP(d, d, 2, num_layers=2)
         self.box_refine = BoxRefinement(d) if config.box_refine and not config.text_only else None
+        self.pixel_refine = PixelBoxRefinement(d) if config.box_refine_pixels and not config.text_only else None
 
     def forward(
         self,
@@ -70,10 +71,13 @@ class PredictionHeads(nn.Module):
         word_mask: torch.Tensor,
         box_reference: torch.Tensor | None = None,
         vision: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``box_reference`` (B, Nq, 2), optional: a centre (cx, cy) in [0, 1] per query that the
         box head predicts an offset from, in logit space (Deformable DETR's reference points).
-        ``vision`` (B, Nv, d), class token first: the tokens :class:`BoxRefinement` samples."""
+        ``vision`` (B, Nv, d), class token first: the tokens :class:`BoxRefinement` samples.
+        ``pixels`` (B, 4, H, H): the input image (padding zeroed) and its pixel mask, which
+        :class:`PixelBoxRefinement` samples."""
         outputs = {
             "type_logits": self.type_head(queries),
             "start_logits": self.start_head(queries, words, word_mask),
@@ -88,6 +92,10 @@ class PredictionHeads(nn.Module):
                 if vision is None:
                     raise ValueError("box_refine needs the vision tokens")
                 box = self.box_refine(queries, box, vision)
+            if self.pixel_refine is not None:
+                if pixels is None:
+                    raise ValueError("box_refine_pixels needs the pixels")
+                box = self.pixel_refine(queries, box, pixels)
             outputs["pred_boxes"] = box.sigmoid()
             outputs["notarget_logits"] = self.notarget_head(queries)
         return outputs
@@ -140,6 +148,55 @@ class BoxRefinement(nn.Module):
         sampled = F.grid_sample(patches, points, mode="bilinear", padding_mode="border", align_corners=False)
         sampled = sampled.reshape(batch, -1, num_queries, self.points**2).permute(0, 2, 3, 1).flatten(2)
         return box_logits + self.mlp(torch.cat([queries, sampled.to(queries.dtype)], dim=-1))
+
+
+class PixelBoxRefinement(nn.Module):
+    """A look at the input pixels in and around each box, finer than the patch grid.
+
+    The box is sampled bilinearly at ``points`` x ``points`` positions spread over the box
+    enlarged ``context`` times (so its edges and what lies just outside them are seen), from the
+    input image with its padding zeroed and the pixel mask as a fourth channel (so a padded
+    border reads as "no image", whatever its pixels hold). Two small convolutions read the
+    samples; an MLP reads them with the query and adds a correction to the box logits. Sampling
+    positions are detached and the last layer starts at zero, as in :class:`BoxRefinement`.
+
+    Why: a box from the visual tokens is only as precise as the patch grid, and on small objects
+    (a few pixels in an 8 px patch) most wrong boxes sat on the right object with IoU 0.2-0.5.
+
+    forward(queries (B, Nq, d), box_logits (B, Nq, 4), pixels (B, 4, H, H)) -> box logits (B, Nq, 4).
+    """
+
+    offsets: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
+
+    def __init__(self, hidden_size: int, points: int = 8, context: float = 1.5, channels: int = 16):
+        super().__init__()
+        self.points = points
+        self.conv = nn.Sequential(
+            nn.Conv2d(4, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()
+        )
+        self.mlp = MLP(hidden_size + channels * points * points, hidden_size, 4, num_layers=2)
+        self.start_as_identity_()
+        self.register_buffer("offsets", torch.linspace(-context / 2, context / 2, points), persistent=False)
+
+    def start_as_identity_(self) -> None:
+        """Zero the last layer: no correction until training finds one."""
+        nn.init.zeros_(self.mlp.layers[-1].weight)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+        nn.init.zeros_(self.mlp.layers[-1].bias)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+
+    def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        batch, num_queries, _ = queries.shape
+        k = self.points
+        cx, cy, w, h = box_logits.detach().float().sigmoid().unbind(-1)  # (B, Nq) each
+        offsets = self.offsets.to(cx.dtype)
+        xs = cx[..., None] + offsets * w[..., None]  # (B, Nq, k)
+        ys = cy[..., None] + offsets * h[..., None]
+        grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, Nq, k, k, 2)
+        grid = (grid * 2 - 1).reshape(batch, num_queries * k, k, 2).to(pixels.dtype)
+        sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (B, 4, Nq * k, k) -> (B * Nq, 4, k, k)
+        crops = sampled.reshape(batch, pixels.shape[1], num_queries, k, k).transpose(1, 2).flatten(0, 1)
+        features = self.conv(crops).reshape(batch, num_queries, -1)
+        return box_logits + self.mlp(torch.cat([queries, features.to(queries.dtype)], dim=-1))
 
 
 class AlignmentHead(nn.Module):

@@ -35,6 +35,7 @@ from qgn.modeling.hvla import HierarchicalAlignment, VisualProjection
 from qgn.modeling.layers import pool_words, xavier_init_
 from qgn.modeling.mqa import MultiViewQueryAttention, QueryInitializer
 from qgn.modeling.mqd import MultimodalQueryDecoding, PlainQueryDecoder
+from qgn.modeling.span_aids import SpanProposer, bio_tag_count
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -120,6 +121,14 @@ class QGNModel(nn.Module):
             self.alignment = AlignmentHead(d, config.align_dim, config.align_temperature)
         if config.lambda_align_words > 0 and not config.text_only:
             self.word_alignment = AlignmentHead(d, config.align_dim, config.align_temperature)
+        # entity recognition aids (not in the paper): a BIO head on the words, span-proposal queries
+        num_types = len(config.entity_types)
+        self.bio_head = nn.Linear(d, bio_tag_count(num_types)) if config.bio_loss_weight > 0 else None
+        self.span_proposer = self.span_prior_bias = None
+        if config.span_proposals:
+            self.span_proposer = SpanProposer(d, num_types, config.span_proposal_max_words, config.span_proposals)
+            # how much a proposal query's own span is preferred by its start / end heads at the start
+            self.span_prior_bias = nn.Parameter(torch.tensor(2.0))
 
         for name, module in self.named_children():
             if name not in ENCODER_NAMES:
@@ -178,12 +187,19 @@ class QGNModel(nn.Module):
             )
             vision = self.vision_projection(layers)  # type: ignore[misc]  # F~_v (B, Nv, d); built with the vision encoder
 
-        word_align = None
+        word_align = bio = proposals = None
+        text_words = None  # F_t pooled to words, for the heads that read words before MQA
+        if self.word_alignment is not None or self.bio_head is not None or self.span_proposer is not None:
+            text_words = pool_words(text, word_index, word_mask.shape[1])
         if self.word_alignment is not None and self.training:
-            word_align = self.word_alignment(
-                pool_words(text, word_index, word_mask.shape[1]), vision, self._patch_padding(vision_padding)
-            )
+            word_align = self.word_alignment(text_words, vision, self._patch_padding(vision_padding))
+        if self.bio_head is not None and self.training:
+            bio = self.bio_head(text_words)  # (B, W, 1 + 2C)
         queries = self.queries(text, text_padding)  # Q (B, Nq, d)
+        if self.span_proposer is not None:
+            proposals = self.span_proposer(text_words, word_mask)
+            k = proposals["content"].shape[1]
+            queries = torch.cat([queries[:, :k] + proposals["content"].to(queries.dtype), queries[:, k:]], dim=1)
         if self.mqa is not None:
             queries, text = self.mqa(queries, text, text_padding)  # Q~, F~_t
         decoder: nn.Module = self.mqd if self.mqd is not None else self.plain_decoder  # type: ignore[assignment]  # one is built
@@ -196,14 +212,26 @@ class QGNModel(nn.Module):
             vision = self._zero_padding(vision, vision_padding)
             intermediate = [(q, w, self._zero_padding(v, vision_padding)) for q, w, v in intermediate]
         patch_padding = self._patch_padding(vision_padding)
-        outputs: dict[str, Any] = self._predict(queries, words, word_mask, vision, patch_padding)
+        pixels = None
+        if self.heads.pixel_refine is not None and pixel_values is not None:
+            # the padding zeroed and the mask as a fourth channel: a padded border reads as "no image"
+            mask = (pixel_mask if pixel_mask is not None else pixel_values.new_ones(pixel_values[:, 0].shape))[:, None]
+            mask = (mask > 0).to(pixel_values.dtype)
+            pixels = torch.cat([pixel_values * mask, mask], dim=1)
+        outputs: dict[str, Any] = self._predict(queries, words, word_mask, vision, patch_padding, proposals, pixels)
         if patch_padding is not None and self.training:
             outputs["patch_padding"] = patch_padding
         if word_align is not None:
             outputs["align_word_logits"] = word_align
+        if bio is not None:
+            outputs["bio_logits"] = bio
+        if proposals is not None and self.training:
+            outputs["span_logits"], outputs["span_valid"] = proposals["span_logits"], proposals["span_valid"]
         if self.config.aux_loss and self.training and intermediate:
             # the same heads on every earlier decoder layer (DETR's auxiliary decoding losses)
-            outputs["aux_outputs"] = [self._predict(q, w, word_mask, v, patch_padding) for q, w, v in intermediate]
+            outputs["aux_outputs"] = [
+                self._predict(q, w, word_mask, v, patch_padding, proposals, pixels) for q, w, v in intermediate
+            ]
             if patch_padding is not None:
                 for aux in outputs["aux_outputs"]:
                     aux["patch_padding"] = patch_padding
@@ -223,6 +251,15 @@ class QGNModel(nn.Module):
         padding = content.flatten(1) <= 0  # (B, G)
         return torch.cat([padding.new_zeros(padding.shape[0], 1), padding], dim=1)
 
+    def _span_prior(self, logits: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, Nq, W) with ``span_prior_bias`` added at word ``index`` (B, k) of the
+        first k queries where ``valid`` (B, k); a comparison, not one_hot, so ONNX keeps W dynamic."""
+        k = index.shape[1]
+        words = torch.arange(logits.shape[-1], device=logits.device)
+        hit = (words[None, None, :] == index[..., None]) & valid[..., None]  # (B, k, W)
+        bonus = hit.to(logits.dtype) * self.span_prior_bias.to(logits.dtype)  # type: ignore[union-attr]  # built with the proposer
+        return torch.cat([logits[:, :k] + bonus, logits[:, k:]], dim=1)
+
     @staticmethod
     def _zero_padding(vision: torch.Tensor | None, vision_padding: torch.Tensor) -> torch.Tensor | None:
         return None if vision is None else vision.masked_fill(vision_padding[..., None], 0.0)
@@ -239,17 +276,25 @@ class QGNModel(nn.Module):
         word_mask: torch.Tensor,
         vision: torch.Tensor | None,
         patch_padding: torch.Tensor | None = None,
+        proposals: dict[str, torch.Tensor] | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The heads on one set of queries, plus what the query-patch alignment adds to them
-        (``align_presence``, ``align_box_prior``; ``align_logits`` in training)."""
+        (``align_presence``, ``align_box_prior``; ``align_logits`` in training) and the span
+        prior of proposal queries (``span_proposals``)."""
         c = self.config
         align = reference = None
         if self.alignment is not None and (self.training or c.align_presence or c.align_box_prior):
             align = self.alignment(queries, vision, patch_padding)  # (B, Nq + 1, G + 1)
             if c.align_box_prior:
                 reference = self.alignment.reference_points(align)
-        outputs = self.heads(queries, words, word_mask, box_reference=reference, vision=vision)
+        outputs = self.heads(queries, words, word_mask, box_reference=reference, vision=vision, pixels=pixels)
         outputs["word_mask"] = word_mask
+        if proposals is not None:
+            for key in ("start", "end"):
+                outputs[f"{key}_logits"] = self._span_prior(
+                    outputs[f"{key}_logits"], proposals[key], proposals["valid"]
+                )
         if align is not None and c.align_presence:
             evidence = torch.stack([align[:, :-1, :-1].logsumexp(-1), align[:, :-1, -1]], dim=-1)
             outputs["notarget_logits"] = outputs["notarget_logits"] + evidence.to(outputs["notarget_logits"].dtype)
