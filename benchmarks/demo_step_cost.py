@@ -6,6 +6,7 @@ box prior, box refinement), batch 16, one thread, fp32, ``_common.synthetic_batc
 
     python benchmarks/demo_step_cost.py                      # 64/8, 128/16, 96/12, 96/8, 128/8
     python benchmarks/demo_step_cost.py --sizes 64/8 96/8 --steps 10
+    python benchmarks/demo_step_cost.py --sizes 64/8 --set box_refine_pixels=true   # a lever's cost
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from _common import cpu_model, synthetic_batch, train_step_fn  # noqa: E402
 DEFAULT_SIZES = ("64/8", "128/16", "96/12", "96/8", "128/8")
 
 
-def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16) -> float:
-    """Mean CPU seconds of a forward + backward + AdamW step (fp32) on ``_common.synthetic_batch``."""
+def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16, **model: object) -> float:
+    """Mean CPU seconds of a forward + backward + AdamW step (fp32) on ``_common.synthetic_batch``;
+    ``model``: more QGNConfig fields."""
     config = QGNConfig.tiny(
         vocab_size=300,
         image_size=image_size,
@@ -39,6 +41,7 @@ def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batc
         align_presence=True,
         align_box_prior=True,
         box_refine=True,
+        **model,  # type: ignore[arg-type]
     )
     model, criterion, _ = build(config)
     model.train()
@@ -57,16 +60,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="SIZE/PATCH")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--set", dest="fields", action="append", default=[], metavar="KEY=VALUE", help="a QGNConfig field (YAML value)"
+    )
     args = parser.parse_args(argv)
+    import yaml
+
+    fields = {}
+    for item in args.fields:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        fields[key.strip()] = yaml.safe_load(value)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         units = ", ".join(cpu_bf16_units()) or "no bf16 units"
-        print(f"processor: {cpu_model()} ({units}), torch {torch.__version__}, fp32, 1 thread")
+        extra = "".join(f", {k}={v}" for k, v in fields.items())
+        print(f"processor: {cpu_model()} ({units}), torch {torch.__version__}, fp32, 1 thread{extra}")
         for item in args.sizes:
             size, _, patch = item.partition("/")
             grid = int(size) // int(patch)
-            cost = step_cost(int(size), int(patch), steps=args.steps)
+            cost = step_cost(int(size), int(patch), steps=args.steps, **fields)
             print(
                 f"{int(size):4d} px / {int(patch):2d} px patches ({grid} x {grid} grid): "
                 f"{cost * 1000:6.0f} ms CPU per step"

