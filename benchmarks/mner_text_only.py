@@ -477,13 +477,19 @@ def final_line(results: dict) -> str | None:
 TAGGER_KEYS = ("encoder", "epochs", "precision", "lr", "head_lr", "batch_size", "max_length")
 
 
+def read_result(path: Path, option: str) -> dict:
+    """An earlier ``--json`` file, for ``option`` (named in the error when it cannot be read)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{option} {path}: cannot read it ({exc})")
+    result.setdefault("max_length", 96)  # files written before it was recorded ran with the default, 96
+    return result
+
+
 def reused_tagger_runs(path: Path, results: dict) -> dict[int, dict]:
     """The tagger runs of an earlier ``--json``, by seed, if it was run with the same settings."""
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        sys.exit(f"--tagger-from {path}: cannot read it ({exc})")
-    earlier.setdefault("max_length", 96)  # files written before it was recorded ran with the default, 96
+    earlier = read_result(path, "--tagger-from")
     differ = [k for k in TAGGER_KEYS if earlier.get(k) != results.get(k)]
     if differ:
         sys.exit(
@@ -498,14 +504,7 @@ def merge_results(paths: list[Path]) -> dict:
     """One result from several ``--json`` files of the same benchmark (seeds or models run in
     parallel, e.g. ``--only qgn`` and ``--only tagger``, one seed per process): their runs joined
     by seed. Refuses files whose settings differ."""
-    files = []
-    for path in paths:
-        try:
-            files.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            sys.exit(f"--merge {path}: cannot read it ({exc})")
-    for f in files:
-        f.setdefault("max_length", 96)  # files written before it was recorded ran with the default, 96
+    files = [read_result(path, "--merge") for path in paths]
     first = files[0]
     keys = (*TAGGER_KEYS, "qgn_config", "qgn_overrides")
     for path, f in zip(paths[1:], files[1:]):

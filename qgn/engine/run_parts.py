@@ -124,12 +124,12 @@ def parameter_groups(model: torch.nn.Module, settings: RunSettings) -> list[dict
 
     train = settings.train
     scale_of: dict[int, float] = {}  # id(parameter) -> lr scale, for encoder parameters
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel) and id(next(iter(module.parameters()), None)) not in scale_of:
+    for module in model.modules():  # outer modules first: a nested PreTrainedModel keeps the outer depths
+        if isinstance(module, PreTrainedModel):
             depths = layer_depths(module)
             top = max(depths.values(), default=0)
             for name, p in module.named_parameters():
-                scale_of[id(p)] = train.layer_decay ** (top - depths[name])
+                scale_of.setdefault(id(p), train.layer_decay ** (top - depths[name]))
     by_scale: dict[float, list[torch.nn.Parameter]] = {}
     head: list[torch.nn.Parameter] = []
     for p in model.parameters():

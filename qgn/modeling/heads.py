@@ -28,6 +28,25 @@ from qgn.modeling.box_ops import patch_centres
 from qgn.modeling.layers import MASKED_LOGIT, MLP
 
 
+def box_sampling_grid(box_logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(B, Nq, k, k, 2) sampling positions (x, y) for ``grid_sample`` over each box: the box
+    centre plus ``offsets`` (k values, in box widths / heights) along each axis, detached (the
+    refinements read the image where the box is, they do not move it through the sampling).
+    grid_sample's coordinates: -1 and 1 are the outer edges of the image (align_corners=False)."""
+    cx, cy, w, h = box_logits.detach().float().sigmoid().unbind(-1)  # (B, Nq) each
+    offsets = offsets.to(cx.dtype)
+    xs = cx[..., None] + offsets * w[..., None]  # (B, Nq, k)
+    ys = cy[..., None] + offsets * h[..., None]
+    points = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)
+    return points * 2 - 1
+
+
+def zero_last_layer_(mlp: MLP) -> None:
+    """Zero an MLP's last layer, so the correction it adds starts at nothing."""
+    nn.init.zeros_(mlp.layers[-1].weight)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+    nn.init.zeros_(mlp.layers[-1].bias)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+
+
 class SpanHead(nn.Module):
     """Boundary scores of every word for every query.
 
@@ -130,21 +149,15 @@ class BoxRefinement(nn.Module):
 
     def start_as_identity_(self) -> None:
         """Zero the last layer: no correction until training finds one."""
-        nn.init.zeros_(self.mlp.layers[-1].weight)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
-        nn.init.zeros_(self.mlp.layers[-1].bias)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+        zero_last_layer_(self.mlp)
 
     def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         batch, num_queries, _ = queries.shape
         grid = math.isqrt(vision.shape[1] - 1)
         patches = self.sample_proj(vision[:, 1:])  # (B, G, d/4)
         patches = patches.transpose(1, 2).reshape(batch, -1, grid, grid)
-        cx, cy, w, h = box_logits.detach().float().sigmoid().unbind(-1)  # (B, Nq) each
-        offsets = self.offsets.to(cx.dtype)
-        xs = cx[..., None] + offsets * w[..., None]  # (B, Nq, k)
-        ys = cy[..., None] + offsets * h[..., None]
-        points = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, Nq, k, k, 2)
-        # grid_sample's coordinates: -1 and 1 are the outer edges of the image (align_corners=False)
-        points = (points * 2 - 1).reshape(batch, num_queries * self.points**2, 1, 2).to(patches.dtype)
+        points = box_sampling_grid(box_logits, self.offsets)  # (B, Nq, k, k, 2)
+        points = points.reshape(batch, num_queries * self.points**2, 1, 2).to(patches.dtype)
         sampled = F.grid_sample(patches, points, mode="bilinear", padding_mode="border", align_corners=False)
         sampled = sampled.reshape(batch, -1, num_queries, self.points**2).permute(0, 2, 3, 1).flatten(2)
         return box_logits + self.mlp(torch.cat([queries, sampled.to(queries.dtype)], dim=-1))
@@ -180,18 +193,12 @@ class PixelBoxRefinement(nn.Module):
 
     def start_as_identity_(self) -> None:
         """Zero the last layer: no correction until training finds one."""
-        nn.init.zeros_(self.mlp.layers[-1].weight)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
-        nn.init.zeros_(self.mlp.layers[-1].bias)  # type: ignore[arg-type]  # a Linear's; ModuleList items are typed Module
+        zero_last_layer_(self.mlp)
 
     def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         batch, num_queries, _ = queries.shape
         k = self.points
-        cx, cy, w, h = box_logits.detach().float().sigmoid().unbind(-1)  # (B, Nq) each
-        offsets = self.offsets.to(cx.dtype)
-        xs = cx[..., None] + offsets * w[..., None]  # (B, Nq, k)
-        ys = cy[..., None] + offsets * h[..., None]
-        grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, Nq, k, k, 2)
-        grid = (grid * 2 - 1).reshape(batch, num_queries * k, k, 2).to(pixels.dtype)
+        grid = box_sampling_grid(box_logits, self.offsets).reshape(batch, num_queries * k, k, 2).to(pixels.dtype)
         sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # (B, 4, Nq * k, k) -> (B * Nq, 4, k, k)
         crops = sampled.reshape(batch, pixels.shape[1], num_queries, k, k).transpose(1, 2).flatten(0, 1)
