@@ -43,6 +43,8 @@ def test_paper_configs_mark_what_is_not_the_papers(name):
     assert model.notarget_unmatched_weight == 0.0
     # the settings marked as ours are what the file says
     assert (train.weight_decay, train.head_lr, train.mixed_precision) == (0.01, 1e-4, "bf16")
+    # training-image augmentation is ours (qgn.data.augment) and off: the paper names none
+    assert (train.augment_flip, train.augment_zoom) == (0.0, 0.0)
 
 
 def test_architecture_doc_ends_with_what_the_paper_configs_take_from_the_paper():

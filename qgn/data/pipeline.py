@@ -284,6 +284,9 @@ class GMNERDataset(Dataset):
             back to ``post.image_path``), for in-memory prediction.
         cache_pixels: keep each post's pixels in memory once computed, so later epochs skip the
             decode and resize (3 x S x S floats a post: 48 KB at 64 px, 590 KB at 224 px).
+        augment: a :class:`qgn.data.augment.BoxSafeAugment` for training views (flips and
+            zoom-outs that move the boxes with the pixels), drawn per post and per epoch
+            (:meth:`set_epoch`); ``None``: every post as it is.
     """
 
     def __init__(
@@ -296,8 +299,11 @@ class GMNERDataset(Dataset):
         placeholder_on_error: bool = False,
         images: Sequence[Image.Image | None] | None = None,
         cache_pixels: bool = False,
+        augment: Any = None,
     ):
         self.posts = list(posts)
+        self.augment = augment if augment is not None and augment.active else None
+        self.epoch = 0
         self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.config = config
         self.text_only = bool(text_only or config.text_only)
@@ -334,6 +340,10 @@ class GMNERDataset(Dataset):
     def __len__(self) -> int:
         return len(self.posts)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Which epoch's augmented views :meth:`__getitem__` gives (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         post, encoded = self.posts[i], self.encoded[i]
         pixel_values = pixel_mask = None
@@ -356,6 +366,10 @@ class GMNERDataset(Dataset):
         targets, _ = build_targets(
             post, encoded.num_words, self.label_index, post.image_size, need_boxes=not self.text_only, frame=frame
         )
+        if self.augment is not None and pixel_values is not None and not missing:
+            pixel_values, pixel_mask, targets["boxes"] = self.augment(
+                pixel_values, pixel_mask, targets["boxes"], targets["has_box"], frame, self.epoch, i
+            )
         return {
             "post": post,
             "input_ids": encoded.input_ids,

@@ -77,12 +77,23 @@ def read_split(
 
 
 def make_loader(
-    posts: list, tokenizer: Any, settings: RunSettings, image_transform: Any, batch_size: int, shuffle: bool
+    posts: list,
+    tokenizer: Any,
+    settings: RunSettings,
+    image_transform: Any,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool = False,
 ):
+    """A DataLoader over ``posts``; ``augment``: the training views of ``settings.train``
+    (``augment_flip`` / ``augment_zoom``), for the training split only."""
     from torch.utils.data import DataLoader
 
+    from qgn.data.augment import BoxSafeAugment
     from qgn.data.pipeline import Collator, GMNERDataset
 
+    t = settings.train
+    views = BoxSafeAugment(t.augment_flip, t.augment_zoom, t.augment_min_scale, t.seed) if augment else None
     dataset = GMNERDataset(
         posts,
         tokenizer,
@@ -91,6 +102,7 @@ def make_loader(
         text_only=settings.model.text_only,
         placeholder_on_error=settings.data.missing_images == "text_only",
         cache_pixels=settings.data.cache_images,
+        augment=views,
     )
     return DataLoader(
         dataset,

@@ -82,6 +82,9 @@ class TrainSettings:
             then the embeddings) multiplies the rate by ``layer_decay``. Lower layers, which hold
             the general features, move less.
         max_grad_norm: gradient clipping (1.0; not in the paper; 0 disables).
+        augment_flip, augment_zoom: probabilities of a left-right mirror and of a zoom-out of each
+            training post, boxes moved with the pixels (0 = off, the paper's training;
+            :mod:`qgn.data.augment`). augment_min_scale: the smallest zoom-out factor (0.6).
         grad_accum_steps: gradient accumulation for small GPUs (1).
         mixed_precision: ``no``, ``bf16``, ``fp16`` or ``auto`` autocast; matcher and losses stay
             fp32. bf16 also runs on CPUs with AMX / AVX-512 bf16 units; ``auto`` picks bf16 where
@@ -111,6 +114,9 @@ class TrainSettings:
     warmup_ratio: float = 0.05
     lr_schedule: str = "linear"
     layer_decay: float = 1.0
+    augment_flip: float = 0.0
+    augment_zoom: float = 0.0
+    augment_min_scale: float = 0.6
     max_grad_norm: float = 1.0
     grad_accum_steps: int = 1
     mixed_precision: str = "no"
@@ -288,6 +294,11 @@ def settings_from_dict(raw: dict[str, Any]) -> RunSettings:
         raise QGNError(
             f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {settings.train.lr_schedule!r}"
         )
+    for name in ("augment_flip", "augment_zoom"):
+        if not 0 <= getattr(settings.train, name) <= 1:
+            raise QGNError(f"train.{name} is a probability in [0, 1], got {getattr(settings.train, name)}")
+    if not 0 < settings.train.augment_min_scale <= 1:
+        raise QGNError(f"train.augment_min_scale must be in (0, 1], got {settings.train.augment_min_scale}")
     if not 0 < settings.train.layer_decay <= 1:
         raise QGNError(f"train.layer_decay must be in (0, 1] (1 = off), got {settings.train.layer_decay}")
     if settings.train.mixed_precision not in ("no", "bf16", "fp16", "auto"):

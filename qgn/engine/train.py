@@ -145,7 +145,10 @@ class Trainer:
             None if s.model.text_only else ImageTransform(s.model.image_size, geometry=s.model.image_geometry)
         )
 
-        train_loader = make_loader(self.train_posts, self.tokenizer, s, self.image_transform, s.train.batch_size, True)
+        train_loader = make_loader(
+            self.train_posts, self.tokenizer, s, self.image_transform, s.train.batch_size, True, augment=True
+        )
+        self.train_dataset = train_loader.dataset  # its augmented views follow the epoch
         dev_loader = make_loader(
             self.dev_posts, self.tokenizer, s, self.image_transform, s.train.eval_batch_size, False
         )
@@ -404,6 +407,7 @@ class Trainer:
         s, acc, state = self.settings, self.accelerator, self.state
         started = time.time()
         self.train_loader.set_epoch(epoch)
+        self.train_dataset.set_epoch(epoch)
         loader = self.train_loader
         if state["batches_done"]:
             loader = acc.skip_first_batches(self.train_loader, state["batches_done"])
