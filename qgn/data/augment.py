@@ -104,7 +104,7 @@ class BoxSafeAugment:
             left, top = min(left, width - new_w), min(top, height - new_h)
             out = torch.zeros_like(pixels)
             out[:, top : top + new_h, left : left + new_w] = small
-            new_mask = torch.zeros(side, side, dtype=torch.bool)
+            new_mask = torch.zeros(side, side, dtype=torch.bool, device=pixels.device)
             if mask is not None:
                 shrunk = F.interpolate(mask[None, None, :height, :width].float(), size=(new_h, new_w), mode="nearest")
                 new_mask[top : top + new_h, left : left + new_w] = shrunk[0, 0] > 0

@@ -3,7 +3,8 @@
 The shapes, per post (the model's ``forward`` and the criterion's targets rely on them):
 ``input_ids`` ``[CLS] sub-words [SEP]``; ``word_index`` the word owning each sub-word (-1 for
 specials); ``pixel_values`` ``(3, S, S)`` or ``None`` in text-only mode; ``pixel_mask`` ``(S, S)``
-bool, True on the image's own pixels (with ``image_geometry="pad"`` only); ``targets`` one row per
+bool, True on the image's own pixels (with ``image_geometry="pad"``, or a zoomed-out training view
+of :mod:`qgn.data.augment`; absent otherwise); ``targets`` one row per
 (entity, box) pair, spans with an *inclusive* end, boxes normalised cxcywh in the frame of the
 model's square input (:func:`qgn.modeling.box_ops.image_frame`).
 """
@@ -410,7 +411,7 @@ class Collator:
 
     Returns ``input_ids``/``attention_mask``/``word_index`` ``(B, S)``, ``word_mask`` ``(B, W)``
     with ``W = max(1, max words)``, ``pixel_values`` ``(B, 3, S, S)`` (absent in text-only mode),
-    ``pixel_mask`` ``(B, S, S)`` bool (only when some item has one: padded images),
+    ``pixel_mask`` ``(B, S, S)`` bool (only when some item has one: padded images, zoomed-out views),
     ``targets`` (list), ``posts`` (list) and ``image_missing`` (list of bool).
     """
 
