@@ -309,10 +309,7 @@ def worker_main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        # Two trainers ran in this process; left to the interpreter's exit, gloo's threads can abort it
-        # ("terminate called without an active exception") after the work is done.
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # every process is done with its collectives before any leaves (see __main__)
     return 0
 
 
@@ -587,4 +584,12 @@ def rehearse(
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
+    code = worker_main(sys.argv[1:])
+    # Two trainers ran in this process. Tearing gloo down, at destroy_process_group or at the
+    # interpreter's exit, aborted a process now and then ("terminate called without an active
+    # exception", SIGABRT) after its work was done and written, which failed the row. Everything
+    # is on disk by now, so leave without that teardown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
