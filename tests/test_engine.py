@@ -92,29 +92,66 @@ def straight_run(bench, tmp_path_factory) -> Path:
     return run
 
 
-def test_resume_after_interrupt_matches_uninterrupted(bench, straight_run, tmp_path, monkeypatch):
-    # No periodic checkpoint: only the save on Ctrl-C can hold the position inside epoch 2.
-    interrupted = tmp_path / "interrupted"
+def _interrupt_at_loss_call(settings, out: Path, monkeypatch, call: int) -> None:
+    """Train into ``out`` until the ``call``-th loss computation raises KeyboardInterrupt, as a
+    Ctrl-C there would; the trainer's own handler saves the position."""
     calls = {"n": 0}
     original = Trainer._loss
 
     def flaky_loss(self, batch):
         calls["n"] += 1
-        if calls["n"] == 7:  # the third batch of the second epoch (4 batches per epoch)
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return original(self, batch)
 
     monkeypatch.setattr(Trainer, "_loss", flaky_loss)
     with pytest.raises(KeyboardInterrupt):
-        run_training(
-            tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0), interrupted, progress=False
-        )
+        run_training(settings, out, progress=False)
     monkeypatch.setattr(Trainer, "_loss", original)
+
+
+def test_resume_after_interrupt_matches_uninterrupted(bench, straight_run, tmp_path, monkeypatch):
+    # No periodic checkpoint: only the save on Ctrl-C can hold the position inside epoch 2.
+    interrupted = tmp_path / "interrupted"
+    # the third batch of the second epoch (4 batches per epoch)
+    settings = tiny_settings(bench, checkpoint_every_steps=0, checkpoint_every_minutes=0)
+    _interrupt_at_loss_call(settings, interrupted, monkeypatch, call=7)
     state = json.loads((interrupted / "checkpoint/trainer_state.json").read_text())
     assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 2, 6)
     assert state["running"]["count"] == 2
     assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
     _assert_same_run(straight_run, interrupted)
+
+
+def test_augmentation_reaches_the_train_split_only_and_resumes_exactly(bench, tmp_path, monkeypatch):
+    """With train.augment_flip / augment_zoom on, the train loader gives views drawn for that
+    epoch, dev never does, and a run stopped inside epoch 2 resumes to the same weights and losses
+    (the views come from (seed, epoch, post), not from a stream that a restart would lose)."""
+    from qgn.data.augment import BoxSafeAugment
+
+    def settings():
+        return tiny_settings(
+            bench, augment_flip=0.5, augment_zoom=0.5, checkpoint_every_steps=0, checkpoint_every_minutes=0
+        )
+
+    calls: list[tuple[int, int]] = []
+    original_call = BoxSafeAugment.__call__
+
+    def recording_call(self, pixels, mask, boxes, has_box, frame, epoch, index):
+        calls.append((epoch, index))
+        return original_call(self, pixels, mask, boxes, has_box, frame, epoch, index)
+
+    monkeypatch.setattr(BoxSafeAugment, "__call__", recording_call)
+    straight = tmp_path / "straight"
+    run_training(settings(), straight, progress=False)
+    # every one of the 32 training posts once per epoch, with that epoch's number; dev's posts never
+    assert sorted(calls) == [(e, i) for e in (0, 1) for i in range(32)]
+
+    interrupted = tmp_path / "interrupted"
+    _interrupt_at_loss_call(settings(), interrupted, monkeypatch, call=7)
+    assert json.loads((interrupted / "checkpoint/trainer_state.json").read_text())["batches_done"] == 2
+    assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    _assert_same_run(straight, interrupted)
 
 
 KILL_AFTER_CHECKPOINT = """
