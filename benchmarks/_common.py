@@ -134,7 +134,9 @@ def synthetic_batch(
         targets.append(_targets(config, n_words, 1 + b % 3, gen))
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, word_index=word_index, word_mask=word_mask)
     if not config.text_only:
-        inputs["pixel_values"] = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=gen)
+        inputs["pixel_values"] = torch.randn(
+            batch_size, 3, config.input_image_size, config.input_image_size, generator=gen
+        )
     return move(inputs, device), [move(t, device) for t in targets]
 
 

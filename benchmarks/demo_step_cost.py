@@ -46,7 +46,8 @@ def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batc
     model, criterion, _ = build(config)
     model.train()
     inputs, targets = synthetic_batch(config, batch)
-    inputs["pixel_mask"] = torch.ones(batch, image_size, image_size, dtype=torch.bool)
+    side = config.input_image_size  # pixel_refine_scale > 1: a larger input than the ViT sees
+    inputs["pixel_mask"] = torch.ones(batch, side, side, dtype=torch.bool)
     step = train_step_fn(model, criterion, torch.optim.AdamW(model.parameters(), 1e-3), inputs, targets)
     started = 0.0
     for i in range(warmup + steps):

@@ -895,6 +895,8 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
         "align_box_prior",
         "box_refine",
         "box_refine_pixels",
+        "pixel_refine_scale",
+        "pixel_patch_branch",
         "bio_loss_weight",
         "span_proposals",
         "aux_loss",

@@ -64,9 +64,11 @@ def test_onnx_matches_pytorch_and_gives_the_same_entities(predictor, onnx_file, 
     _assert_onnx_matches(predictor, onnx_file, tiny_bench)
 
 
-def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_bench, tmp_path):
+@pytest.mark.parametrize("scale", [1, 2])
+def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_bench, tmp_path, scale):
     """The demo's checkpoints use the alignment heads, the alignment box prior and box refinement
-    (grid sampling): they export too."""
+    (grid sampling): they export too, and so does a larger input read by a pixel pyramid and a
+    CNN beside the ViT (``pixel_refine_scale``, ``pixel_patch_branch``)."""
     from transformers import AutoTokenizer
 
     from qgn.data.pipeline import ImageTransform
@@ -83,12 +85,19 @@ def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_be
         align_box_prior=True,
         box_refine=True,
         box_refine_pixels=True,
+        pixel_refine_scale=scale,
+        pixel_patch_branch=scale > 1,
     )
     torch.manual_seed(0)
     model = QGNModel(config).eval()
     torch.nn.init.normal_(model.heads.box_refine.mlp.layers[-1].weight, std=0.1)  # a correction to export
     torch.nn.init.normal_(model.heads.pixel_refine.mlp.layers[-1].weight, std=0.1)
-    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=ImageTransform.load(tiny_checkpoint))
+    if scale > 1:
+        torch.nn.init.normal_(model.pixel_branch.proj.weight, std=0.1)
+    transform = ImageTransform.load(tiny_checkpoint, model.config.image_geometry)
+    if scale > 1:
+        transform = ImageTransform(config.input_image_size, geometry=config.image_geometry)
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=transform)
     out = tmp_path / "demo.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--output", str(out)]) == 0
     _assert_onnx_matches(load(tmp_path / "ckpt", device="cpu"), out, tiny_bench)

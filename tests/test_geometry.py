@@ -109,18 +109,20 @@ def test_boxes_map_back_to_the_original_pixels(tmp_path, rotated):
 
 
 def padded_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Two posts whose images fill the top 24 rows and the left 40 columns of the 64 px square."""
+    """Two posts whose images fill the top 24 rows and the left 40 columns of the 64 px square
+    (of the input's square times ``pixel_refine_scale``, r, with ``24 r`` and ``40 r``)."""
+    side, r = config.input_image_size, config.pixel_refine_scale
     g = torch.Generator().manual_seed(seed)
     batch = {
         "input_ids": torch.randint(5, 100, (2, 6), generator=g),
         "attention_mask": torch.ones(2, 6, dtype=torch.long),
         "word_index": torch.tensor([[-1, 0, 1, 2, 3, -1]] * 2),
         "word_mask": torch.ones(2, 4, dtype=torch.bool),
-        "pixel_values": torch.randn(2, 3, 64, 64, generator=g),
+        "pixel_values": torch.randn(2, 3, side, side, generator=g),
     }
-    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
-    mask[0, :24] = True
-    mask[1, :, :40] = True
+    mask = torch.zeros(2, side, side, dtype=torch.bool)
+    mask[0, : 24 * r] = True
+    mask[1, :, : 40 * r] = True
     batch["pixel_mask"] = mask
     batch["pixel_values"] = batch["pixel_values"] * mask[:, None]
     return batch
@@ -139,14 +141,21 @@ def lever_config(**overrides) -> QGNConfig:
     )
 
 
-def test_padding_pixels_change_nothing():
+@pytest.mark.parametrize("scale", [1, 2])
+def test_padding_pixels_change_nothing(scale):
     """Whatever the padding holds, every output (boxes, alignment, auxiliary layers) is the same:
-    the ViT, VTF, FDE, MRE, the alignment and the box refinement never read it as content."""
+    the ViT, VTF, FDE, MRE, the alignment and the box refinement never read it as content; with
+    an input twice the ViT's side (``pixel_refine_scale``), neither do the pooling, the pixel
+    pyramid and the pixel patch branch."""
     torch.manual_seed(0)
-    model = QGNModel(lever_config()).train()  # training mode: alignment logits and aux outputs too
+    config = lever_config(pixel_refine_scale=scale, pixel_patch_branch=scale > 1)
+    model = QGNModel(config).train()  # training mode: alignment logits and aux outputs too
+    if scale > 1:  # a branch that is not zero, so the test sees what it reads
+        torch.nn.init.normal_(model.pixel_branch.proj.weight, std=0.5)
+    side = config.input_image_size
     batch = padded_batch(model.config)
     noisy = dict(batch)
-    noisy["pixel_values"] = batch["pixel_values"] + 5 * torch.randn(2, 3, 64, 64) * ~batch["pixel_mask"][:, None]
+    noisy["pixel_values"] = batch["pixel_values"] + 5 * torch.randn(2, 3, side, side) * ~batch["pixel_mask"][:, None]
     first, second = model(**batch), model(**noisy)
     for key in ("pred_boxes", "notarget_logits", "type_logits", "start_logits", "align_logits", "align_word_logits"):
         assert torch.allclose(first[key], second[key], atol=1e-5), key
@@ -154,7 +163,7 @@ def test_padding_pixels_change_nothing():
         assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=1e-5)
     # ... while the image's own pixels do matter
     changed = dict(batch)
-    changed["pixel_values"] = batch["pixel_values"] + torch.randn(2, 3, 64, 64) * batch["pixel_mask"][:, None]
+    changed["pixel_values"] = batch["pixel_values"] + torch.randn(2, 3, side, side) * batch["pixel_mask"][:, None]
     assert not torch.allclose(model(**changed)["pred_boxes"], first["pred_boxes"], atol=1e-4)
     # without the mask the same noise does change the outputs: the mask is what holds them
     unmasked = {k: v for k, v in noisy.items() if k != "pixel_mask"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qgn.errors import QGNError
 from qgn.modeling.configuration_qgn import QGNConfig, layer_schedule
@@ -39,7 +40,8 @@ def make_batch(config: QGNConfig, seed: int = 0) -> dict[str, torch.Tensor]:
         word_mask[b, : max(own) + 1] = True
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index, "word_mask": word_mask}
     if not config.text_only:
-        batch["pixel_values"] = torch.randn(3, 3, config.image_size, config.image_size, generator=g)
+        side = config.input_image_size
+        batch["pixel_values"] = torch.randn(3, 3, side, side, generator=g)
     return batch
 
 
@@ -504,6 +506,106 @@ def test_pixel_refinement_starts_as_the_identity_and_reads_the_pixels_around_the
         )
     assert not torch.allclose(before[0, 0], near[0, 0]) and torch.allclose(before[0, 1], near[0, 1])
     torch.testing.assert_close(before, away)
+
+
+def _checkerboard(side: int) -> torch.Tensor:
+    """(side, side) of +1 / -1 alternating: every 2 x 2 average of it is 0."""
+    index = torch.arange(side)
+    return ((index[:, None] + index[None, :]) % 2 * 2 - 1).float()
+
+
+def test_a_larger_input_feeds_the_vit_its_averages_and_the_pixel_refinement_its_own_pixels():
+    """pixel_refine_scale=2: a 128 px input; the ViT sees its 2 x 2 averages (the same as a 64 px
+    model given the averaged image), and only the pixel refinement reads the finer pixels."""
+    torch.manual_seed(0)
+    fine = build(tiny(box_refine_pixels=True, pixel_refine_scale=2)).eval()
+    coarse = build(tiny(box_refine_pixels=True)).eval()
+    coarse.load_state_dict(fine.state_dict())  # the same parameters: the scale adds none
+    assert fine.heads.pixel_refine.levels == 3 and coarse.heads.pixel_refine.levels == 1
+    batch = make_batch(fine.config)
+    assert batch["pixel_values"].shape[-1] == 128
+    averaged = dict(batch, pixel_values=F.avg_pool2d(batch["pixel_values"], 2))
+    with torch.no_grad():
+        ours, theirs = fine(**batch), coarse(**averaged)
+    for key in ("type_logits", "start_logits", "notarget_logits", "pred_boxes"):
+        torch.testing.assert_close(ours[key], theirs[key])  # the refinement starts at no correction
+
+    # A pattern that no 2 x 2 average sees: the ViT's tokens stay, the refinement's boxes move.
+    torch.nn.init.normal_(fine.heads.pixel_refine.mlp.layers[-1].weight, std=0.5)
+    with torch.no_grad():  # small boxes (2 % of the side), which the pyramid reads at the input's pixels
+        fine.heads.box_head.layers[-1].weight[2:] = 0
+        fine.heads.box_head.layers[-1].bias[2:] = -4.0
+    patterned = dict(batch, pixel_values=batch["pixel_values"] + 3 * _checkerboard(128))
+    seen = {}
+    hook = fine.vision_projection.register_forward_hook(lambda _m, _i, out: seen.setdefault(len(seen), out))
+    with torch.no_grad():
+        before, after = fine(**batch)["pred_boxes"], fine(**patterned)["pred_boxes"]
+    hook.remove()
+    torch.testing.assert_close(seen[0], seen[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, after, atol=1e-4)
+    with pytest.raises(QGNError, match="128 x 128"):
+        fine(**averaged)
+
+
+def test_the_pixel_pyramid_reads_small_boxes_sharp_and_large_boxes_from_averages():
+    from qgn.modeling.heads import PixelBoxRefinement
+
+    head = PixelBoxRefinement(8, points=8, levels=3)
+    tiny_box, large_box = [0.5, 0.5, 0.03, 0.03], [0.5, 0.5, 0.9, 0.9]
+    logits = torch.logit(torch.tensor([[tiny_box, large_box]]))
+    weights = head.level_weights(logits, 128)  # (3, 1, 2)
+    torch.testing.assert_close(weights.sum(0), torch.ones(1, 2))
+    assert weights[0, 0, 0] == 1  # 0.03 x 1.5 x 128 / 7 = 0.8 px between samples: the input itself
+    assert weights[0, 0, 1] == 0 and weights[2, 0, 1] == 1  # 16 px apart: the coarsest level (4 px)
+    torch.nn.init.normal_(head.mlp.layers[-1].weight)
+    queries = torch.randn(1, 2, 8)
+    pixels = torch.cat([torch.randn(1, 3, 128, 128), torch.ones(1, 1, 128, 128)], dim=1)
+    patterned = pixels.clone()
+    patterned[:, :3] += 3 * _checkerboard(128)  # gone in every level but the input's
+    with torch.no_grad():
+        plain, seen = head(queries, logits, pixels), head(queries, logits, patterned)
+    assert not torch.allclose(plain[0, 0], seen[0, 0])  # the small box sees the pattern
+    torch.testing.assert_close(plain[0, 1], seen[0, 1])  # the large one reads averages, not aliasing
+
+
+def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pixels():
+    config = tiny(box_refine_pixels=True, pixel_refine_scale=2, pixel_patch_branch=True)
+    torch.manual_seed(0)
+    model = build(config).eval()
+    batch = make_batch(config)
+    with torch.no_grad():
+        with_branch = model(**batch)
+        branch, model.pixel_branch = model.pixel_branch, None
+        without = model(**batch)
+        model.pixel_branch = branch
+    for key in ("type_logits", "start_logits", "notarget_logits", "pred_boxes"):
+        torch.testing.assert_close(with_branch[key], without[key])  # the projection starts at zero
+    model.train()
+    loss_of(model, model(**batch)).backward()
+    assert branch.proj.weight.grad.abs().sum() > 0
+    # once trained, the tokens see a pattern that the ViT's 2 x 2 averages cannot
+    torch.nn.init.normal_(branch.proj.weight, std=0.5)
+    seen = {}
+    hook = model.mqd.register_forward_pre_hook(lambda _m, args: seen.__setitem__(len(seen), args[1]))  # F~_v
+    patterned = dict(batch, pixel_values=batch["pixel_values"] + 3 * _checkerboard(128))
+    with torch.no_grad():
+        model.eval()(**batch), model(**patterned)
+    hook.remove()
+    assert not torch.allclose(seen[0], seen[1], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pixel_refine_scale": 2}, "needs box_refine_pixels"),
+        ({"box_refine_pixels": True, "pixel_refine_scale": 0}, "pixel_refine_scale must be >= 1"),
+        ({"box_refine_pixels": True, "pixel_refine_scale": 2, "text_only": True}, "needs box_refine_pixels"),
+        ({"pixel_patch_branch": True, "text_only": True}, "pixel_patch_branch reads the image"),
+    ],
+)
+def test_pixel_refinement_switches_need_what_they_feed(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**overrides)
 
 
 def test_from_pretrained_on_a_non_checkpoint_fails_clearly(tmp_path):

@@ -277,7 +277,7 @@ class GMNERDataset(Dataset):
         posts: the posts (never dropped: a post without image gets a black placeholder).
         tokenizer: a fast Hugging Face tokenizer.
         config: the :class:`QGNConfig` (``entity_types``, ``max_text_length``, ``image_size``).
-        image_transform: PIL -> pixels; built from ``config.image_size`` when ``None``.
+        image_transform: PIL -> pixels; built from ``config.input_image_size`` when ``None``.
         text_only: no images at all (also implied by ``config.text_only``).
         placeholder_on_error: an unreadable image becomes a black placeholder with a warning
             instead of a :class:`DataError`.
@@ -313,7 +313,7 @@ class GMNERDataset(Dataset):
         self.images = images
         geometry = getattr(config, "image_geometry", "stretch")
         self.image_transform = (
-            None if self.text_only else (image_transform or ImageTransform(config.image_size, geometry=geometry))
+            None if self.text_only else (image_transform or ImageTransform(config.input_image_size, geometry=geometry))
         )
         if self.image_transform is not None and self.image_transform.geometry != geometry:
             raise QGNError(

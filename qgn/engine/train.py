@@ -142,7 +142,7 @@ class Trainer:
         # The encoders' configs are now filled in (loaded from a hub name or a local directory),
         # so the saved settings rebuild the same model without a download.
         self.image_transform = (
-            None if s.model.text_only else ImageTransform(s.model.image_size, geometry=s.model.image_geometry)
+            None if s.model.text_only else ImageTransform(s.model.input_image_size, geometry=s.model.image_geometry)
         )
 
         train_loader = make_loader(

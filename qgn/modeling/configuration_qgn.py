@@ -150,6 +150,17 @@ class QGNConfig:
             channel) at 8 x 8 points over the box enlarged 1.5 times, read them with two small
             convolutions and let an MLP correct the box again (False;
             :class:`qgn.modeling.heads.PixelBoxRefinement`): finer than the patch grid.
+        pixel_refine_scale: the input image is this many times ``image_size`` on a side (1); the
+            vision encoder sees it average-pooled back to ``image_size``, and ``box_refine_pixels``
+            samples it at full resolution, from a pyramid level matched to each box's size (so a
+            small object is read at pixels the ViT never gets, a large one without aliasing).
+            A second, high-resolution look at each candidate region that costs the ViT nothing.
+            Needs ``box_refine_pixels``.
+        pixel_patch_branch: a small CNN reads the input image at its full resolution (three
+            stride-2 3 x 3 convolutions) and adds its maps, averaged over each patch and projected
+            to d from zero, to the visual tokens F~_v (False;
+            :class:`qgn.modeling.hvla.PixelPatchBranch`). With ``pixel_refine_scale`` > 1 the
+            alignment and the decoder then see details finer than the ViT's pixels.
 
     Entity recognition aids (not in the paper; they make the span queries learn what a tagger
     learns, from the first step; :mod:`qgn.modeling.span_aids`):
@@ -243,6 +254,8 @@ class QGNConfig:
     # box refinement (not in the paper)
     box_refine: bool = False
     box_refine_pixels: bool = False
+    pixel_refine_scale: int = 1
+    pixel_patch_branch: bool = False
     # entity recognition aids (not in the paper)
     bio_loss_weight: float = 0.0
     span_proposals: int = 0
@@ -335,6 +348,12 @@ class QGNConfig:
         for name in ("align_presence", "align_box_prior"):
             if getattr(self, name) and not self.lambda_align:
                 raise ValueError(f"{name} reads the alignment head: it needs lambda_align > 0")
+        if self.pixel_refine_scale < 1:
+            raise ValueError(f"pixel_refine_scale must be >= 1, got {self.pixel_refine_scale}")
+        if self.pixel_patch_branch and self.text_only:
+            raise ValueError("pixel_patch_branch reads the image: it needs text_only=false")
+        if self.pixel_refine_scale > 1 and (not self.box_refine_pixels or self.text_only):
+            raise ValueError("pixel_refine_scale feeds the pixel refinement: it needs box_refine_pixels (and an image)")
         if not 0 <= self.span_proposals <= self.num_queries:
             raise ValueError(
                 f"span_proposals must be in [0, num_queries={self.num_queries}] (queries set from spans), "
@@ -350,6 +369,11 @@ class QGNConfig:
     def num_labels(self) -> int:
         """Number of type-head outputs: the entity types plus the no-entity class (last)."""
         return len(self.entity_types) + 1
+
+    @property
+    def input_image_size(self) -> int:
+        """Side of the square input image: ``image_size`` times ``pixel_refine_scale``."""
+        return self.image_size * self.pixel_refine_scale
 
     @property
     def no_entity_index(self) -> int:

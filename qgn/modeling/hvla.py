@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qgn.modeling.layers import attend, safe_padding_mask
@@ -102,3 +103,38 @@ class VisualProjection(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.norm(self.proj(torch.cat(list(features), dim=-1)))
+
+
+class PixelPatchBranch(nn.Module):
+    """``pixel_patch_branch`` (not in the paper): what each patch holds, read from the input's own
+    pixels by a small CNN and added to its visual token.
+
+    Three 3 x 3 convolutions of stride 2 (16, 32, 64 maps, GELU) read the input image with its
+    padding zeroed and the pixel mask as a fourth channel; their maps are averaged over each
+    patch of the ViT's grid and projected to d. The projection starts at zero, so the tokens are
+    the ViT's own until training finds a use for the branch. With ``pixel_refine_scale`` > 1 the
+    CNN sees pixels the ViT never gets (the outline or stripes of a look a few ViT pixels wide);
+    every module that reads visual tokens (the alignment, VTF, FDE, MRE) then sees them too.
+
+    forward(pixels (B, 4, H, H), grid: the ViT's patches per side) -> (B, grid * grid, d)
+    """
+
+    def __init__(self, hidden_size: int, channels: Sequence[int] = (16, 32, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 4
+        for out in channels:
+            layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.GELU()]
+            width = out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(width, hidden_size)
+        self.start_as_identity_()
+
+    def start_as_identity_(self) -> None:
+        """Zero the projection: the visual tokens are the ViT's until training finds a use."""
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
+        maps = F.adaptive_avg_pool2d(self.convs(pixels), grid)  # (B, C, grid, grid)
+        return self.proj(maps.flatten(2).transpose(1, 2))

@@ -31,7 +31,7 @@ from qgn.modeling.encoders import (
     run_vision_tower,
 )
 from qgn.modeling.heads import AlignmentHead, PredictionHeads
-from qgn.modeling.hvla import HierarchicalAlignment, VisualProjection
+from qgn.modeling.hvla import HierarchicalAlignment, PixelPatchBranch, VisualProjection
 from qgn.modeling.layers import pool_words, xavier_init_
 from qgn.modeling.mqa import MultiViewQueryAttention, QueryInitializer
 from qgn.modeling.mqd import MultimodalQueryDecoding, PlainQueryDecoder
@@ -61,6 +61,7 @@ class QGNModel(nn.Module):
     vision_encoder: Any
     hvla: HierarchicalAlignment | None
     vision_projection: VisualProjection | None
+    pixel_branch: PixelPatchBranch | None
 
     def __init__(self, config: QGNConfig, load_pretrained_encoders: bool = False):
         super().__init__()
@@ -73,7 +74,7 @@ class QGNModel(nn.Module):
         self.text_projection = nn.Linear(text_width, d) if text_width != d else nn.Identity()
 
         # ---- vision side (Sec. III-A, HVLA); absent in text-only mode
-        self.vision_encoder = self.hvla = self.vision_projection = None
+        self.vision_encoder = self.hvla = self.vision_projection = self.pixel_branch = None
         self.vision_extract_layers: list[int] = []
         num_vision_tokens = None
         if not config.text_only:
@@ -101,6 +102,7 @@ class QGNModel(nn.Module):
                 deepest = vcfg.num_hidden_layers
             prune_vision_tower(self.vision_encoder, deepest)
             self.vision_projection = VisualProjection(vcfg.hidden_size, len(self.vision_extract_layers), d)
+            self.pixel_branch = PixelPatchBranch(d) if config.pixel_patch_branch else None
             if config.use_mqd and not (config.use_fde or config.use_mre):
                 raise QGNError(
                     "use_fde and use_mre are both off: the queries would never see the image "
@@ -151,7 +153,8 @@ class QGNModel(nn.Module):
             attention_mask: (B, S) 1 for real sub-words, 0 for padding.
             word_index: (B, S) the word owning each sub-word, -1 for specials and padding.
             word_mask: (B, W) True for real words.
-            pixel_values: (B, 3, H, H) CLIP-normalised images, H = ``config.image_size``;
+            pixel_values: (B, 3, H, H) CLIP-normalised images, H = ``config.input_image_size``
+                (``image_size`` times ``pixel_refine_scale``);
                 required unless text-only (ignored in text-only mode).
             pixel_mask: (B, H, H), nonzero on the image's own pixels and 0 on the padding of an
                 image padded to the square (``image_geometry="pad"``); ``None``: no padding. A
@@ -173,19 +176,24 @@ class QGNModel(nn.Module):
         )
         text = self.text_projection(text_out.last_hidden_state)  # F_t (B, S, d)
 
-        vision = vision_padding = None
+        vision = vision_padding = pixels = None
         if self.vision_encoder is not None:
             if pixel_values is None:
                 raise QGNError("this QGN model needs pixel_values (it is not text-only)")
+            vit_pixels, vit_mask = self._vision_input(pixel_values, pixel_mask)
             injector = None
             if self.hvla is not None:
                 fused = self.hvla.fuse_text(text_out.hidden_states)  # F_fused (B, S, Dv), eq. 3
                 injector = self.hvla.injector(fused, text_padding)
-            vision_padding = self._vision_padding(pixel_mask, pixel_values)
+            vision_padding = self._vision_padding(vit_mask, vit_pixels)
             layers = run_vision_tower(
-                self.vision_encoder, pixel_values, self.vision_extract_layers, injector, token_padding=vision_padding
+                self.vision_encoder, vit_pixels, self.vision_extract_layers, injector, token_padding=vision_padding
             )
             vision = self.vision_projection(layers)  # type: ignore[misc]  # F~_v (B, Nv, d); built with the vision encoder
+            pixels = self._masked_pixels(pixel_values, pixel_mask)
+            if self.pixel_branch is not None:
+                grid = self.config.image_size // self.vision_encoder.config.patch_size
+                vision = torch.cat([vision[:, :1], vision[:, 1:] + self.pixel_branch(pixels, grid)], dim=1)
 
         word_align = bio = proposals = None
         text_words = None  # F_t pooled to words, for the heads that read words before MQA
@@ -212,12 +220,6 @@ class QGNModel(nn.Module):
             vision = self._zero_padding(vision, vision_padding)
             intermediate = [(q, w, self._zero_padding(v, vision_padding)) for q, w, v in intermediate]
         patch_padding = self._patch_padding(vision_padding)
-        pixels = None
-        if self.heads.pixel_refine is not None and pixel_values is not None:
-            # the padding zeroed and the mask as a fourth channel: a padded border reads as "no image"
-            mask = (pixel_mask if pixel_mask is not None else pixel_values.new_ones(pixel_values[:, 0].shape))[:, None]
-            mask = (mask > 0).to(pixel_values.dtype)
-            pixels = torch.cat([pixel_values * mask, mask], dim=1)
         outputs: dict[str, Any] = self._predict(queries, words, word_mask, vision, patch_padding, proposals, pixels)
         if patch_padding is not None and self.training:
             outputs["patch_padding"] = patch_padding
@@ -236,6 +238,35 @@ class QGNModel(nn.Module):
                 for aux in outputs["aux_outputs"]:
                     aux["patch_padding"] = patch_padding
         return outputs
+
+    @staticmethod
+    def _masked_pixels(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, 4, H, H) for the modules that read the input's pixels (``box_refine_pixels``,
+        ``pixel_patch_branch``): the padding zeroed and the mask as a fourth channel, so a padded
+        border reads as "no image" whatever its pixels hold."""
+        mask = (pixel_mask if pixel_mask is not None else pixel_values.new_ones(pixel_values[:, 0].shape))[:, None]
+        mask = (mask > 0).to(pixel_values.dtype)
+        return torch.cat([pixel_values * mask, mask], dim=1)
+
+    def _vision_input(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the ViT sees: the input as it is, or with ``pixel_refine_scale`` > 1 its
+        ``scale`` x ``scale`` averages (and a pooled pixel is the image's if any of its pixels is)."""
+        side, scale = self.config.input_image_size, self.config.pixel_refine_scale
+        if tuple(pixel_values.shape[-2:]) != (side, side):
+            raise QGNError(
+                f"pixel_values are {tuple(pixel_values.shape[-2:])} px; this model takes {side} x {side} "
+                f"(image_size {self.config.image_size} x pixel_refine_scale {scale}): use its own image processor"
+            )
+        if scale == 1:
+            return pixel_values, pixel_mask
+        if pixel_mask is None:
+            return torch.nn.functional.avg_pool2d(pixel_values, scale), None
+        mask = pixel_mask[:, None].to(pixel_values.dtype)
+        # padding counts as zero (the mean colour), whatever it holds
+        pooled = torch.nn.functional.avg_pool2d(pixel_values * (mask > 0).to(mask.dtype), scale)
+        return pooled, torch.nn.functional.max_pool2d(mask, scale)[:, 0]
 
     def _vision_padding(self, pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
         """(B, Nv) bool, True for the visual tokens whose patch holds no pixel of the image (the
