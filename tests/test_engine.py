@@ -171,6 +171,26 @@ sys.exit(main(["train", "--config", sys.argv[1], "--output-dir", sys.argv[2], "-
 """
 
 
+def test_a_run_with_a_larger_input_than_the_vit_trains_saves_and_predicts(bench, tmp_path):
+    """pixel_refine_scale=2: the trainer feeds 128 px images (the ViT sees 64), the checkpoint's
+    image processor resizes to 128, and the loaded model predicts from an image of any size."""
+    from PIL import Image
+
+    import qgn
+    from qgn.data.pipeline import ImageTransform
+
+    settings = tiny_settings(bench, epochs=1)
+    settings.model = settings.model.replace(box_refine_pixels=True, pixel_refine_scale=2, pixel_patch_branch=True)
+    run_training(settings, tmp_path / "run", progress=False)
+    best = tmp_path / "run" / "best"
+    assert ImageTransform.load(best).image_size == 128
+    predictor = qgn.load(best, device="cpu")
+    assert predictor.config.input_image_size == 128 and predictor.config.image_size == 64
+    entities = predictor.predict(Image.new("RGB", (300, 100), (200, 30, 30)), "Anna met Bob in Paris")
+    assert isinstance(entities, list)  # score_threshold 0: it returns what it found, boxes in pixels
+    assert all(e["box"] is None or max(e["box"][0], e["box"][2]) <= 300 for e in entities)
+
+
 @pytest.mark.parametrize(
     "periodic",
     [
