@@ -167,7 +167,8 @@ class BoxRefinement(nn.Module):
 
 def pyramid_levels(scale: int) -> int:
     """How many pyramid levels :class:`PixelBoxRefinement` samples for an input ``scale`` times
-    the ViT's side: one at scale 1 (the input as it is), else down to half the ViT's side."""
+    the ViT's side: one at scale 1 (the input as it is), else down to between half the ViT's
+    side and the ViT's side (a 192 px input for a 64 px ViT: 192, 96 and 48)."""
     return 1 if scale <= 1 else int(math.floor(math.log2(scale))) + 2
 
 
