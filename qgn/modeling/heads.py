@@ -203,11 +203,10 @@ class PixelBoxRefinement(nn.Module):
         self.points = points
         self.context = float(context)
         self.levels = int(levels)
-        self.feature_size = channels * points * points
         self.conv = nn.Sequential(
             nn.Conv2d(4, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()
         )
-        self.mlp = MLP(hidden_size + self.feature_size, hidden_size, 4, num_layers=2)
+        self.mlp = MLP(hidden_size + channels * points * points, hidden_size, 4, num_layers=2)
         self.start_as_identity_()
         self.register_buffer("offsets", torch.linspace(-context / 2, context / 2, points), persistent=False)
 
@@ -231,14 +230,15 @@ class PixelBoxRefinement(nn.Module):
         grid = box_sampling_grid(box_logits, self.offsets).reshape(batch, num_queries * k, k, 2).to(pixels.dtype)
         sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.levels > 1:
-            weights = self.level_weights(box_logits, pixels.shape[-1]).to(pixels.dtype)  # (L, B, Nq)
-            blended = sampled * weights[0].repeat_interleave(k, dim=1)[:, None, :, None]
+            # (L, B, Nq) -> (L, B, 1, Nq * k, 1), the layout of the samples
+            weights = self.level_weights(box_logits, pixels.shape[-1]).to(pixels.dtype)
+            weights = weights.repeat_interleave(k, dim=2)[:, :, None, :, None]
+            sampled = sampled * weights[0]
             level = pixels
             for i in range(1, self.levels):
                 level = F.avg_pool2d(level, 2)
                 sample = F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                blended = blended + sample * weights[i].repeat_interleave(k, dim=1)[:, None, :, None]
-            sampled = blended
+                sampled = sampled + sample * weights[i]
         # (B, 4, Nq * k, k) -> (B * Nq, 4, k, k)
         crops = sampled.reshape(batch, pixels.shape[1], num_queries, k, k).transpose(1, 2).flatten(0, 1)
         features = self.conv(crops).reshape(batch, num_queries, -1).to(queries.dtype)

@@ -180,7 +180,9 @@ class QGNModel(nn.Module):
         if self.vision_encoder is not None:
             if pixel_values is None:
                 raise QGNError("this QGN model needs pixel_values (it is not text-only)")
-            vit_pixels, vit_mask = self._vision_input(pixel_values, pixel_mask)
+            if self.heads.pixel_refine is not None or self.pixel_branch is not None:
+                pixels = self._masked_pixels(pixel_values, pixel_mask)
+            vit_pixels, vit_mask = self._vision_input(pixel_values, pixel_mask, pixels)
             injector = None
             if self.hvla is not None:
                 fused = self.hvla.fuse_text(text_out.hidden_states)  # F_fused (B, S, Dv), eq. 3
@@ -190,7 +192,6 @@ class QGNModel(nn.Module):
                 self.vision_encoder, vit_pixels, self.vision_extract_layers, injector, token_padding=vision_padding
             )
             vision = self.vision_projection(layers)  # type: ignore[misc]  # F~_v (B, Nv, d); built with the vision encoder
-            pixels = self._masked_pixels(pixel_values, pixel_mask)
             if self.pixel_branch is not None:
                 grid = self.config.image_size // self.vision_encoder.config.patch_size
                 vision = torch.cat([vision[:, :1], vision[:, 1:] + self.pixel_branch(pixels, grid)], dim=1)
@@ -249,24 +250,22 @@ class QGNModel(nn.Module):
         return torch.cat([pixel_values * mask, mask], dim=1)
 
     def _vision_input(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, pixels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the ViT sees: the input as it is, or with ``pixel_refine_scale`` > 1 its
-        ``scale`` x ``scale`` averages (and a pooled pixel is the image's if any of its pixels is)."""
+        """What the ViT sees: the input as it is, or with ``pixel_refine_scale`` > 1 the
+        ``scale`` x ``scale`` averages of ``pixels`` (:meth:`_masked_pixels`, always there then,
+        since the scale needs ``box_refine_pixels``): padding counts as zero (the mean colour),
+        whatever it holds, and a pooled pixel is the image's if any of its pixels is."""
         side, scale = self.config.input_image_size, self.config.pixel_refine_scale
         if tuple(pixel_values.shape[-2:]) != (side, side):
             raise QGNError(
                 f"pixel_values are {tuple(pixel_values.shape[-2:])} px; this model takes {side} x {side} "
                 f"(image_size {self.config.image_size} x pixel_refine_scale {scale}): use its own image processor"
             )
-        if scale == 1:
+        if scale == 1 or pixels is None:
             return pixel_values, pixel_mask
-        if pixel_mask is None:
-            return torch.nn.functional.avg_pool2d(pixel_values, scale), None
-        mask = pixel_mask[:, None].to(pixel_values.dtype)
-        # padding counts as zero (the mean colour), whatever it holds
-        pooled = torch.nn.functional.avg_pool2d(pixel_values * (mask > 0).to(mask.dtype), scale)
-        return pooled, torch.nn.functional.max_pool2d(mask, scale)[:, 0]
+        pooled = torch.nn.functional.avg_pool2d(pixels, scale)  # image channels and mask alike
+        return pooled[:, :3], None if pixel_mask is None else pooled[:, 3] > 0
 
     def _vision_padding(self, pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
         """(B, Nv) bool, True for the visual tokens whose patch holds no pixel of the image (the
