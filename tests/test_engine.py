@@ -917,6 +917,7 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
         "box_refine_pixels",
         "pixel_refine_scale",
         "pixel_patch_branch",
+        "pixel_patch_branch_width",
         "bio_loss_weight",
         "span_proposals",
         "aux_loss",

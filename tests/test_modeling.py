@@ -569,9 +569,10 @@ def test_the_pixel_pyramid_reads_small_boxes_sharp_and_large_boxes_from_averages
 
 
 def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pixels():
-    config = tiny(box_refine_pixels=True, pixel_refine_scale=2, pixel_patch_branch=True)
+    config = tiny(box_refine_pixels=True, pixel_refine_scale=2, pixel_patch_branch=True, pixel_patch_branch_width=4)
     torch.manual_seed(0)
     model = build(config).eval()
+    assert [m.out_channels for m in model.pixel_branch.convs if isinstance(m, torch.nn.Conv2d)] == [4, 8, 16]
     batch = make_batch(config)
     with torch.no_grad():
         with_branch = model(**batch)
@@ -601,6 +602,7 @@ def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pix
         ({"box_refine_pixels": True, "pixel_refine_scale": 0}, "pixel_refine_scale must be >= 1"),
         ({"box_refine_pixels": True, "pixel_refine_scale": 2, "text_only": True}, "needs box_refine_pixels"),
         ({"pixel_patch_branch": True, "text_only": True}, "pixel_patch_branch reads the image"),
+        ({"pixel_patch_branch": True, "pixel_patch_branch_width": 0}, "pixel_patch_branch_width must be >= 1"),
     ],
 )
 def test_pixel_refinement_switches_need_what_they_feed(overrides, message):

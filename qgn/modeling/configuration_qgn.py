@@ -161,6 +161,8 @@ class QGNConfig:
             to d from zero, to the visual tokens F~_v (False;
             :class:`qgn.modeling.hvla.PixelPatchBranch`). With ``pixel_refine_scale`` > 1 the
             alignment and the decoder then see details finer than the ViT's pixels.
+        pixel_patch_branch_width: the maps of that CNN's first convolution (16); the second and
+            third have twice and four times as many. Its cost grows about as the square.
 
     Entity recognition aids (not in the paper; they make the span queries learn what a tagger
     learns, from the first step; :mod:`qgn.modeling.span_aids`):
@@ -256,6 +258,7 @@ class QGNConfig:
     box_refine_pixels: bool = False
     pixel_refine_scale: int = 1
     pixel_patch_branch: bool = False
+    pixel_patch_branch_width: int = 16
     # entity recognition aids (not in the paper)
     bio_loss_weight: float = 0.0
     span_proposals: int = 0
@@ -350,6 +353,8 @@ class QGNConfig:
                 raise ValueError(f"{name} reads the alignment head: it needs lambda_align > 0")
         if self.pixel_refine_scale < 1:
             raise ValueError(f"pixel_refine_scale must be >= 1, got {self.pixel_refine_scale}")
+        if self.pixel_patch_branch_width < 1:
+            raise ValueError(f"pixel_patch_branch_width must be >= 1, got {self.pixel_patch_branch_width}")
         if self.pixel_patch_branch and self.text_only:
             raise ValueError("pixel_patch_branch reads the image: it needs text_only=false")
         if self.pixel_refine_scale > 1 and (not self.box_refine_pixels or self.text_only):

@@ -109,7 +109,7 @@ class PixelPatchBranch(nn.Module):
     """``pixel_patch_branch`` (not in the paper): what each patch holds, read from the input's own
     pixels by a small CNN and added to its visual token.
 
-    Three 3 x 3 convolutions of stride 2 (16, 32, 64 maps, GELU) read the input image with its
+    Three 3 x 3 convolutions of stride 2 (``width``, 2 x and 4 x ``width`` maps, GELU) read the input image with its
     padding zeroed and the pixel mask as a fourth channel; their maps are averaged over each
     patch of the ViT's grid and projected to d. The projection starts at zero, so the tokens are
     the ViT's own until training finds a use for the branch. With ``pixel_refine_scale`` > 1 the
@@ -119,15 +119,15 @@ class PixelPatchBranch(nn.Module):
     forward(pixels (B, 4, H, H), grid: the ViT's patches per side) -> (B, grid * grid, d)
     """
 
-    def __init__(self, hidden_size: int, channels: Sequence[int] = (16, 32, 64)):
+    def __init__(self, hidden_size: int, width: int = 16):
         super().__init__()
         layers: list[nn.Module] = []
-        width = 4
-        for out in channels:
-            layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.GELU()]
-            width = out
+        maps = 4
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(maps, out, 3, stride=2, padding=1), nn.GELU()]
+            maps = out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(width, hidden_size)
+        self.proj = nn.Linear(maps, hidden_size)
         self.start_as_identity_()
 
     def start_as_identity_(self) -> None:
@@ -136,5 +136,7 @@ class PixelPatchBranch(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
-        maps = F.adaptive_avg_pool2d(self.convs(pixels), grid)  # (B, C, grid, grid)
+        # channels-last: the same sums, about a third less CPU for these few-map convolutions
+        maps = self.convs(pixels.contiguous(memory_format=torch.channels_last))
+        maps = F.adaptive_avg_pool2d(maps, grid)  # (B, C, grid, grid)
         return self.proj(maps.flatten(2).transpose(1, 2))

@@ -102,7 +102,9 @@ class QGNModel(nn.Module):
                 deepest = vcfg.num_hidden_layers
             prune_vision_tower(self.vision_encoder, deepest)
             self.vision_projection = VisualProjection(vcfg.hidden_size, len(self.vision_extract_layers), d)
-            self.pixel_branch = PixelPatchBranch(d) if config.pixel_patch_branch else None
+            self.pixel_branch = (
+                PixelPatchBranch(d, width=config.pixel_patch_branch_width) if config.pixel_patch_branch else None
+            )
             if config.use_mqd and not (config.use_fde or config.use_mre):
                 raise QGNError(
                     "use_fde and use_mre are both off: the queries would never see the image "
