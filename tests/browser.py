@@ -1,6 +1,6 @@
 """The browser the page test drives: Debian's Chromium, found on PATH or installed with apt-get.
 
-README's test command (`python -m pytest`) must pass on a fresh machine, so the suite installs
+README's test command (`python -m pytest -n 2`) must pass on a fresh machine, so the suite installs
 what the browser test needs itself instead of skipping it (playwright cannot download its own
 browsers on machines without internet; Debian's package comes from the apt mirror).
 """

@@ -60,9 +60,15 @@ def tiny_checkpoint(tiny_bench, tmp_path_factory) -> Path:
 def chromium() -> str:
     """Debian's Chromium for the browser test, installed with apt-get when it is missing (README's
     test command runs on a fresh machine); the test fails, never skips, when that cannot be done."""
+    import tempfile
+
+    from filelock import FileLock
+
     from browser import ChromiumUnavailable, chromium_path
 
     try:
-        return chromium_path()
+        # under pytest-xdist (README's `-n 2`) one worker installs, the other then finds it on PATH
+        with FileLock(Path(tempfile.gettempdir()) / "qgn-tests-chromium.lock"):
+            return chromium_path()
     except ChromiumUnavailable as err:
         pytest.fail(str(err), pytrace=False)
