@@ -3,9 +3,17 @@ thread for the files of tiny models."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    # One share of the cores per pytest-xdist worker, for its torch and the subprocesses it starts:
+    # OpenMP threads spin while they wait, so two workers of two threads each on two cores run
+    # slower than one worker alone. Set before any test module imports torch.
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="module")
