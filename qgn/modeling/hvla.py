@@ -109,9 +109,9 @@ class PixelPatchBranch(nn.Module):
     """``pixel_patch_branch`` (not in the paper): what each patch holds, read from the input's own
     pixels by a small CNN and added to its visual token.
 
-    Three 3 x 3 convolutions of stride 2 (``width``, 2 x and 4 x ``width`` maps, GELU) read the input image with its
-    padding zeroed and the pixel mask as a fourth channel; their maps are averaged over each
-    patch of the ViT's grid and projected to d. The projection starts at zero, so the tokens are
+    Three 3 x 3 convolutions of stride 2 (``width``, 2 x and 4 x ``width`` maps, GELU) read the
+    input image with its padding zeroed and the pixel mask as a fourth channel; their maps are
+    averaged over each patch of the ViT's grid and projected to d. The projection starts at zero, so the tokens are
     the ViT's own until training finds a use for the branch. With ``pixel_refine_scale`` > 1 the
     CNN sees pixels the ViT never gets (the outline or stripes of a look a few ViT pixels wide);
     every module that reads visual tokens (the alignment, VTF, FDE, MRE) then sees them too.
