@@ -3,10 +3,14 @@
 Why CPU time and not wall time: it is what a run costs on an idle machine, and it stays about the
 same when other jobs share the cores (wall time does not). Every demo lever is on (alignments,
 box prior, box refinement), batch 16, one thread, fp32, ``_common.synthetic_batch`` with a ``pixel_mask``.
+``--threads N`` also prints the wall time of a step on N threads (the demo runs on all cores; a
+lever's small convolutions gain less from a second thread than the ViT does), which means
+something only on an idle machine.
 
     python benchmarks/demo_step_cost.py                      # 64/8, 128/16, 96/12, 96/8, 128/8
     python benchmarks/demo_step_cost.py --sizes 64/8 96/8 --steps 10
     python benchmarks/demo_step_cost.py --sizes 64/8 --set box_refine_pixels=true   # a lever's cost
+    python benchmarks/demo_step_cost.py --sizes 64/8 --threads 2 --set box_refine_pixels=true
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ DEFAULT_SIZES = ("64/8", "128/16", "96/12", "96/8", "128/8")
 def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16, **model: object) -> float:
     """Mean CPU seconds of a forward + backward + AdamW step (fp32) on ``_common.synthetic_batch``;
     ``model``: more QGNConfig fields."""
+    return step_times(image_size, patch, steps, warmup, batch, **model)[0]
+
+
+def step_times(
+    image_size: int, patch: int, steps: int = 5, warmup: int = 3, batch: int = 16, **model: object
+) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of the mean step of :func:`step_cost`, on torch's current threads."""
     config = QGNConfig.tiny(
         vocab_size=300,
         image_size=image_size,
@@ -49,18 +60,19 @@ def step_cost(image_size: int, patch: int, steps: int = 5, warmup: int = 3, batc
     side = config.input_image_size  # pixel_refine_scale > 1: a larger input than the ViT sees
     inputs["pixel_mask"] = torch.ones(batch, side, side, dtype=torch.bool)
     step = train_step_fn(model, criterion, torch.optim.AdamW(model.parameters(), 1e-3), inputs, targets)
-    started = 0.0
+    started = wall = 0.0
     for i in range(warmup + steps):
         if i == warmup:
-            started = time.process_time()
+            started, wall = time.process_time(), time.perf_counter()
         step()
-    return (time.process_time() - started) / steps
+    return (time.process_time() - started) / steps, (time.perf_counter() - wall) / steps
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="SIZE/PATCH")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1); above 1 wall time is printed too")
     parser.add_argument(
         "--set", dest="fields", action="append", default=[], metavar="KEY=VALUE", help="a QGNConfig field (YAML value)"
     )
@@ -73,19 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         fields[key.strip()] = yaml.safe_load(value)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     try:
         units = ", ".join(cpu_bf16_units()) or "no bf16 units"
         extra = "".join(f", {k}={v}" for k, v in fields.items())
-        print(f"processor: {cpu_model()} ({units}), torch {torch.__version__}, fp32, 1 thread{extra}")
+        plural = "s" if args.threads > 1 else ""
+        print(
+            f"processor: {cpu_model()} ({units}), torch {torch.__version__}, fp32, {args.threads} thread{plural}{extra}"
+        )
         for item in args.sizes:
             size, _, patch = item.partition("/")
             grid = int(size) // int(patch)
-            cost = step_cost(int(size), int(patch), steps=args.steps, **fields)
+            cost, wall = step_times(int(size), int(patch), steps=args.steps, **fields)
             print(
                 f"{int(size):4d} px / {int(patch):2d} px patches ({grid} x {grid} grid): "
-                f"{cost * 1000:6.0f} ms CPU per step"
+                f"{cost * 1000:6.0f} ms CPU per step" + (f", {wall * 1000:6.0f} ms wall" if args.threads > 1 else "")
             )
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own

@@ -197,6 +197,11 @@ def test_demo_step_cost_times_a_real_training_step(capsys):
     assert "32 px / 16 px patches (2 x 2 grid)" in capsys.readouterr().out
     assert module.main(["--sizes", "32/16", "--steps", "1", "--set", "box_refine_pixels=true"]) == 0
     assert "fp32, 1 thread, box_refine_pixels=True" in capsys.readouterr().out
+    assert module.main(["--sizes", "32/16", "--steps", "1", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32, 2 threads" in out and "ms wall" in out
+    with pytest.raises(SystemExit):
+        module.main(["--sizes", "32/16", "--threads", "0"])
     assert torch.get_num_threads() == threads  # later tests compare runs across processes
 
 
