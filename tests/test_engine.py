@@ -931,3 +931,30 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
     assert {k: getattr(model, k) for k in levers} == {k: getattr(default, k) for k in levers}
     assert not default.box_refine and default.lambda_align == 0 and default.aux_one_to_many == 1
     assert not default.box_refine_pixels and default.bio_loss_weight == 0 and default.span_proposals == 0
+
+
+def test_pixel_cache_is_skipped_with_a_warning_when_memory_is_short(bench, monkeypatch, caplog):
+    from qgn.data import read_dataset
+    from qgn.engine import run_parts
+
+    settings = tiny_settings(bench)
+    settings.data.cache_images = True
+    posts = read_dataset(str(bench), "dev", image_dir=str(bench / "images"))
+    tokenizer = run_parts.build_tokenizer(settings, posts)
+    side = settings.model.input_image_size
+    per_post = 13 * side * side  # float32 pixels and a bool mask
+
+    def loader():
+        return run_parts.make_loader(posts, tokenizer, settings, None, 4, False)
+
+    monkeypatch.setattr(run_parts, "available_memory", lambda: 4 * per_post * len(posts))
+    assert loader().dataset._pixels == {}, "half the free memory holds the cache: cached"
+    monkeypatch.setattr(run_parts, "available_memory", lambda: per_post * len(posts))
+    with caplog.at_level("WARNING", logger="qgn.engine.train"):
+        assert loader().dataset._pixels is None
+    assert "is not cached" in caplog.text and f"{len(posts)} posts at {side} px" in caplog.text
+    monkeypatch.setattr(run_parts, "available_memory", lambda: None)  # a system that does not say
+    assert loader().dataset._pixels == {}
+    settings.data.cache_images = False
+    assert loader().dataset._pixels is None
+    assert run_parts.available_memory() is None or run_parts.available_memory() > 0

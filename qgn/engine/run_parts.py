@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -76,6 +77,32 @@ def read_split(
     return posts
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free now (Linux, most Unixes), or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def pixel_cache_fits(posts: int, side: int) -> bool:
+    """Whether ``data.cache_images`` for ``posts`` posts of ``side`` px squares (float32 pixels and
+    a bool mask) would take at most half of the memory free now; warns when it would not."""
+    need = posts * (3 * 4 + 1) * side * side
+    free = available_memory()
+    if free is None or need <= free // 2:
+        return True
+    logger.warning(
+        "data.cache_images: the pixels of %d posts at %d px would take %.1f GB of the %.1f GB free; "
+        "this split is not cached (set data.cache_images=false to silence this)",
+        posts,
+        side,
+        need / 1e9,
+        free / 1e9,
+    )
+    return False
+
+
 def make_loader(
     posts: list,
     tokenizer: Any,
@@ -94,6 +121,10 @@ def make_loader(
 
     t = settings.train
     views = BoxSafeAugment(t.augment_flip, t.augment_zoom, t.augment_min_scale, t.seed) if augment else None
+    cache = settings.data.cache_images and not settings.model.text_only
+    if cache:
+        side = image_transform.image_size if image_transform is not None else settings.model.input_image_size
+        cache = pixel_cache_fits(len(posts), side)
     dataset = GMNERDataset(
         posts,
         tokenizer,
@@ -101,7 +132,7 @@ def make_loader(
         image_transform=image_transform,
         text_only=settings.model.text_only,
         placeholder_on_error=settings.data.missing_images == "text_only",
-        cache_pixels=settings.data.cache_images,
+        cache_pixels=cache,
         augment=views,
     )
     return DataLoader(
