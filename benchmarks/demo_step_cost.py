@@ -1,11 +1,12 @@
 """CPU time of one training step of the demo's tiny QGN at several input sizes and patch grids.
 
 Why CPU time and not wall time: it is what a run costs on an idle machine, and it stays about the
-same when other jobs share the cores (wall time does not). Every demo lever is on (alignments,
-box prior, box refinement), batch 16, one thread, fp32, ``_common.synthetic_batch`` with a ``pixel_mask``.
-``--threads N`` also prints the wall time of a step on N threads (the demo runs on all cores; a
-lever's small convolutions gain less from a second thread than the ViT does), which means
-something only on an idle machine.
+same when other jobs share the cores (wall time does not). On by default: the alignments, the
+box prior and ``box_refine``; the demo's later levers are ``--set`` fields (``box_refine_pixels``,
+``pixel_refine_scale``, ``pixel_patch_branch``). Batch 16, fp32, ``_common.synthetic_batch`` with a
+``pixel_mask``, one thread. ``--threads N`` runs on N threads and also prints the wall time of a
+step, as the demo runs (it means something only on an idle machine); the CPU time is then the
+sum over the threads.
 
     python benchmarks/demo_step_cost.py                      # 64/8, 128/16, 96/12, 96/8, 128/8
     python benchmarks/demo_step_cost.py --sizes 64/8 96/8 --steps 10

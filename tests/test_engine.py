@@ -935,20 +935,29 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
 
 def test_pixel_cache_is_skipped_with_a_warning_when_memory_is_short(bench, monkeypatch, caplog):
     from qgn.data import read_dataset
+    from qgn.data.pipeline import ImageTransform
     from qgn.engine import run_parts
 
+    free = run_parts.available_memory()
+    assert free is None or free > 0
     settings = tiny_settings(bench)
+    settings.model.box_refine_pixels = True
+    settings.model.pixel_refine_scale = 2  # the cache holds the input's pixels, larger than the ViT's
     settings.data.cache_images = True
     posts = read_dataset(str(bench), "dev", image_dir=str(bench / "images"))
     tokenizer = run_parts.build_tokenizer(settings, posts)
     side = settings.model.input_image_size
+    assert side == 2 * settings.model.image_size
     per_post = 13 * side * side  # float32 pixels and a bool mask
+    transform = ImageTransform(side, geometry=settings.model.image_geometry)
 
     def loader():
-        return run_parts.make_loader(posts, tokenizer, settings, None, 4, False)
+        return run_parts.make_loader(posts, tokenizer, settings, transform, 4, False)
 
-    monkeypatch.setattr(run_parts, "available_memory", lambda: 4 * per_post * len(posts))
+    monkeypatch.setattr(run_parts, "available_memory", lambda: 2 * per_post * len(posts))
     assert loader().dataset._pixels == {}, "half the free memory holds the cache: cached"
+    monkeypatch.setattr(run_parts, "available_memory", lambda: 2 * per_post * len(posts) - 2)
+    assert loader().dataset._pixels is None, "one byte short of half: not cached"
     monkeypatch.setattr(run_parts, "available_memory", lambda: per_post * len(posts))
     with caplog.at_level("WARNING", logger="qgn.engine.train"):
         assert loader().dataset._pixels is None
@@ -957,4 +966,3 @@ def test_pixel_cache_is_skipped_with_a_warning_when_memory_is_short(bench, monke
     assert loader().dataset._pixels == {}
     settings.data.cache_images = False
     assert loader().dataset._pixels is None
-    assert run_parts.available_memory() is None or run_parts.available_memory() > 0

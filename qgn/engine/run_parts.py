@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,16 +78,31 @@ def read_split(
 
 
 def available_memory() -> int | None:
-    """Bytes of memory free now (Linux, most Unixes), or None where the system does not say."""
+    """Bytes of memory a process can still take (Linux: ``MemAvailable``, which counts the page
+    cache as free, within a cgroup v2 limit if there is one), or None where the system does not say."""
+    free = None
     try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
+    try:  # a container's own limit, when it is below the machine's
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if free is not None and limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free if free is not None and free > 0 else None
 
 
 def pixel_cache_fits(posts: int, side: int) -> bool:
     """Whether ``data.cache_images`` for ``posts`` posts of ``side`` px squares (float32 pixels and
-    a bool mask) would take at most half of the memory free now; warns when it would not."""
+    a bool mask) would take at most half of the memory free now; warns when it would not. Each
+    split is checked when its loader is made, and caches fill as they are read, so this guards
+    against the one large split, not the sum of all three."""
     need = posts * (3 * 4 + 1) * side * side
     free = available_memory()
     if free is None or need <= free // 2:

@@ -47,7 +47,7 @@ class DataSettings:
         tokenizer: ``null`` loads the tokenizer of ``model.text_encoder``; ``words`` builds a
             small WordPiece vocabulary from the training words (tiny models trained from scratch).
         cache_images: keep the resized pixels of every post in memory after its first use
-            (false; the demo turns it on: 442 KB a post at 192 px, 590 KB at 224 px). A split
+            (false; the demo turns it on: 479 KB a post at 192 px, 652 KB at 224 px). A split
             whose cache would take more than half of the memory free is not cached (a warning).
     """
 
