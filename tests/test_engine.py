@@ -934,11 +934,11 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
 
 
 def test_pixel_cache_is_skipped_with_a_warning_when_memory_is_short(bench, monkeypatch, caplog):
-    from qgn.data import read_dataset
+    from qgn.data import pipeline, read_dataset
     from qgn.data.pipeline import ImageTransform
     from qgn.engine import run_parts
 
-    free = run_parts.available_memory()
+    free = pipeline.available_memory()
     assert free is None or free > 0
     settings = tiny_settings(bench)
     settings.model.box_refine_pixels = True
@@ -954,15 +954,15 @@ def test_pixel_cache_is_skipped_with_a_warning_when_memory_is_short(bench, monke
     def loader():
         return run_parts.make_loader(posts, tokenizer, settings, transform, 4, False)
 
-    monkeypatch.setattr(run_parts, "available_memory", lambda: 2 * per_post * len(posts))
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2 * per_post * len(posts))
     assert loader().dataset._pixels == {}, "half the free memory holds the cache: cached"
-    monkeypatch.setattr(run_parts, "available_memory", lambda: 2 * per_post * len(posts) - 2)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2 * per_post * len(posts) - 2)
     assert loader().dataset._pixels is None, "one byte short of half: not cached"
-    monkeypatch.setattr(run_parts, "available_memory", lambda: per_post * len(posts))
-    with caplog.at_level("WARNING", logger="qgn.engine.train"):
+    monkeypatch.setattr(pipeline, "available_memory", lambda: per_post * len(posts))
+    with caplog.at_level("WARNING", logger="qgn.data.pipeline"):
         assert loader().dataset._pixels is None
     assert "is not cached" in caplog.text and f"{len(posts)} posts at {side} px" in caplog.text
-    monkeypatch.setattr(run_parts, "available_memory", lambda: None)  # a system that does not say
+    monkeypatch.setattr(pipeline, "available_memory", lambda: None)  # a system that does not say
     assert loader().dataset._pixels == {}
     settings.data.cache_images = False
     assert loader().dataset._pixels is None

@@ -268,6 +268,48 @@ def build_targets(
     return targets, dropped
 
 
+# ---------------------------------------------------------------------------- pixel cache
+def available_memory() -> int | None:
+    """Bytes of memory a process can still take (Linux: ``MemAvailable``, which counts the page
+    cache as free, within a cgroup v2 limit if there is one), or None where the system does not say."""
+    free = None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # a container's own limit, when it is below the machine's
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if free is not None and limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free if free is not None and free > 0 else None
+
+
+def pixel_cache_fits(posts: int, side: int) -> bool:
+    """Whether ``data.cache_images`` for ``posts`` posts of ``side`` px squares (float32 pixels and
+    a bool mask) would take at most half of the memory free now; warns when it would not. Each
+    split is checked when its dataset is made, and caches fill as they are read, so this guards
+    against the one large split, not the sum of all three."""
+    need = posts * (3 * 4 + 1) * side * side
+    free = available_memory()
+    if free is None or need <= free // 2:
+        return True
+    logger.warning(
+        "data.cache_images: the pixels of %d posts at %d px would take %.1f GB of the %.1f GB free; "
+        "this split is not cached (set data.cache_images=false to silence this)",
+        posts,
+        side,
+        need / 1e9,
+        free / 1e9,
+    )
+    return False
+
+
 # --------------------------------------------------------------------------------- dataset
 class GMNERDataset(Dataset):
     """Posts as model items: ``dict(post, input_ids, word_index, num_words, pixel_values,
@@ -284,7 +326,8 @@ class GMNERDataset(Dataset):
         images: optional already-opened images aligned with ``posts`` (``None`` entries fall
             back to ``post.image_path``), for in-memory prediction.
         cache_pixels: keep each post's pixels in memory once computed, so later epochs skip the
-            decode and resize (3 x S x S floats a post: 48 KB at 64 px, 590 KB at 224 px).
+            decode and resize (3 x S x S floats and an S x S mask a post: 479 KB at 192 px,
+            652 KB at 224 px); left off, with a warning, when :func:`pixel_cache_fits` says no.
         augment: a :class:`qgn.data.augment.BoxSafeAugment` for training views (flips and
             zoom-outs that move the boxes with the pixels), drawn per post and per epoch
             (:meth:`set_epoch`); ``None``: every post as it is.
@@ -305,7 +348,6 @@ class GMNERDataset(Dataset):
         self.posts = list(posts)
         self.augment = augment if augment is not None and augment.active else None
         self.epoch = 0
-        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.config = config
         self.text_only = bool(text_only or config.text_only)
         if images is not None and len(images) != len(self.posts):
@@ -321,6 +363,12 @@ class GMNERDataset(Dataset):
                 f"model config's image_geometry={geometry!r}"
             )
         self.geometry = geometry
+        cache_pixels = (
+            cache_pixels
+            and self.image_transform is not None
+            and pixel_cache_fits(len(self.posts), self.image_transform.image_size)
+        )
+        self._pixels: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] | None = {} if cache_pixels else None
         self.placeholder_on_error = placeholder_on_error
         self.label_index = {name: i for i, name in enumerate(config.entity_types)}
         for post in self.posts:

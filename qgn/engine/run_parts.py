@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,47 +76,6 @@ def read_split(
     return posts
 
 
-def available_memory() -> int | None:
-    """Bytes of memory a process can still take (Linux: ``MemAvailable``, which counts the page
-    cache as free, within a cgroup v2 limit if there is one), or None where the system does not say."""
-    free = None
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    try:  # a container's own limit, when it is below the machine's
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if free is not None and limit != "max":
-            free = min(free, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return free if free is not None and free > 0 else None
-
-
-def pixel_cache_fits(posts: int, side: int) -> bool:
-    """Whether ``data.cache_images`` for ``posts`` posts of ``side`` px squares (float32 pixels and
-    a bool mask) would take at most half of the memory free now; warns when it would not. Each
-    split is checked when its loader is made, and caches fill as they are read, so this guards
-    against the one large split, not the sum of all three."""
-    need = posts * (3 * 4 + 1) * side * side
-    free = available_memory()
-    if free is None or need <= free // 2:
-        return True
-    logger.warning(
-        "data.cache_images: the pixels of %d posts at %d px would take %.1f GB of the %.1f GB free; "
-        "this split is not cached (set data.cache_images=false to silence this)",
-        posts,
-        side,
-        need / 1e9,
-        free / 1e9,
-    )
-    return False
-
-
 def make_loader(
     posts: list,
     tokenizer: Any,
@@ -136,10 +94,6 @@ def make_loader(
 
     t = settings.train
     views = BoxSafeAugment(t.augment_flip, t.augment_zoom, t.augment_min_scale, t.seed) if augment else None
-    cache = settings.data.cache_images and not settings.model.text_only
-    if cache:
-        side = image_transform.image_size if image_transform is not None else settings.model.input_image_size
-        cache = pixel_cache_fits(len(posts), side)
     dataset = GMNERDataset(
         posts,
         tokenizer,
@@ -147,7 +101,7 @@ def make_loader(
         image_transform=image_transform,
         text_only=settings.model.text_only,
         placeholder_on_error=settings.data.missing_images == "text_only",
-        cache_pixels=cache,
+        cache_pixels=settings.data.cache_images,
         augment=views,
     )
     return DataLoader(
