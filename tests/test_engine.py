@@ -918,6 +918,7 @@ def test_paper_configs_keep_every_lever_beyond_the_paper_off(name):
         "pixel_refine_scale",
         "pixel_patch_branch",
         "pixel_patch_branch_width",
+        "pixel_patch_branch_pool",
         "bio_loss_weight",
         "span_proposals",
         "aux_loss",

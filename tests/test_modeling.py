@@ -566,6 +566,13 @@ def test_the_pixel_pyramid_reads_small_boxes_sharp_and_large_boxes_from_averages
         plain, seen = head(queries, logits, pixels), head(queries, logits, patterned)
     assert not torch.allclose(plain[0, 0], seen[0, 0])  # the small box sees the pattern
     torch.testing.assert_close(plain[0, 1], seen[0, 1])  # the large one reads averages, not aliasing
+    # the model builds the pyramid once per forward and hands it to every decoder layer's refinement
+    levels = head.pyramid(pixels)
+    assert [tuple(level.shape[-2:]) for level in levels] == [(128, 128), (64, 64), (32, 32)]
+    with torch.no_grad():
+        torch.testing.assert_close(head(queries, logits, levels), plain, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pyramid of 3 levels"):
+        head(queries, logits, levels[:2])
 
 
 def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pixels():
@@ -595,6 +602,25 @@ def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pix
     assert not torch.allclose(seen[0], seen[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("pool", ["mean", "max", "mean_max"])
+def test_the_pixel_patch_branch_pools_each_patch_as_asked(pool):
+    from qgn.modeling.hvla import PixelPatchBranch
+
+    torch.manual_seed(0)
+    branch = PixelPatchBranch(8, width=2, pool=pool)
+    assert branch.proj.in_features == (16 if pool == "mean_max" else 8)
+    pixels = torch.randn(2, 4, 32, 32)
+    assert branch(pixels, 2).abs().sum() == 0  # the projection starts at zero
+    torch.nn.init.normal_(branch.proj.weight)
+    with torch.no_grad():
+        maps = branch.convs(pixels)  # (2, 8, 4, 4), pooled to the 2 x 2 grid
+        mean, peak = F.adaptive_avg_pool2d(maps, 2), F.adaptive_max_pool2d(maps, 2)
+        expected = {"mean": mean, "max": peak, "mean_max": torch.cat([mean, peak], dim=1)}[pool]
+        torch.testing.assert_close(branch(pixels, 2), branch.proj(expected.flatten(2).transpose(1, 2)))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        PixelPatchBranch(8, pool="sum")
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -603,6 +629,7 @@ def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pix
         ({"box_refine_pixels": True, "pixel_refine_scale": 2, "text_only": True}, "needs box_refine_pixels"),
         ({"pixel_patch_branch": True, "text_only": True}, "pixel_patch_branch reads the image"),
         ({"pixel_patch_branch": True, "pixel_patch_branch_width": 0}, "pixel_patch_branch_width must be >= 1"),
+        ({"pixel_patch_branch": True, "pixel_patch_branch_pool": "sum"}, "pixel_patch_branch_pool must be"),
     ],
 )
 def test_pixel_refinement_switches_need_what_they_feed(overrides, message):

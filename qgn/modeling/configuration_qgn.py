@@ -163,6 +163,9 @@ class QGNConfig:
             alignment and the decoder then see details finer than the ViT's pixels.
         pixel_patch_branch_width: the maps of that CNN's first convolution (16); the second and
             third have twice and four times as many. Its cost grows about as the square.
+        pixel_patch_branch_pool: how that CNN's maps are pooled over each patch: ``mean``
+            (default), ``max`` (an object smaller than the patch is not diluted by the background
+            around it) or ``mean_max`` (both, side by side, before the projection).
 
     Entity recognition aids (not in the paper; they make the span queries learn what a tagger
     learns, from the first step; :mod:`qgn.modeling.span_aids`):
@@ -259,6 +262,7 @@ class QGNConfig:
     pixel_refine_scale: int = 1
     pixel_patch_branch: bool = False
     pixel_patch_branch_width: int = 16
+    pixel_patch_branch_pool: str = "mean"
     # entity recognition aids (not in the paper)
     bio_loss_weight: float = 0.0
     span_proposals: int = 0
@@ -355,6 +359,10 @@ class QGNConfig:
             raise ValueError(f"pixel_refine_scale must be >= 1, got {self.pixel_refine_scale}")
         if self.pixel_patch_branch_width < 1:
             raise ValueError(f"pixel_patch_branch_width must be >= 1, got {self.pixel_patch_branch_width}")
+        if self.pixel_patch_branch_pool not in ("mean", "max", "mean_max"):
+            raise ValueError(
+                f"pixel_patch_branch_pool must be mean, max or mean_max, got {self.pixel_patch_branch_pool!r}"
+            )
         if self.pixel_patch_branch and self.text_only:
             raise ValueError("pixel_patch_branch reads the image: it needs text_only=false")
         if self.pixel_refine_scale > 1 and (not self.box_refine_pixels or self.text_only):

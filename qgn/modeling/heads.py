@@ -18,6 +18,7 @@ visual patches for the alignment loss (see :class:`qgn.modeling.configuration_qg
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,13 +93,13 @@ class PredictionHeads(nn.Module):
         word_mask: torch.Tensor,
         box_reference: torch.Tensor | None = None,
         vision: torch.Tensor | None = None,
-        pixels: torch.Tensor | None = None,
+        pixels: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``box_reference`` (B, Nq, 2), optional: a centre (cx, cy) in [0, 1] per query that the
         box head predicts an offset from, in logit space (Deformable DETR's reference points).
         ``vision`` (B, Nv, d), class token first: the tokens :class:`BoxRefinement` samples.
         ``pixels`` (B, 4, H, H): the input image (padding zeroed) and its pixel mask, which
-        :class:`PixelBoxRefinement` samples."""
+        :class:`PixelBoxRefinement` samples (or that module's ``pyramid`` of it)."""
         outputs = {
             "type_logits": self.type_head(queries),
             "start_logits": self.start_head(queries, words, word_mask),
@@ -191,7 +192,8 @@ class PixelBoxRefinement(nn.Module):
     Why: a box from the visual tokens is only as precise as the patch grid, and on small objects
     (a few pixels in an 8 px patch) most wrong boxes sat on the right object with IoU 0.2-0.5.
 
-    forward(queries (B, Nq, d), box_logits (B, Nq, 4), pixels (B, 4, H, H)) -> box logits (B, Nq, 4).
+    forward(queries (B, Nq, d), box_logits (B, Nq, 4), pixels (B, 4, H, H) or its ``pyramid``)
+        -> box logits (B, Nq, 4).
     """
 
     offsets: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
@@ -224,7 +226,22 @@ class PixelBoxRefinement(nn.Module):
         steps = torch.arange(self.levels, device=level.device, dtype=level.dtype)
         return (1 - (level[None] - steps[:, None, None]).abs()).clamp_min(0)
 
-    def forward(self, queries: torch.Tensor, box_logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    def pyramid(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The ``levels`` resolutions of ``pixels`` (B, 4, H, H), each the 2 x 2 averages of the
+        last. The model builds it once per forward: the refinement runs on every decoder layer."""
+        levels = [pixels]
+        for _ in range(1, self.levels):
+            levels.append(F.avg_pool2d(levels[-1], 2))
+        return levels
+
+    def forward(
+        self, queries: torch.Tensor, box_logits: torch.Tensor, pixels: torch.Tensor | Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """``pixels``: the input (B, 4, H, H), or its :meth:`pyramid`."""
+        levels = self.pyramid(pixels) if isinstance(pixels, torch.Tensor) else list(pixels)
+        if len(levels) != self.levels:
+            raise ValueError(f"expected a pyramid of {self.levels} levels, got {len(levels)}")
+        pixels = levels[0]
         batch, num_queries, _ = queries.shape
         k = self.points
         grid = box_sampling_grid(box_logits, self.offsets).reshape(batch, num_queries * k, k, 2).to(pixels.dtype)
@@ -234,13 +251,13 @@ class PixelBoxRefinement(nn.Module):
             weights = self.level_weights(box_logits, pixels.shape[-1]).to(pixels.dtype)
             weights = weights.repeat_interleave(k, dim=2)[:, :, None, :, None]
             sampled = sampled * weights[0]
-            level = pixels
             for i in range(1, self.levels):
-                level = F.avg_pool2d(level, 2)
-                sample = F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                sample = F.grid_sample(levels[i], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
                 sampled = sampled + sample * weights[i]
         # (B, 4, Nq * k, k) -> (B * Nq, 4, k, k)
         crops = sampled.reshape(batch, pixels.shape[1], num_queries, k, k).transpose(1, 2).flatten(0, 1)
+        # channels-last: the same sums, about a third less CPU for these few-map convolutions
+        crops = crops.contiguous(memory_format=torch.channels_last)
         features = self.conv(crops).reshape(batch, num_queries, -1).to(queries.dtype)
         return box_logits + self.mlp(torch.cat([queries, features], dim=-1))
 

@@ -111,7 +111,8 @@ class PixelPatchBranch(nn.Module):
 
     Three 3 x 3 convolutions of stride 2 (``width``, 2 x and 4 x ``width`` maps, GELU) read the
     input image with its padding zeroed and the pixel mask as a fourth channel; their maps are
-    averaged over each patch of the ViT's grid and projected to d. The projection starts at zero, so the tokens are
+    pooled over each patch of the ViT's grid (``pool``: mean, max, or both side by side) and
+    projected to d. The projection starts at zero, so the tokens are
     the ViT's own until training finds a use for the branch. With ``pixel_refine_scale`` > 1 the
     CNN sees pixels the ViT never gets (the outline or stripes of a look a few ViT pixels wide);
     every module that reads visual tokens (the alignment, VTF, FDE, MRE) then sees them too.
@@ -119,15 +120,20 @@ class PixelPatchBranch(nn.Module):
     forward(pixels (B, 4, H, H), grid: the ViT's patches per side) -> (B, grid * grid, d)
     """
 
-    def __init__(self, hidden_size: int, width: int = 16):
+    POOLS = ("mean", "max", "mean_max")
+
+    def __init__(self, hidden_size: int, width: int = 16, pool: str = "mean"):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"pool must be one of {', '.join(self.POOLS)}, got {pool!r}")
+        self.pool = pool
         layers: list[nn.Module] = []
         maps = 4
         for out in (width, 2 * width, 4 * width):
             layers += [nn.Conv2d(maps, out, 3, stride=2, padding=1), nn.GELU()]
             maps = out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(maps, hidden_size)
+        self.proj = nn.Linear(2 * maps if pool == "mean_max" else maps, hidden_size)
         self.start_as_identity_()
 
     def start_as_identity_(self) -> None:
@@ -138,5 +144,11 @@ class PixelPatchBranch(nn.Module):
     def forward(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
         # channels-last: the same sums, about a third less CPU for these few-map convolutions
         maps = self.convs(pixels.contiguous(memory_format=torch.channels_last))
-        maps = F.adaptive_avg_pool2d(maps, grid)  # (B, C, grid, grid)
+        # the mean dilutes an object smaller than its patch with the background; the max keeps it
+        if self.pool == "mean":
+            maps = F.adaptive_avg_pool2d(maps, grid)  # (B, C, grid, grid)
+        elif self.pool == "max":
+            maps = F.adaptive_max_pool2d(maps, grid)
+        else:
+            maps = torch.cat([F.adaptive_avg_pool2d(maps, grid), F.adaptive_max_pool2d(maps, grid)], dim=1)
         return self.proj(maps.flatten(2).transpose(1, 2))

@@ -103,7 +103,9 @@ class QGNModel(nn.Module):
             prune_vision_tower(self.vision_encoder, deepest)
             self.vision_projection = VisualProjection(vcfg.hidden_size, len(self.vision_extract_layers), d)
             self.pixel_branch = (
-                PixelPatchBranch(d, width=config.pixel_patch_branch_width) if config.pixel_patch_branch else None
+                PixelPatchBranch(d, width=config.pixel_patch_branch_width, pool=config.pixel_patch_branch_pool)
+                if config.pixel_patch_branch
+                else None
             )
             if config.use_mqd and not (config.use_fde or config.use_mre):
                 raise QGNError(
@@ -223,7 +225,12 @@ class QGNModel(nn.Module):
             vision = self._zero_padding(vision, vision_padding)
             intermediate = [(q, w, self._zero_padding(v, vision_padding)) for q, w, v in intermediate]
         patch_padding = self._patch_padding(vision_padding)
-        outputs: dict[str, Any] = self._predict(queries, words, word_mask, vision, patch_padding, proposals, pixels)
+        pixel_levels: list[torch.Tensor] | None = None
+        if pixels is not None and self.heads.pixel_refine is not None:
+            pixel_levels = self.heads.pixel_refine.pyramid(pixels)  # once, not once per decoder layer
+        outputs: dict[str, Any] = self._predict(
+            queries, words, word_mask, vision, patch_padding, proposals, pixel_levels
+        )
         if patch_padding is not None and self.training:
             outputs["patch_padding"] = patch_padding
         if word_align is not None:
@@ -235,7 +242,7 @@ class QGNModel(nn.Module):
         if self.config.aux_loss and self.training and intermediate:
             # the same heads on every earlier decoder layer (DETR's auxiliary decoding losses)
             outputs["aux_outputs"] = [
-                self._predict(q, w, word_mask, v, patch_padding, proposals, pixels) for q, w, v in intermediate
+                self._predict(q, w, word_mask, v, patch_padding, proposals, pixel_levels) for q, w, v in intermediate
             ]
             if patch_padding is not None:
                 for aux in outputs["aux_outputs"]:
@@ -309,7 +316,7 @@ class QGNModel(nn.Module):
         vision: torch.Tensor | None,
         patch_padding: torch.Tensor | None = None,
         proposals: dict[str, torch.Tensor] | None = None,
-        pixels: torch.Tensor | None = None,
+        pixels: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The heads on one set of queries, plus what the query-patch alignment adds to them
         (``align_presence``, ``align_box_prior``; ``align_logits`` in training) and the span
