@@ -87,6 +87,7 @@ def test_onnx_export_of_the_demo_levers_matches_pytorch(tiny_checkpoint, tiny_be
         box_refine_pixels=True,
         pixel_refine_scale=2,
         pixel_patch_branch=True,
+        pixel_patch_branch_pool="mean_max",  # the demo's: adaptive max pooling exports too
     )
     torch.manual_seed(0)
     model = QGNModel(config).eval()
