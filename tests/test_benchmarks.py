@@ -253,3 +253,44 @@ def test_mner_merge_joins_parallel_runs_by_seed_and_ends_with_the_difference(tmp
     assert set(mner_text_only.reused_tagger_runs(tagger, json.loads(tagger.read_text()))) == {42, 43}
     with pytest.raises(SystemExit, match="epochs"):
         mner_text_only.reused_tagger_runs(tagger, dict(json.loads(tagger.read_text()), epochs=3))
+
+
+def test_grounding_by_size_bins_objects_and_counts_only_right_boxes(tiny_bench, tiny_checkpoint, capsys):
+    import grounding_by_size as gbs
+
+    from qgn.data.records import Prediction
+
+    # a 640 x 320 image: 10 px there is 1 px of the 64 px input, 100 px is 10 px
+    post = Post(
+        id="p",
+        tokens="Anna and Ben and Cleo and Paris".split(),
+        entities=[
+            Entity(0, 1, "PER", [(0, 0, 40, 40)]),  # 4 px: "< 6 px"
+            Entity(2, 3, "PER", [(100, 100, 300, 200), (0, 0, 60, 300)]),  # the smaller one: 6 px
+            Entity(4, 5, "PER", [(300, 0, 600, 300)]),  # 30 px
+            Entity(6, 7, "LOC"),  # no box: not counted
+        ],
+        image_size=(640, 320),
+    )
+    predictions = [
+        Prediction(0, 1, "PER", (0, 0, 40, 40)),  # right
+        Prediction(2, 3, "PER", (0, 0, 60, 280)),  # IoU 0.93 with the second box: right
+        Prediction(4, 5, "ORG", (300, 0, 600, 300)),  # the right box, the wrong type
+        Prediction(6, 7, "LOC", (0, 0, 10, 10)),
+    ]
+    assert gbs.placed_right_by_size([post], [predictions]) == {"< 6 px": (1, 1), "6-10 px": (1, 1), ">= 24 px": (0, 1)}
+    moved = [predictions[0], Prediction(2, 3, "PER", (30, 0, 90, 300)), *predictions[2:]]  # IoU 1/3
+    assert gbs.placed_right_by_size([post], [moved])["6-10 px"] == (0, 1)
+    assert gbs.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no image size"):
+        gbs.placed_right_by_size([Post(id="q", tokens=["x"], entities=[Entity(0, 1, "PER", [(0, 0, 1, 1)])])], [[]])
+    # end to end on a trained checkpoint: every grounded test entity is counted once
+    assert gbs.main(["--data", str(tiny_bench), "--split", "test", "--checkpoint", str(tiny_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    from qgn.data import read_dataset
+
+    grounded = sum(
+        e.has_box for p in read_dataset(tiny_bench, "test", image_dir=tiny_bench / "images") for e in p.entities
+    )
+    counted = sum(int(cell.split(" of ")[1].rstrip(",")) for cell in out.splitlines()[-1].split(": ", 1)[1].split(", "))
+    assert counted == grounded > 0
