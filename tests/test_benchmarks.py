@@ -281,7 +281,9 @@ def test_grounding_by_size_bins_objects_and_counts_only_right_boxes(tiny_bench, 
     assert gbs.placed_right_by_size([post], [predictions]) == {"< 6 px": (1, 1), "6-10 px": (1, 1), ">= 24 px": (0, 1)}
     moved = [predictions[0], Prediction(2, 3, "PER", (30, 0, 90, 300)), *predictions[2:]]  # IoU 1/3
     assert gbs.placed_right_by_size([post], [moved])["6-10 px"] == (0, 1)
-    assert gbs.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    # drawn twice: binned by the smaller object, right when either object gets its box
+    bigger = [predictions[0], Prediction(2, 3, "PER", (100, 100, 300, 200)), *predictions[2:]]
+    assert gbs.placed_right_by_size([post], [bigger])["6-10 px"] == (1, 1)
     with pytest.raises(ValueError, match="no image size"):
         gbs.placed_right_by_size([Post(id="q", tokens=["x"], entities=[Entity(0, 1, "PER", [(0, 0, 1, 1)])])], [[]])
     # end to end on a trained checkpoint: every grounded test entity is counted once

@@ -573,6 +573,11 @@ def test_the_pixel_pyramid_reads_small_boxes_sharp_and_large_boxes_from_averages
         torch.testing.assert_close(head(queries, logits, levels), plain, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pyramid of 3 levels"):
         head(queries, logits, levels[:2])
+    # its convolutions run channels-last: the same sums as in the plain layout
+    crops = torch.randn(6, 4, 8, 8)
+    with torch.no_grad():
+        plain_layout = head.conv(crops)
+        torch.testing.assert_close(head.conv(crops.contiguous(memory_format=torch.channels_last)), plain_layout)
 
 
 def test_the_pixel_patch_branch_starts_at_the_vits_tokens_and_adds_the_finer_pixels():
@@ -621,6 +626,27 @@ def test_the_pixel_patch_branch_pools_each_patch_as_asked(pool):
         PixelPatchBranch(8, pool="sum")
 
 
+def test_the_pixel_pyramid_is_built_once_for_every_decoder_layer_with_aux_loss():
+    config = tiny(box_refine_pixels=True, pixel_refine_scale=2, aux_loss=True)
+    model = build(config).train()
+    refine, built = model.heads.pixel_refine, []
+    pyramid = refine.pyramid
+    refine.pyramid = lambda pixels: built.append(pixels.shape) or pyramid(pixels)
+    outputs = model(**make_batch(config))
+    assert len(built) == 1 and outputs["aux_outputs"]  # one pyramid, read by every layer's heads
+    loss_of(model, outputs).backward()
+    assert all(torch.isfinite(aux["pred_boxes"]).all() for aux in outputs["aux_outputs"])
+    assert refine.mlp.layers[-1].weight.grad.abs().sum() > 0
+
+
+def test_a_config_saved_before_the_pool_switch_loads_as_the_mean_branch(tmp_path):
+    saved = tiny(box_refine_pixels=True, pixel_refine_scale=2, pixel_patch_branch=True).to_dict()
+    del saved["pixel_patch_branch_pool"]  # a checkpoint's config.json from before the switch
+    old = QGNConfig.from_dict(saved)
+    assert old.pixel_patch_branch_pool == "mean"
+    assert build(old).pixel_branch.proj.in_features == 4 * old.pixel_patch_branch_width
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -629,7 +655,7 @@ def test_the_pixel_patch_branch_pools_each_patch_as_asked(pool):
         ({"box_refine_pixels": True, "pixel_refine_scale": 2, "text_only": True}, "needs box_refine_pixels"),
         ({"pixel_patch_branch": True, "text_only": True}, "pixel_patch_branch reads the image"),
         ({"pixel_patch_branch": True, "pixel_patch_branch_width": 0}, "pixel_patch_branch_width must be >= 1"),
-        ({"pixel_patch_branch": True, "pixel_patch_branch_pool": "sum"}, "pixel_patch_branch_pool must be"),
+        ({"pixel_patch_branch": True, "pixel_patch_branch_pool": "sum"}, "pixel_patch_branch_pool must be one of"),
     ],
 )
 def test_pixel_refinement_switches_need_what_they_feed(overrides, message):

@@ -25,6 +25,9 @@ from typing import Any
 
 from qgn.modeling.box_ops import IMAGE_GEOMETRIES
 
+# how the pixel branch pools its maps over each patch (qgn.modeling.hvla.PixelPatchBranch)
+PIXEL_PATCH_POOLS = ("mean", "max", "mean_max")
+
 QUERY_INITS = ("random", "batch_shared", "mean_pooled_text", "attention_pooled_text")
 GMNER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
@@ -359,9 +362,10 @@ class QGNConfig:
             raise ValueError(f"pixel_refine_scale must be >= 1, got {self.pixel_refine_scale}")
         if self.pixel_patch_branch_width < 1:
             raise ValueError(f"pixel_patch_branch_width must be >= 1, got {self.pixel_patch_branch_width}")
-        if self.pixel_patch_branch_pool not in ("mean", "max", "mean_max"):
+        if self.pixel_patch_branch_pool not in PIXEL_PATCH_POOLS:
             raise ValueError(
-                f"pixel_patch_branch_pool must be mean, max or mean_max, got {self.pixel_patch_branch_pool!r}"
+                f"pixel_patch_branch_pool must be one of {', '.join(PIXEL_PATCH_POOLS)}, "
+                f"got {self.pixel_patch_branch_pool!r}"
             )
         if self.pixel_patch_branch and self.text_only:
             raise ValueError("pixel_patch_branch reads the image: it needs text_only=false")

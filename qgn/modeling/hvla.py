@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgn.modeling.configuration_qgn import PIXEL_PATCH_POOLS
 from qgn.modeling.layers import attend, safe_padding_mask
 
 
@@ -120,12 +121,10 @@ class PixelPatchBranch(nn.Module):
     forward(pixels (B, 4, H, H), grid: the ViT's patches per side) -> (B, grid * grid, d)
     """
 
-    POOLS = ("mean", "max", "mean_max")
-
     def __init__(self, hidden_size: int, width: int = 16, pool: str = "mean"):
         super().__init__()
-        if pool not in self.POOLS:
-            raise ValueError(f"pool must be one of {', '.join(self.POOLS)}, got {pool!r}")
+        if pool not in PIXEL_PATCH_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(PIXEL_PATCH_POOLS)}, got {pool!r}")
         self.pool = pool
         layers: list[nn.Module] = []
         maps = 4
