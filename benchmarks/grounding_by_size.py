@@ -1,9 +1,9 @@
 """Grounded entities placed right, by the size of their object: where a checkpoint's boxes fail.
 
-For each gold entity with a box in the split, the checkpoint's predictions (with the thresholds
-saved beside it) place it right when one of them has the entity's span and type and a box with
-IoU >= 0.5 against one of its gold boxes: what the GMNER scorer counts as a right box, though
-here a prediction is not used up by the entity it matches (the scorer matches one to one).
+For each size bin, the split's gold entities with a box in that bin are scored by the GMNER
+scorer (``qgn.metrics.score``, one-to-one matching, IoU >= 0.5 against any of the entity's
+boxes) against all of the checkpoint's predictions (with the thresholds saved beside it): an
+entity is placed right when it is a GMNER true positive.
 
 The size measure is the object's shorter side in pixels of a 64 px input that keeps the
 aspect ratio (the longer image side scaled to 64): the same measure for every checkpoint and
@@ -17,6 +17,7 @@ object, and is right if either object gets its box, as the scorer has it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qgn.data.records import Box, Post, Prediction  # noqa: E402
-from qgn.metrics.scorer import box_iou_xyxy  # noqa: E402
+from qgn.metrics.scorer import score  # noqa: E402
 
 BINS = ((6.0, "< 6 px"), (10.0, "6-10 px"), (16.0, "10-16 px"), (24.0, "16-24 px"), (float("inf"), ">= 24 px"))
 SIDE = 64  # px: the demo ViT's input
@@ -37,32 +38,38 @@ def size_bin(boxes: Sequence[Box], image_size: tuple[int, int]) -> str:
     return next(name for upper, name in BINS if side < upper)
 
 
-def placed_right_by_size(
-    posts: Sequence[Post], predictions: Sequence[Sequence[Prediction]]
-) -> dict[str, tuple[int, int]]:
-    """{bin: (placed right, grounded gold entities)} over the posts, bins in ``BINS`` order."""
+def binned_posts(posts: Sequence[Post]) -> dict[str, list[Post]]:
+    """{bin: the posts, each with only its grounded entities of that bin}, bins in ``BINS`` order
+    and only those that hold an entity."""
     unsized = [post.id for post in posts if post.image_size is None and any(e.boxes for e in post.entities)]
     if unsized:
         raise ValueError(
             f"{len(unsized)} posts have boxes but no image size, so their objects cannot be binned: {unsized[:3]}"
         )
-    tally = {name: [0, 0] for _, name in BINS}
-    for post, preds in zip(posts, predictions, strict=True):
-        for entity in post.entities:
-            if not entity.boxes:
-                continue
-            right = any(
-                p.start == entity.start
-                and p.end == entity.end
-                and p.type == entity.type
-                and p.box is not None
-                and any(box_iou_xyxy(p.box, gold) >= 0.5 for gold in entity.boxes)
-                for p in preds
+    bins: dict[str, list[Post]] = {}
+    for _, name in BINS:
+        kept = [
+            dataclasses.replace(
+                post, entities=[e for e in post.entities if e.boxes and size_bin(e.boxes, size) == name]
             )
-            counts = tally[size_bin(entity.boxes, post.image_size)]  # type: ignore[arg-type]  # checked above
-            counts[0] += right
-            counts[1] += 1
-    return {name: (right, total) for name, (right, total) in tally.items() if total}
+            for post in posts
+            if (size := post.image_size) is not None
+        ]
+        if any(post.entities for post in kept):
+            bins[name] = kept
+    return bins
+
+
+def placed_right_by_size(
+    posts: Sequence[Post], predictions: Sequence[Sequence[Prediction]]
+) -> dict[str, tuple[int, int]]:
+    """{bin: (placed right, grounded gold entities)} over the posts, bins in ``BINS`` order."""
+    by_id = {post.id: list(preds) for post, preds in zip(posts, predictions, strict=True)}
+    out = {}
+    for name, kept in binned_posts(posts).items():
+        gmner = score(kept, by_id).gmner
+        out[name] = (gmner.tp, gmner.n_gold)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     posts = read_dataset(data, args.split, image_dir=args.image_dir or data / "images")
-    placed_right_by_size(posts, [[] for _ in posts])  # fails on posts it cannot bin before any model runs
+    binned_posts(posts)  # fails on posts it cannot bin before any model runs
     images = [None] * len(posts)  # each read from its path as the loader needs it
     print(f"{args.split}: {len(posts)} posts; grounded entities placed right (IoU >= 0.5), by the object's")
     print(f"shorter side in px of a {SIDE} px input that keeps the aspect ratio")
